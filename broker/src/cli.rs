@@ -1,0 +1,45 @@
+//! The `broker` program's command line.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use clap::Parser;
+
+use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
+
+/// The port the lab's broker listens on.
+pub const DEFAULT_PORT: u16 = 8030;
+
+/// The pairbroker broker: miners publish jobs to topics, and each job is called back on exactly
+/// one subscribed factory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "broker", version)]
+pub struct Cli {
+    /// The TCP port to listen on.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// The address to listen on. The default serves this machine only; `--bind 0.0.0.0` serves
+    /// other machines too, and anyone who can reach the port can then publish and subscribe.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+    /// How long a factory may take to answer one call before its job goes back to its topic
+    /// and the subscription is dropped (e.g. `10s`, `500ms`).
+    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.into())]
+    pub call_timeout: humantime::Duration,
+    /// How long `subscribe` waits to connect to a factory.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
+    pub connect_timeout: humantime::Duration,
+}
+
+impl Cli {
+    /// The address to listen on.
+    pub fn listen_address(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+
+    /// The broker's limits.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            call_timeout: self.call_timeout.into(),
+            connect_timeout: self.connect_timeout.into(),
+        }
+    }
+}

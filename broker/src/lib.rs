@@ -1,0 +1,24 @@
+//! The pairbroker broker: topics of jobs, each job taken by exactly one subscribed factory.
+//!
+//! - [`queue`]: the queue core, free of RPC: the [`queue::JobStore`] trait and its in-memory
+//!   implementation.
+//! - [`requests`]: [`Broker`], the four requests (create a channel, publish, subscribe,
+//!   unsubscribe) checked and carried out over a store.
+//! - [`dispatcher`]: one subscription's loop, calling its factory back with each job.
+//! - [`subscriptions`]: the registry of subscriptions in force.
+//! - [`outcome`]: what became of each job, and the lab's result lines.
+//! - [`service`] and [`server`]: the tarpc adapter and the TCP server.
+//! - [`cli`]: the command line of the `broker` program.
+
+pub mod cli;
+pub mod dispatcher;
+pub mod outcome;
+pub mod queue;
+pub mod requests;
+pub mod server;
+pub mod service;
+pub mod subscriptions;
+
+pub use outcome::{print_results, Callback, Observer, Outcome};
+pub use requests::{Broker, Settings};
+pub use server::serve;

@@ -1,0 +1,125 @@
+//! The queue core: topics of jobs with take semantics, free of RPC.
+//!
+//! A [`JobStore`] holds bounded FIFO topics. A job is published, taken by exactly one
+//! dispatcher (it moves from *ready* to *in flight*), and then settled once: completed,
+//! failed (a job error: not retried) or requeued (put back at the head of its topic).
+//! [`MemoryStore`] is the in-memory implementation, the default for the lab; stores on local
+//! disk and in external engines implement the same trait.
+
+mod memory;
+mod rules;
+
+pub use memory::MemoryStore;
+pub use rules::{
+    validate_buffer, validate_prefetch, validate_topic_name, MAX_BUFFER, MAX_PREFETCH,
+    MAX_TOPIC_NAME_LENGTH, MIN_BUFFER, MIN_PREFETCH,
+};
+
+use std::future::Future;
+use std::sync::Arc;
+
+use stubs::Job;
+
+/// The identifier a store gives a published job, unique within that store.
+pub type JobId = u64;
+
+/// A job handed to one dispatcher. It stays in flight until it is settled with
+/// [`JobStore::complete`], [`JobStore::fail`] or [`JobStore::requeue`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The topic the job was taken from.
+    pub topic: Arc<str>,
+    /// The job's identifier.
+    pub id: JobId,
+    /// The job.
+    pub job: Job,
+    /// How many times the job has been taken, this time included.
+    pub attempt: u32,
+}
+
+/// What [`JobStore::create_topic`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicCreation {
+    /// A new topic with the requested capacity.
+    Created,
+    /// The topic existed; it keeps the capacity it had.
+    Existing {
+        /// The capacity the topic keeps.
+        capacity: usize,
+    },
+}
+
+/// A topic's counters, as the store sees them now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    /// How many ready jobs the topic holds before a publish waits.
+    pub capacity: usize,
+    /// Jobs waiting to be taken.
+    pub ready: usize,
+    /// Jobs taken and not yet settled.
+    pub in_flight: usize,
+    /// Jobs ever published.
+    pub published: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs failed with a job error.
+    pub failed: u64,
+    /// Times a job was put back after a failed delivery.
+    pub requeued: u64,
+}
+
+/// Why a store refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The topic has not been created.
+    #[error("no such topic: {0:?}")]
+    NoSuchTopic(String),
+    /// The delivery is not in flight (already settled, or never taken from this store).
+    #[error("job {id} is not in flight on topic {topic:?}")]
+    NotInFlight {
+        /// The topic.
+        topic: String,
+        /// The job.
+        id: JobId,
+    },
+}
+
+/// Topics of jobs with take semantics.
+///
+/// Every future a store returns must be safe to cancel: dropped before it completes, it leaves
+/// no trace. In particular a `publish` dropped while it waits for room enqueues nothing, and a
+/// `take` dropped while it waits for a job takes nothing.
+pub trait JobStore: Send + Sync + 'static {
+    /// Creates `topic` with room for `capacity` ready jobs, or leaves an existing topic as it is.
+    fn create_topic(
+        &self,
+        topic: &str,
+        capacity: usize,
+    ) -> impl Future<Output = Result<TopicCreation, QueueError>> + Send;
+
+    /// Whether `topic` exists.
+    fn has_topic(&self, topic: &str) -> impl Future<Output = bool> + Send;
+
+    /// Appends `job` to `topic`, waiting while the topic holds `capacity` ready jobs.
+    fn publish(
+        &self,
+        topic: &str,
+        job: Job,
+    ) -> impl Future<Output = Result<JobId, QueueError>> + Send;
+
+    /// Takes the job at the head of `topic`, waiting while there is none.
+    fn take(&self, topic: &str) -> impl Future<Output = Result<Delivery, QueueError>> + Send;
+
+    /// Settles a delivery as done: the job leaves the store.
+    fn complete(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Settles a delivery as failed with a job error: the job leaves the store and is counted.
+    fn fail(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Puts a delivery back at the head of its topic, whatever the capacity, so that a job
+    /// is never lost nor blocked behind newer jobs because a factory failed.
+    fn requeue(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The counters of `topic`.
+    fn stats(&self, topic: &str) -> impl Future<Output = Result<TopicStats, QueueError>> + Send;
+}

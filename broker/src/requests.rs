@@ -1,0 +1,243 @@
+//! [`Broker`]: the broker's four requests, checked and carried out over a [`JobStore`]. The
+//! tarpc service in `service.rs` only forwards to it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stubs::{BrokerError, ChannelRequest, PublishRequest, Published, StatusReport, Subscription};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use transport::ConnectError;
+
+use crate::dispatcher::{Dispatcher, DispatcherEnd};
+use crate::outcome::{Callback, Observer};
+use crate::queue::{
+    validate_buffer, validate_prefetch, validate_topic_name, JobStore, QueueError, TopicCreation,
+    TopicStats,
+};
+use crate::subscriptions::{SubscriptionKey, Subscriptions};
+
+/// How long a factory may take to answer one call by default before its job is put back.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time kept back from a publisher's deadline, so that the broker's `TopicFull` reply reaches the
+/// publisher before the publisher gives up on its own.
+pub const PUBLISH_REPLY_MARGIN: Duration = Duration::from_millis(50);
+
+/// The broker's tunable limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a factory may take to answer one call before its job is put back.
+    pub call_timeout: Duration,
+    /// How long `subscribe` waits to connect to a factory.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// The broker's state and its requests.
+pub struct Broker<S> {
+    store: Arc<S>,
+    subscriptions: Subscriptions,
+    settings: Settings,
+    observer: Observer,
+    shutdown: CancellationToken,
+    dispatchers: TaskTracker,
+}
+
+impl<S: JobStore> Broker<S> {
+    /// A broker over `store`. Cancelling `shutdown` stops every dispatcher.
+    pub fn new(
+        store: S,
+        settings: Settings,
+        observer: Observer,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::new(store),
+            subscriptions: Subscriptions::default(),
+            settings,
+            observer,
+            shutdown,
+            dispatchers: TaskTracker::new(),
+        })
+    }
+
+    /// Creates a topic, or reports the capacity an existing one keeps.
+    pub async fn create_channel(&self, request: ChannelRequest) -> Result<StatusReport, BrokerError> {
+        validate_topic_name(&request.topic)?;
+        validate_buffer(request.buffer)?;
+        let ChannelRequest { topic, buffer } = request;
+        let message = match self.store.create_topic(&topic, buffer as usize).await? {
+            TopicCreation::Created => {
+                tracing::info!(%topic, buffer, "topic created");
+                format!("created topic {topic:?} with buffer {buffer}")
+            }
+            TopicCreation::Existing { capacity } if capacity == buffer as usize => {
+                format!("topic {topic:?} exists with buffer {capacity}")
+            }
+            TopicCreation::Existing { capacity } => format!(
+                "topic {topic:?} exists with buffer {capacity}; it keeps that buffer, not {buffer}"
+            ),
+        };
+        Ok(StatusReport { message })
+    }
+
+    /// Appends a job, waiting for room until shortly before `deadline`. A job that found no
+    /// room in time is not enqueued.
+    pub async fn publish(
+        &self,
+        request: PublishRequest,
+        deadline: Instant,
+    ) -> Result<Published, BrokerError> {
+        validate_topic_name(&request.topic)?;
+        let reply_by = deadline.checked_sub(PUBLISH_REPLY_MARGIN).unwrap_or(deadline);
+        let publish = self.store.publish(&request.topic, request.job);
+        match tokio::time::timeout_at(reply_by.into(), publish).await {
+            Ok(Ok(job_id)) => {
+                tracing::debug!(topic = %request.topic, job_id, job = ?request.job, "published");
+                Ok(Published { job_id })
+            }
+            Ok(Err(error)) => Err(error.into()),
+            // The store's publish is cancel-safe: timed out, it enqueued nothing.
+            Err(_) => Err(BrokerError::TopicFull {
+                capacity: self.topic_stats(&request.topic).await?.capacity as u32,
+                topic: request.topic,
+            }),
+        }
+    }
+
+    /// Checks a subscription, connects to its factory and starts its dispatcher, replacing
+    /// the factory's earlier subscription under the same topic and callback.
+    pub async fn subscribe(self: &Arc<Self>, subscription: Subscription) -> Result<StatusReport, BrokerError> {
+        let (key, prefetch) = self.check_subscription(&subscription).await?;
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let address = subscription.factory_address;
+        let client = transport::connect_factory(&key.factory.to_string(), self.settings.connect_timeout)
+            .await
+            .map_err(|error| BrokerError::Unreachable {
+                address: address.clone(),
+                reason: error.to_string(),
+            })?;
+        let stop = self.shutdown.child_token();
+        let (generation, replaced) = self.subscriptions.insert(key.clone(), stop.clone());
+        let dispatcher = Dispatcher {
+            store: self.store.clone(),
+            topic: key.topic.clone(),
+            callback: key.callback,
+            factory: Arc::from(key.factory.to_string()),
+            client,
+            prefetch,
+            call_timeout: self.settings.call_timeout,
+            observer: self.observer.clone(),
+            stop,
+        };
+        let broker = self.clone();
+        self.dispatchers.spawn(async move {
+            let end = dispatcher.run().await;
+            broker.subscriptions.remove_ended(&key, generation);
+            match end {
+                DispatcherEnd::Stopped => tracing::info!(topic = %key.topic, factory = %key.factory, callback = %key.callback, "subscription ended"),
+                DispatcherEnd::FactoryFailed(reason) => tracing::warn!(topic = %key.topic, factory = %key.factory, callback = %key.callback, %reason, "subscription dropped: the factory failed"),
+                DispatcherEnd::Store(error) => tracing::error!(topic = %key.topic, factory = %key.factory, %error, "subscription dropped: the store failed"),
+            }
+        });
+        let verb = if replaced { "resubscribed" } else { "subscribed" };
+        tracing::info!(topic = %subscription.topic, factory = %address, callback = %subscription.callback, prefetch, "{verb}");
+        Ok(StatusReport {
+            message: format!(
+                "{verb} {address} to {:?} with {} (prefetch {prefetch})",
+                subscription.topic, subscription.callback
+            ),
+        })
+    }
+
+    /// Stops dispatching to a subscription; its calls in flight finish.
+    pub async fn unsubscribe(&self, subscription: Subscription) -> Result<StatusReport, BrokerError> {
+        let (key, _) = self.check_subscription(&subscription).await?;
+        if !self.subscriptions.remove(&key) {
+            return Err(BrokerError::NoSuchSubscription {
+                topic: subscription.topic,
+                factory_address: subscription.factory_address,
+                callback: subscription.callback,
+            });
+        }
+        tracing::info!(topic = %key.topic, factory = %key.factory, callback = %key.callback, "unsubscribed");
+        Ok(StatusReport {
+            message: format!(
+                "unsubscribed {} from {:?} with {}",
+                subscription.factory_address, subscription.topic, subscription.callback
+            ),
+        })
+    }
+
+    /// The counters of a topic.
+    pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, BrokerError> {
+        Ok(self.store.stats(topic).await?)
+    }
+
+    /// The subscriptions in force.
+    pub fn subscriptions(&self) -> Vec<SubscriptionKey> {
+        self.subscriptions.keys()
+    }
+
+    /// Waits until every dispatcher has ended, once shutdown has been signalled.
+    pub async fn dispatchers_finished(&self) {
+        self.dispatchers.close();
+        self.dispatchers.wait().await;
+    }
+
+    async fn check_subscription(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(SubscriptionKey, u32), BrokerError> {
+        validate_topic_name(&subscription.topic)?;
+        if !self.store.has_topic(&subscription.topic).await {
+            return Err(BrokerError::NoSuchTopic {
+                topic: subscription.topic.clone(),
+            });
+        }
+        let callback = Callback::from_name(&subscription.callback).ok_or_else(|| {
+            BrokerError::UnknownCallback {
+                callback: subscription.callback.clone(),
+            }
+        })?;
+        validate_prefetch(subscription.prefetch)?;
+        let factory = transport::resolve(&subscription.factory_address)
+            .await
+            .map_err(|error| BrokerError::InvalidAddress {
+                address: subscription.factory_address.clone(),
+                reason: match error {
+                    ConnectError::Resolve { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                },
+            })?;
+        Ok((
+            SubscriptionKey {
+                topic: Arc::from(subscription.topic.as_str()),
+                factory,
+                callback,
+            },
+            subscription.prefetch,
+        ))
+    }
+}
+
+impl From<QueueError> for BrokerError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::NoSuchTopic(topic) => BrokerError::NoSuchTopic { topic },
+            // Requests never settle deliveries; only dispatchers do, and they log this.
+            QueueError::NotInFlight { topic, .. } => BrokerError::NoSuchTopic { topic },
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The tarpc adapter: the `stubs::Broker` service over a [`Broker`]. No queue logic lives here.
+
+use std::sync::Arc;
+
+use stubs::{BrokerError, ChannelRequest, PublishRequest, Published, StatusReport, Subscription};
+use tarpc::context::Context;
+
+use crate::queue::JobStore;
+use crate::requests::Broker;
+
+/// The broker's RPC service, one clone per request.
+pub struct BrokerService<S> {
+    broker: Arc<Broker<S>>,
+}
+
+impl<S> Clone for BrokerService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+        }
+    }
+}
+
+impl<S> BrokerService<S> {
+    /// Serves `broker`.
+    pub fn new(broker: Arc<Broker<S>>) -> Self {
+        Self { broker }
+    }
+}
+
+impl<S: JobStore> stubs::Broker for BrokerService<S> {
+    async fn create_channel(
+        self,
+        _: Context,
+        request: ChannelRequest,
+    ) -> Result<StatusReport, BrokerError> {
+        self.broker.create_channel(request).await
+    }
+
+    async fn publish(self, context: Context, request: PublishRequest) -> Result<Published, BrokerError> {
+        self.broker.publish(request, context.deadline).await
+    }
+
+    async fn subscribe(
+        self,
+        _: Context,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
+        self.broker.subscribe(subscription).await
+    }
+
+    async fn unsubscribe(
+        self,
+        _: Context,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
+        self.broker.unsubscribe(subscription).await
+    }
+}

@@ -1,0 +1,243 @@
+//! The contract between the broker, the miners and the factories, and nothing else.
+//!
+//! - [`Pair`], [`Triplet`] and [`Job`]: the work a miner publishes.
+//! - The request and reply messages of the lab: [`ChannelRequest`], [`PublishRequest`],
+//!   [`Subscription`], [`JobReport`], [`StatusReport`].
+//! - Typed failures: [`BrokerError`] for requests to the broker, [`JobError`] for a job a factory
+//!   cannot compute. They travel inside the RPC reply as `Result<T, E>`, apart from tarpc's own
+//!   transport errors, because they mean different things: a job error means "do not retry", a
+//!   transport error means "put the job back".
+//! - The two tarpc services, [`Broker`] and [`Factory`], and the callback names of the lab.
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The callback name under which a factory serves [`Factory::multiply`].
+pub const MULTIPLY: &str = "Factory.Multiply";
+/// The callback name under which a factory serves [`Factory::divide`].
+pub const DIVIDE: &str = "Factory.Divide";
+/// The topic that multiply jobs are published to by the lab's programs.
+pub const MULTIPLY_TOPIC: &str = "multiply";
+/// The topic that divide jobs are published to by the lab's programs.
+pub const DIVIDE_TOPIC: &str = "divide";
+/// How many calls a subscription keeps in flight when the factory does not say: one, as in the lab.
+pub const DEFAULT_PREFETCH: u32 = 1;
+
+/// Two integers: the lab's original job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pair {
+    /// The first operand.
+    pub x: i64,
+    /// The second operand.
+    pub y: i64,
+}
+
+/// Three integers: the job of Part 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Triplet {
+    /// The first operand.
+    pub x: i64,
+    /// The second operand.
+    pub y: i64,
+    /// The third operand.
+    pub z: i64,
+}
+
+/// One unit of work. Both shapes flow through the same topics and procedures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Job {
+    /// Two operands.
+    Pair(Pair),
+    /// Three operands.
+    Triplet(Triplet),
+}
+
+impl From<Pair> for Job {
+    fn from(pair: Pair) -> Self {
+        Job::Pair(pair)
+    }
+}
+
+impl From<Triplet> for Job {
+    fn from(triplet: Triplet) -> Self {
+        Job::Triplet(triplet)
+    }
+}
+
+/// Formats the operands as the broker prints them: `12 and 34`, or `1, 2 and 3`.
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Job::Pair(Pair { x, y }) => write!(f, "{x} and {y}"),
+            Job::Triplet(Triplet { x, y, z }) => write!(f, "{x}, {y} and {z}"),
+        }
+    }
+}
+
+/// Asks the broker for a topic that holds up to `buffer` ready jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRequest {
+    /// The topic's name.
+    pub topic: String,
+    /// How many ready jobs the topic holds before a publish waits for room.
+    pub buffer: u32,
+}
+
+/// Asks the broker to append a job to a topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The topic to append to.
+    pub topic: String,
+    /// The job.
+    pub job: Job,
+}
+
+/// Asks the broker to call `callback` on the factory at `factory_address` with jobs of `topic`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The topic to take jobs from.
+    pub topic: String,
+    /// Where the factory serves its [`Factory`] service, as `host:port`.
+    pub factory_address: String,
+    /// Which procedure to call: [`MULTIPLY`] or [`DIVIDE`].
+    pub callback: String,
+    /// How many calls the broker keeps in flight to this factory at once.
+    pub prefetch: u32,
+}
+
+/// A factory's answer to a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The value computed.
+    pub result: i64,
+}
+
+/// The broker's answer to a request that changes its state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// What the broker did, for a person to read.
+    pub message: String,
+}
+
+/// The broker's answer to a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The identifier the broker gave the job; it names the job in the broker's output and logs.
+    pub job_id: u64,
+}
+
+/// Why the broker refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum BrokerError {
+    /// The topic has not been created.
+    #[error("no such topic: {topic:?}")]
+    NoSuchTopic {
+        /// The topic asked for.
+        topic: String,
+    },
+    /// The topic name breaks the naming rule.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The name given.
+        topic: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// The buffer is outside the allowed range.
+    #[error("invalid buffer {buffer}: it must be from {min} to {max}")]
+    InvalidBuffer {
+        /// The buffer given.
+        buffer: u32,
+        /// The smallest buffer allowed.
+        min: u32,
+        /// The largest buffer allowed.
+        max: u32,
+    },
+    /// The prefetch is outside the allowed range.
+    #[error("invalid prefetch {prefetch}: it must be from {min} to {max}")]
+    InvalidPrefetch {
+        /// The prefetch given.
+        prefetch: u32,
+        /// The smallest prefetch allowed.
+        min: u32,
+        /// The largest prefetch allowed.
+        max: u32,
+    },
+    /// The callback is not one of the factory procedures.
+    #[error("unknown callback {callback:?}: expected {MULTIPLY:?} or {DIVIDE:?}")]
+    UnknownCallback {
+        /// The callback given.
+        callback: String,
+    },
+    /// The factory address does not parse or does not resolve.
+    #[error("invalid factory address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address given.
+        address: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The broker could not connect to the factory.
+    #[error("cannot reach the factory at {address}: {reason}")]
+    Unreachable {
+        /// The address dialled.
+        address: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// The topic stayed full until the caller's deadline; the job was not enqueued.
+    #[error("topic {topic:?} stayed full (capacity {capacity}) until the deadline; the job was not enqueued")]
+    TopicFull {
+        /// The topic.
+        topic: String,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// No subscription matches an unsubscribe request.
+    #[error("no subscription of {factory_address} to {topic:?} with {callback:?}")]
+    NoSuchSubscription {
+        /// The topic.
+        topic: String,
+        /// The factory's address.
+        factory_address: String,
+        /// The callback.
+        callback: String,
+    },
+    /// The broker is stopping and takes no new work.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a factory could not compute a job. The broker does not retry such a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JobError {
+    /// A divisor was zero.
+    #[error("division by zero")]
+    DivideByZero,
+    /// The result does not fit a 64-bit signed integer.
+    #[error("integer overflow")]
+    Overflow,
+}
+
+/// The broker: topics, publishing and subscriptions.
+#[tarpc::service]
+pub trait Broker {
+    /// Creates a topic, or reports the capacity of the existing one (idempotent).
+    async fn create_channel(request: ChannelRequest) -> Result<StatusReport, BrokerError>;
+    /// Appends a job to a topic, waiting for room while the topic is full.
+    async fn publish(request: PublishRequest) -> Result<Published, BrokerError>;
+    /// Starts calling a factory back with jobs of a topic.
+    async fn subscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
+    /// Stops dispatching new jobs to a subscription; calls in flight finish.
+    async fn unsubscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
+}
+
+/// A factory: the worker the broker calls back.
+#[tarpc::service]
+pub trait Factory {
+    /// `x * y`, or `x * y * z`.
+    async fn multiply(job: Job) -> Result<JobReport, JobError>;
+    /// `x / y`, or `(x / y) / z`, truncating toward zero.
+    async fn divide(job: Job) -> Result<JobReport, JobError>;
+}

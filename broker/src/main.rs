@@ -1,4 +1,5 @@
-use anyhow::Context;
+use std::process::ExitCode;
+
 use broker::cli::Cli;
 use broker::queue::MemoryStore;
 use broker::{print_results, Broker};
@@ -7,20 +8,19 @@ use lab_console::Console;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lab_console::init_logging();
     let address = cli.listen_address();
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} (is another broker running? try --port)"))?;
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("broker: cannot listen on {address}: {error} (is another broker running? try another --port)");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = CancellationToken::new();
+    lab_console::cancel_on_signal(shutdown.clone());
     let broker = Broker::new(
         MemoryStore::new(),
         cli.settings(),
@@ -28,14 +28,6 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     );
     tracing::info!(%address, "broker listening");
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("stopping");
-            shutdown.cancel();
-        }
-    });
     broker::serve(broker, listener, shutdown).await;
-    Ok(())
+    ExitCode::SUCCESS
 }

@@ -1,1 +1,225 @@
+//! A pairbroker factory: the worker of the lab.
+//!
+//! - [`arithmetic`]: Multiply and Divide in checked arithmetic.
+//! - [`service`]: the tarpc `Factory` service the broker calls back.
+//! - [`pipeline`]: Part 2b, grouping Multiply results into new Divide jobs.
+//! - [`cli`]: the command line of the `factory` program.
+//!
+//! [`run`] ties them together: serve, create the topics, subscribe, and on shutdown
+//! unsubscribe, finish the calls in flight and flush the pipeline.
 
+pub mod arithmetic;
+pub mod cli;
+pub mod pipeline;
+pub mod service;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lab_console::Console;
+use stubs::{BrokerError, ChannelRequest, Factory as _, Subscription};
+use tarpc::client::RpcError;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use transport::ConnectError;
+
+use crate::cli::LabTopic;
+use crate::service::FactoryService;
+
+/// The broker of the lab.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
+/// The buffer of the topics a factory creates, as the lab's miner does.
+pub const DEFAULT_BUFFER: u32 = 10;
+/// How long a stopping factory waits for the broker to finish its calls in flight and close
+/// its connections, and then for the pipeline to publish its last groups.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a factory does.
+#[derive(Clone, Debug)]
+pub struct FactoryConfig {
+    /// The broker's address.
+    pub broker: String,
+    /// The address given to the broker, with the listener's port.
+    pub ip: IpAddr,
+    /// The topics to work on.
+    pub topics: Vec<LabTopic>,
+    /// Calls in flight per subscription.
+    pub prefetch: u32,
+    /// The buffer of the topics created.
+    pub buffer: u32,
+    /// Whether Multiply results become Divide jobs.
+    pub pipeline: bool,
+    /// How long to wait for a connection to the broker.
+    pub connect_timeout: Duration,
+}
+
+/// Why a factory could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FactoryError {
+    /// The listener has no local address.
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The broker cannot be reached.
+    #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
+    BrokerUnreachable(#[source] ConnectError),
+    /// The broker refused a request.
+    #[error("the broker refused to {action}: {error}")]
+    Refused {
+        /// What the factory asked for.
+        action: String,
+        /// Why it was refused.
+        error: BrokerError,
+    },
+    /// A request to the broker failed in transport.
+    #[error("the broker did not answer a request to {action}: {error}")]
+    Rpc {
+        /// What the factory asked for.
+        action: String,
+        /// What went wrong.
+        error: RpcError,
+    },
+}
+
+/// Serves on `listener`, subscribes to the broker and works until `shutdown` is cancelled; then
+/// unsubscribes, lets the calls in flight finish and publishes every complete pipeline group.
+pub async fn run(
+    config: FactoryConfig,
+    listener: TcpListener,
+    console: Console,
+    shutdown: CancellationToken,
+) -> Result<(), FactoryError> {
+    let port = listener.local_addr().map_err(FactoryError::Listener)?.port();
+    let address = SocketAddr::new(config.ip, port).to_string();
+    let broker = transport::connect_broker(&config.broker, config.connect_timeout)
+        .await
+        .map_err(FactoryError::BrokerUnreachable)?;
+
+    let mut topics_to_create = config.topics.clone();
+    if config.pipeline && !topics_to_create.contains(&LabTopic::Divide) {
+        topics_to_create.push(LabTopic::Divide);
+    }
+    for topic in &topics_to_create {
+        let request = ChannelRequest {
+            topic: topic.name().to_owned(),
+            buffer: config.buffer,
+        };
+        let report = ask(broker.create_channel(tarpc::context::current(), request), || {
+            format!("create the topic {:?}", topic.name())
+        })
+        .await?;
+        tracing::info!(message = %report.message, "channel ready");
+    }
+
+    let (pipeline, pipeline_task) = if config.pipeline {
+        let (input, task) = pipeline::spawn(broker.clone(), stubs::DIVIDE_TOPIC.to_owned(), console.clone());
+        (Some(input), Some(task))
+    } else {
+        (None, None)
+    };
+
+    let service = FactoryService::new(console, pipeline);
+    let connections = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let stop_connections = CancellationToken::new();
+    let server = tokio::spawn(transport::accept(
+        listener,
+        stop_accepting.clone(),
+        connections.clone(),
+        {
+            let stop_connections = stop_connections.clone();
+            move |stream, peer| {
+                let service = service.clone();
+                let stop_connections = stop_connections.clone();
+                async move {
+                    let requests = BaseChannel::with_defaults(transport::framed(stream))
+                        .execute(service.serve())
+                        .for_each(|request| async {
+                            tokio::spawn(request);
+                        });
+                    tokio::select! {
+                        _ = requests => tracing::debug!(%peer, "broker connection closed"),
+                        _ = stop_connections.cancelled() => {}
+                    }
+                }
+            }
+        },
+    ));
+
+    let subscriptions: Vec<Subscription> = config
+        .topics
+        .iter()
+        .map(|topic| Subscription {
+            topic: topic.name().to_owned(),
+            factory_address: address.clone(),
+            callback: topic.callback().to_owned(),
+            prefetch: config.prefetch,
+        })
+        .collect();
+    for subscription in &subscriptions {
+        let subscribed = ask(
+            broker.subscribe(tarpc::context::current(), subscription.clone()),
+            || format!("subscribe to {:?}", subscription.topic),
+        )
+        .await;
+        match subscribed {
+            Ok(report) => tracing::info!(message = %report.message, "subscribed"),
+            Err(error) => {
+                stop_accepting.cancel();
+                stop_connections.cancel();
+                return Err(error);
+            }
+        }
+    }
+    tracing::info!(%address, "factory working");
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping: unsubscribing and finishing the calls in flight");
+    for subscription in subscriptions {
+        let topic = subscription.topic.clone();
+        if let Err(error) = ask(broker.unsubscribe(tarpc::context::current(), subscription), || {
+            format!("unsubscribe from {topic:?}")
+        })
+        .await
+        {
+            tracing::warn!(%error, "unsubscribe failed");
+        }
+    }
+    stop_accepting.cancel();
+    let _ = server.await;
+    connections.close();
+    // The broker closes its connection once its dispatcher has finished the calls in flight.
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
+        tracing::warn!("the broker kept its connections open; closing them");
+        stop_connections.cancel();
+        connections.wait().await;
+    }
+    if let Some(task) = pipeline_task {
+        match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+            Ok(Ok(leftovers)) => tracing::info!(?leftovers, "pipeline flushed"),
+            Ok(Err(error)) => tracing::error!(%error, "pipeline task failed"),
+            Err(_) => tracing::error!("pipeline could not publish its last groups in time"),
+        }
+    }
+    Ok(())
+}
+
+/// Awaits a request to the broker, naming what was asked in any error.
+async fn ask<T>(
+    request: impl std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
+    action: impl Fn() -> String,
+) -> Result<T, FactoryError> {
+    match request.await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => Err(FactoryError::Refused {
+            action: action(),
+            error,
+        }),
+        Err(error) => Err(FactoryError::Rpc {
+            action: action(),
+            error,
+        }),
+    }
+}

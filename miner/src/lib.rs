@@ -1,1 +1,226 @@
+//! A pairbroker miner: creates a topic and publishes random jobs to it.
+//!
+//! - [`jobs`]: the random Pairs and Triplets, reproducible from a seed.
+//! - [`cli`]: the command line of the `miner` program.
+//!
+//! [`run`] publishes from `concurrency` publishers at once until the count is reached or
+//! shutdown is signalled.
 
+pub mod cli;
+pub mod jobs;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lab_console::Console;
+use stubs::{BrokerClient, BrokerError, ChannelRequest, Job, PublishRequest};
+use tarpc::client::RpcError;
+use tokio_util::sync::CancellationToken;
+use transport::ConnectError;
+
+use crate::jobs::JobSource;
+
+/// What a miner does.
+#[derive(Clone, Debug)]
+pub struct MinerConfig {
+    /// The broker's address.
+    pub broker: String,
+    /// The topic to publish to.
+    pub topic: String,
+    /// The buffer of the topic, if the miner creates it.
+    pub buffer: u32,
+    /// The pause between two publishes of one publisher; zero publishes as fast as it can.
+    pub interval: Duration,
+    /// How many jobs to publish in all; `None` publishes until stopped.
+    pub count: Option<u64>,
+    /// Publish Triplets instead of Pairs.
+    pub triplets: bool,
+    /// The largest random integer.
+    pub max: i64,
+    /// The seed of the random jobs; `None` seeds from the operating system.
+    pub seed: Option<u64>,
+    /// How many publishers run at once.
+    pub concurrency: u32,
+    /// How long to wait for a connection to the broker.
+    pub connect_timeout: Duration,
+}
+
+/// Why a miner stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum MinerError {
+    /// The broker cannot be reached.
+    #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
+    BrokerUnreachable(#[source] ConnectError),
+    /// The broker went away or stopped answering.
+    #[error("lost the broker while trying to {action}: {error}; is it still running?")]
+    BrokerLost {
+        /// What the miner asked for.
+        action: String,
+        /// What went wrong.
+        #[source]
+        error: RpcError,
+    },
+    /// The broker refused a request.
+    #[error("the broker refused to {action}: {error}")]
+    Refused {
+        /// What the miner asked for.
+        action: String,
+        /// Why.
+        #[source]
+        error: BrokerError,
+    },
+    /// The settings cannot work.
+    #[error("{0}")]
+    InvalidConfig(String),
+}
+
+/// What a miner did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MinerReport {
+    /// Jobs the broker accepted.
+    pub published: u64,
+}
+
+/// Creates the topic and publishes until the count is reached or `shutdown` is cancelled.
+/// Publishes in flight when `shutdown` comes are finished first.
+pub async fn run(
+    config: MinerConfig,
+    console: Console,
+    shutdown: CancellationToken,
+) -> Result<MinerReport, MinerError> {
+    if config.concurrency == 0 {
+        return Err(MinerError::InvalidConfig("--concurrency must be at least 1".into()));
+    }
+    let source = JobSource::new(config.triplets, config.max, config.seed)
+        .map_err(MinerError::InvalidConfig)?;
+    let broker = transport::connect_broker(&config.broker, config.connect_timeout)
+        .await
+        .map_err(MinerError::BrokerUnreachable)?;
+    let request = ChannelRequest {
+        topic: config.topic.clone(),
+        buffer: config.buffer,
+    };
+    let report = match broker.create_channel(tarpc::context::current(), request).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => {
+            return Err(MinerError::Refused {
+                action: format!("create the topic {:?}", config.topic),
+                error,
+            })
+        }
+        Err(error) => {
+            return Err(MinerError::BrokerLost {
+                action: format!("create the topic {:?}", config.topic),
+                error,
+            })
+        }
+    };
+    tracing::info!(message = %report.message, "channel ready");
+
+    let shared = Arc::new(Publishers {
+        broker,
+        config,
+        console,
+        source: Mutex::new(source),
+        claimed: AtomicU64::new(0),
+        published: AtomicU64::new(0),
+        shutdown,
+    });
+    let mut publishers = tokio::task::JoinSet::new();
+    for _ in 0..shared.config.concurrency {
+        let shared = shared.clone();
+        publishers.spawn(async move { shared.publish_loop().await });
+    }
+    let mut first_error = None;
+    while let Some(finished) = publishers.join_next().await {
+        let result = finished.unwrap_or_else(|error| {
+            Err(MinerError::InvalidConfig(format!("a publisher task failed: {error}")))
+        });
+        if let Err(error) = result {
+            // One publisher's failure stops the others: the broker is gone or refuses.
+            shared.shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(MinerReport {
+            published: shared.published.load(Ordering::Relaxed),
+        }),
+    }
+}
+
+struct Publishers {
+    broker: BrokerClient,
+    config: MinerConfig,
+    console: Console,
+    source: Mutex<JobSource>,
+    /// Jobs that publishers have started on, to stop at exactly `count`.
+    claimed: AtomicU64,
+    published: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Publishers {
+    async fn publish_loop(&self) -> Result<(), MinerError> {
+        let mut ticks = tokio::time::interval(self.config.interval.max(Duration::from_nanos(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !self.config.interval.is_zero() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                    _ = ticks.tick() => {}
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let claimed = self.claimed.fetch_add(1, Ordering::Relaxed);
+            if self.config.count.is_some_and(|count| claimed >= count) {
+                return Ok(());
+            }
+            let job = self
+                .source
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .next_job();
+            let job_id = self.publish(job).await?;
+            self.published.fetch_add(1, Ordering::Relaxed);
+            self.console.line(format_args!(
+                "published {job} to {} (job {job_id})",
+                self.config.topic
+            ));
+        }
+    }
+
+    /// Publishes one job, waiting as long as the topic stays full: back-pressure, as a send
+    /// on a full Go channel blocks.
+    async fn publish(&self, job: Job) -> Result<u64, MinerError> {
+        loop {
+            let request = PublishRequest {
+                topic: self.config.topic.clone(),
+                job,
+            };
+            let action = || format!("publish to {:?}", self.config.topic);
+            match self.broker.publish(tarpc::context::current(), request).await {
+                Ok(Ok(published)) => return Ok(published.job_id),
+                Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
+                    tracing::info!(%topic, capacity, "topic full; still waiting for room");
+                }
+                Ok(Err(error)) => {
+                    return Err(MinerError::Refused {
+                        action: action(),
+                        error,
+                    })
+                }
+                Err(error) => {
+                    return Err(MinerError::BrokerLost {
+                        action: action(),
+                        error,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,8 @@
-//! Where the lab programs print what they do: one line per completed job, operation or
-//! published job, on standard output, so that logs (standard error) and results stay apart.
+//! The terminal side of the lab programs.
+//!
+//! - [`Console`]: one line per completed job, operation or published job, on standard output,
+//!   so that results and logs (standard error, [`init_logging`]) stay apart.
+//! - [`cancel_on_signal`]: Ctrl-C or SIGTERM starts a graceful stop.
 //!
 //! A [`Console`] may carry a prefix naming its component, so that the one-process lab
 //! (`cargo run -p lab`) can interleave the broker's, the factories' and the miner's lines and
@@ -8,6 +11,45 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// Sends logs to standard error, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, so that a program stops gracefully
+/// whether a person or a process manager stops it.
+pub fn cancel_on_signal(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut terminate) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stop requested");
+        shutdown.cancel();
+    });
+}
 
 /// A line printer for one component.
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,29 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use factory::cli::Cli;
+use lab_console::Console;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lab_console::init_logging();
+    let address = cli.listen_address();
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("factory: cannot listen on {address}: {error} (is another factory there? try another --port)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    lab_console::cancel_on_signal(shutdown.clone());
+    match factory::run(cli.config(), listener, Console::plain(), shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("factory: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The pipeline of Part 2b: every two Multiply results of Pairs become a new Pair on the
+//! `divide` topic, and every three results of Triplets a new Triplet. One task does the
+//! grouping, fed by a channel, so that the Multiply handler never waits on the broker.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lab_console::Console;
+use stubs::{BrokerClient, BrokerError, Job, Pair, PublishRequest, Triplet};
+use tarpc::client::RpcError;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How many Multiply results may wait for the pipeline task. When it is full, the Multiply
+/// handler waits, which slows the broker's calls down instead of growing memory.
+pub const PIPELINE_BACKLOG: usize = 1_024;
+
+/// The shortest and the longest pause between two tries of a failed publish.
+pub const PUBLISH_RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
+/// See [`PUBLISH_RETRY_MIN_DELAY`].
+pub const PUBLISH_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// A Multiply result, with the shape of the job it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MultiplyResult {
+    /// The product of a Pair.
+    OfPair(i64),
+    /// The product of a Triplet.
+    OfTriplet(i64),
+}
+
+/// Where the Multiply handler sends its results.
+#[derive(Clone, Debug)]
+pub struct PipelineInput(mpsc::Sender<MultiplyResult>);
+
+impl PipelineInput {
+    /// Hands a result to the pipeline, waiting while its backlog is full.
+    pub async fn send(&self, result: MultiplyResult) {
+        if self.0.send(result).await.is_err() {
+            tracing::warn!(?result, "the pipeline has stopped; result not grouped");
+        }
+    }
+}
+
+/// What the pipeline held when its input closed: results that never made a whole group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Pair results without a partner.
+    pub pairs: Vec<i64>,
+    /// Triplet results short of a group of three.
+    pub triplets: Vec<i64>,
+}
+
+/// Starts the pipeline task. It runs until every [`PipelineInput`] is dropped and then returns
+/// what it could not group.
+pub fn spawn(
+    broker: BrokerClient,
+    divide_topic: String,
+    console: Console,
+) -> (PipelineInput, JoinHandle<Leftovers>) {
+    let (input, mut results) = mpsc::channel(PIPELINE_BACKLOG);
+    let task = tokio::spawn(async move {
+        let mut groups = Groups::default();
+        while let Some(result) = results.recv().await {
+            if let Some(job) = groups.add(result) {
+                publish_until_accepted(&broker, &divide_topic, job, &console).await;
+            }
+        }
+        let leftovers = groups.into_leftovers();
+        if leftovers != Leftovers::default() {
+            tracing::warn!(?leftovers, "pipeline stopped with results that make no whole group");
+        }
+        leftovers
+    });
+    (PipelineInput(input), task)
+}
+
+/// The results waiting for partners, Pairs' and Triplets' apart.
+#[derive(Debug, Default)]
+struct Groups {
+    pairs: Vec<i64>,
+    triplets: Vec<i64>,
+}
+
+impl Groups {
+    /// Adds a result; returns the new Divide job when it completes a group.
+    fn add(&mut self, result: MultiplyResult) -> Option<Job> {
+        match result {
+            MultiplyResult::OfPair(value) => {
+                self.pairs.push(value);
+                match self.pairs[..] {
+                    [x, y] => {
+                        self.pairs.clear();
+                        Some(Pair { x, y }.into())
+                    }
+                    _ => None,
+                }
+            }
+            MultiplyResult::OfTriplet(value) => {
+                self.triplets.push(value);
+                match self.triplets[..] {
+                    [x, y, z] => {
+                        self.triplets.clear();
+                        Some(Triplet { x, y, z }.into())
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn into_leftovers(self) -> Leftovers {
+        Leftovers {
+            pairs: self.pairs,
+            triplets: self.triplets,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishFailure {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Refused(#[from] BrokerError),
+}
+
+/// Publishes `job`, retrying with capped exponential backoff until the broker accepts it: a
+/// group of results is never dropped because the broker was busy or briefly away.
+async fn publish_until_accepted(broker: &BrokerClient, topic: &str, job: Job, console: &Console) {
+    let publish = || async {
+        let request = PublishRequest {
+            topic: topic.to_owned(),
+            job,
+        };
+        broker
+            .publish(tarpc::context::current(), request)
+            .await?
+            .map_err(PublishFailure::from)
+    };
+    let retries = ExponentialBuilder::default()
+        .with_min_delay(PUBLISH_RETRY_MIN_DELAY)
+        .with_max_delay(PUBLISH_RETRY_MAX_DELAY)
+        .with_jitter()
+        .without_max_times();
+    let published = publish
+        .retry(retries)
+        .notify(|error, pause| {
+            tracing::warn!(%error, ?pause, topic, ?job, "pipeline publish failed; retrying");
+        })
+        .await;
+    match published {
+        Ok(published) => {
+            console.line(format_args!("pipeline: {job} -> {topic} (job {})", published.job_id))
+        }
+        // Unreachable with no limit on tries; kept so that a future limit cannot drop silently.
+        Err(error) => tracing::error!(%error, ?job, "pipeline publish given up"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_pairs_by_two_and_triplets_by_three_apart() {
+        let mut groups = Groups::default();
+        assert_eq!(groups.add(MultiplyResult::OfPair(408)), None);
+        assert_eq!(groups.add(MultiplyResult::OfTriplet(6)), None);
+        assert_eq!(
+            groups.add(MultiplyResult::OfPair(12)),
+            Some(Pair { x: 408, y: 12 }.into())
+        );
+        assert_eq!(groups.add(MultiplyResult::OfTriplet(60)), None);
+        assert_eq!(groups.add(MultiplyResult::OfPair(1)), None);
+        assert_eq!(
+            groups.add(MultiplyResult::OfTriplet(2)),
+            Some(Triplet { x: 6, y: 60, z: 2 }.into())
+        );
+        assert_eq!(
+            groups.into_leftovers(),
+            Leftovers {
+                pairs: vec![1],
+                triplets: vec![]
+            }
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The `miner` program's command line.
+
+use clap::Parser;
+
+use crate::jobs::{DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
+use crate::MinerConfig;
+
+/// The broker of the lab.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
+/// The buffer of the topic the lab's miner creates.
+pub const DEFAULT_BUFFER: u32 = 10;
+/// The pause between two jobs in the lab.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A pairbroker miner: creates a topic and publishes random Pairs (or Triplets) to it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "miner", version)]
+pub struct Cli {
+    /// The broker's address.
+    #[arg(long, default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// The topic to publish to.
+    #[arg(long, default_value = stubs::MULTIPLY_TOPIC)]
+    pub topic: String,
+    /// The buffer of the topic, if this miner creates it.
+    #[arg(long, default_value_t = DEFAULT_BUFFER)]
+    pub buffer: u32,
+    /// The pause between two jobs of one publisher (e.g. `1s`, `10ms`); `0` publishes as fast as
+    /// the broker takes them.
+    #[arg(long, default_value_t = DEFAULT_INTERVAL.into())]
+    pub interval: humantime::Duration,
+    /// How many jobs to publish in all; without it, publish until stopped.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Publish Triplets instead of Pairs (Part 3).
+    #[arg(long)]
+    pub triplets: bool,
+    /// The largest random integer [default: 999999999 for Pairs, 999999 for Triplets].
+    #[arg(long)]
+    pub max: Option<i64>,
+    /// Seed the random jobs, for a reproducible sequence.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many publishers run at once, for load.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    /// How long to wait for a connection to the broker.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
+    pub connect_timeout: humantime::Duration,
+}
+
+impl Cli {
+    /// What the miner does.
+    pub fn config(&self) -> MinerConfig {
+        let default_max = if self.triplets {
+            DEFAULT_MAX_TRIPLET
+        } else {
+            DEFAULT_MAX_PAIR
+        };
+        MinerConfig {
+            broker: self.broker.clone(),
+            topic: self.topic.clone(),
+            buffer: self.buffer,
+            interval: self.interval.into(),
+            count: self.count,
+            triplets: self.triplets,
+            max: self.max.unwrap_or(default_max),
+            seed: self.seed,
+            concurrency: self.concurrency,
+            connect_timeout: self.connect_timeout.into(),
+        }
+    }
+}

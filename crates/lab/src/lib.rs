@@ -1,1 +1,148 @@
+//! The whole lab in one process: a broker, factories and miners started together on
+//! loopback, each printing its lines behind its own prefix.
+//!
+//! - [`RunningBroker`], [`RunningFactory`] and [`start_miner`]: the pieces, started in this
+//!   process on loopback, for the lab, the system tests and benchmarks.
+//! - [`cli`]: the `lab` program, which runs them all (`cargo run -p lab`).
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::queue::{MemoryStore, TopicStats};
+use broker::{Broker, Observer, Settings};
+use factory::cli::LabTopic;
+use factory::{FactoryConfig, FactoryError};
+use lab_console::Console;
+use miner::{MinerConfig, MinerError, MinerReport};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub mod cli;
+
+/// A running broker, in this process.
+pub struct RunningBroker {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its state, for inspection.
+    pub broker: Arc<Broker<MemoryStore>>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Starts a broker on `127.0.0.1:port` (0 for a free port).
+    pub async fn start(port: u16, settings: Settings, observer: Observer) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let address = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let broker = Broker::new(MemoryStore::new(), settings, observer, shutdown.clone());
+        let task = tokio::spawn(broker::serve(broker.clone(), listener, shutdown.clone()));
+        Ok(Self {
+            address,
+            broker,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The counters of a topic.
+    pub async fn topic_stats(&self, topic: &str) -> Option<TopicStats> {
+        self.broker.topic_stats(topic).await.ok()
+    }
+
+    /// Stops the broker and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A running factory, in this process.
+pub struct RunningFactory {
+    /// Where it serves, as given to the broker.
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), FactoryError>>,
+}
+
+impl RunningFactory {
+    /// Starts a factory on `127.0.0.1:port` (0 for a free port) for the broker in `config`.
+    pub async fn start(port: u16, config: FactoryConfig, console: Console) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let address = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(factory::run(config, listener, console, shutdown.clone()));
+        Ok(Self {
+            address,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Whether the factory has stopped (after an error, or when told to).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the factory gracefully and returns how it ended.
+    pub async fn stop(self) -> Result<(), FactoryError> {
+        self.shutdown.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// A factory's configuration for the lab's broker at `broker`: both topics, prefetch 1.
+pub fn factory_config(broker: SocketAddr, pipeline: bool) -> FactoryConfig {
+    FactoryConfig {
+        broker: broker.to_string(),
+        ip: Ipv4Addr::LOCALHOST.into(),
+        topics: vec![LabTopic::Multiply, LabTopic::Divide],
+        prefetch: stubs::DEFAULT_PREFETCH,
+        buffer: factory::DEFAULT_BUFFER,
+        pipeline,
+        connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+    }
+}
+
+/// A miner's configuration for the lab's broker at `broker`: Pairs to `topic`, one a second.
+pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
+    MinerConfig {
+        broker: broker.to_string(),
+        topic: topic.to_owned(),
+        buffer: miner::cli::DEFAULT_BUFFER,
+        interval: miner::cli::DEFAULT_INTERVAL,
+        count: None,
+        triplets: false,
+        max: miner::jobs::DEFAULT_MAX_PAIR,
+        seed: None,
+        concurrency: 1,
+        connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+    }
+}
+
+/// Starts a miner in this process.
+pub fn start_miner(
+    config: MinerConfig,
+    console: Console,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<MinerReport, MinerError>> {
+    tokio::spawn(miner::run(config, console, shutdown))
+}
+
+/// Waits until `done` holds, checking every few milliseconds; false if `limit` passes first.
+pub async fn wait_until(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    /// Often enough to add little to a test's time, seldom enough to cost nothing.
+    const POLL_INTERVAL: Duration = Duration::from_millis(10);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

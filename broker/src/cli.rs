@@ -1,7 +1,7 @@
 //! The `broker` program's command line.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use clap::Parser;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
 

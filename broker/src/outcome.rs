@@ -149,7 +149,10 @@ mod tests {
             result: 408,
             factory: "127.0.0.1:8050".into(),
         };
-        assert_eq!(completed.to_string(), "Factory.Multiply of 12 and 34 is 408");
+        assert_eq!(
+            completed.to_string(),
+            "Factory.Multiply of 12 and 34 is 408"
+        );
         let triplet = Outcome::Completed {
             topic: "multiply".into(),
             job_id: 2,

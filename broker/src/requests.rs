@@ -71,7 +71,10 @@ impl<S: JobStore> Broker<S> {
     }
 
     /// Creates a topic, or reports the capacity an existing one keeps.
-    pub async fn create_channel(&self, request: ChannelRequest) -> Result<StatusReport, BrokerError> {
+    pub async fn create_channel(
+        &self,
+        request: ChannelRequest,
+    ) -> Result<StatusReport, BrokerError> {
         validate_topic_name(&request.topic)?;
         validate_buffer(request.buffer)?;
         let ChannelRequest { topic, buffer } = request;
@@ -98,7 +101,9 @@ impl<S: JobStore> Broker<S> {
         deadline: Instant,
     ) -> Result<Published, BrokerError> {
         validate_topic_name(&request.topic)?;
-        let reply_by = deadline.checked_sub(PUBLISH_REPLY_MARGIN).unwrap_or(deadline);
+        let reply_by = deadline
+            .checked_sub(PUBLISH_REPLY_MARGIN)
+            .unwrap_or(deadline);
         let publish = self.store.publish(&request.topic, request.job);
         match tokio::time::timeout_at(reply_by.into(), publish).await {
             Ok(Ok(job_id)) => {
@@ -116,18 +121,22 @@ impl<S: JobStore> Broker<S> {
 
     /// Checks a subscription, connects to its factory and starts its dispatcher, replacing
     /// the factory's earlier subscription under the same topic and callback.
-    pub async fn subscribe(self: &Arc<Self>, subscription: Subscription) -> Result<StatusReport, BrokerError> {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
         let (key, prefetch) = self.check_subscription(&subscription).await?;
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         let address = subscription.factory_address;
-        let client = transport::connect_factory(&key.factory.to_string(), self.settings.connect_timeout)
-            .await
-            .map_err(|error| BrokerError::Unreachable {
-                address: address.clone(),
-                reason: error.to_string(),
-            })?;
+        let client =
+            transport::connect_factory(&key.factory.to_string(), self.settings.connect_timeout)
+                .await
+                .map_err(|error| BrokerError::Unreachable {
+                    address: address.clone(),
+                    reason: error.to_string(),
+                })?;
         let stop = self.shutdown.child_token();
         let (generation, replaced) = self.subscriptions.insert(key.clone(), stop.clone());
         let dispatcher = Dispatcher {
@@ -151,7 +160,11 @@ impl<S: JobStore> Broker<S> {
                 DispatcherEnd::Store(error) => tracing::error!(topic = %key.topic, factory = %key.factory, %error, "subscription dropped: the store failed"),
             }
         });
-        let verb = if replaced { "resubscribed" } else { "subscribed" };
+        let verb = if replaced {
+            "resubscribed"
+        } else {
+            "subscribed"
+        };
         tracing::info!(topic = %subscription.topic, factory = %address, callback = %subscription.callback, prefetch, "{verb}");
         Ok(StatusReport {
             message: format!(
@@ -162,7 +175,10 @@ impl<S: JobStore> Broker<S> {
     }
 
     /// Stops dispatching to a subscription; its calls in flight finish.
-    pub async fn unsubscribe(&self, subscription: Subscription) -> Result<StatusReport, BrokerError> {
+    pub async fn unsubscribe(
+        &self,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
         let (key, _) = self.check_subscription(&subscription).await?;
         if !self.subscriptions.remove(&key) {
             return Err(BrokerError::NoSuchSubscription {

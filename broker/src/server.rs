@@ -15,26 +15,35 @@ use crate::service::BrokerService;
 
 /// Serves `broker` on `listener` until `shutdown` is cancelled, then waits for its
 /// connections to close and its dispatchers to finish their calls in flight.
-pub async fn serve<S: JobStore>(broker: Arc<Broker<S>>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve<S: JobStore>(
+    broker: Arc<Broker<S>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let connections = TaskTracker::new();
     let service = BrokerService::new(broker.clone());
-    transport::accept(listener, shutdown.clone(), connections.clone(), |stream, peer| {
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let requests = BaseChannel::with_defaults(transport::framed(stream))
-                .execute(service.serve())
-                // Each request runs in its own task, so that a publish waiting for room does
-                // not hold up the requests behind it on the same connection.
-                .for_each(|request| async {
-                    tokio::spawn(request);
-                });
-            tokio::select! {
-                _ = requests => tracing::debug!(%peer, "connection closed"),
-                _ = shutdown.cancelled() => {}
+    transport::accept(
+        listener,
+        shutdown.clone(),
+        connections.clone(),
+        |stream, peer| {
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let requests = BaseChannel::with_defaults(transport::framed(stream))
+                    .execute(service.serve())
+                    // Each request runs in its own task, so that a publish waiting for room does
+                    // not hold up the requests behind it on the same connection.
+                    .for_each(|request| async {
+                        tokio::spawn(request);
+                    });
+                tokio::select! {
+                    _ = requests => tracing::debug!(%peer, "connection closed"),
+                    _ = shutdown.cancelled() => {}
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     connections.close();
     connections.wait().await;

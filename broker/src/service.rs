@@ -37,7 +37,11 @@ impl<S: JobStore> stubs::Broker for BrokerService<S> {
         self.broker.create_channel(request).await
     }
 
-    async fn publish(self, context: Context, request: PublishRequest) -> Result<Published, BrokerError> {
+    async fn publish(
+        self,
+        context: Context,
+        request: PublishRequest,
+    ) -> Result<Published, BrokerError> {
         self.broker.publish(request, context.deadline).await
     }
 

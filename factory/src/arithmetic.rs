@@ -61,13 +61,19 @@ mod tests {
         assert_eq!(multiply(pair(12, 34)), Ok(408));
         assert_eq!(multiply(triplet(1, 2, 3)), Ok(6));
         assert_eq!(multiply(pair(-7, 6)), Ok(-42));
-        assert_eq!(multiply(triplet(999_999, 999_999, 999_999)), Ok(999_997_000_002_999_999));
+        assert_eq!(
+            multiply(triplet(999_999, 999_999, 999_999)),
+            Ok(999_997_000_002_999_999)
+        );
     }
 
     #[test]
     fn multiplication_overflow_is_an_error() {
         assert_eq!(multiply(pair(i64::MAX, 2)), Err(JobError::Overflow));
-        assert_eq!(multiply(triplet(1 << 40, 1 << 20, 1 << 10)), Err(JobError::Overflow));
+        assert_eq!(
+            multiply(triplet(1 << 40, 1 << 20, 1 << 10)),
+            Err(JobError::Overflow)
+        );
         assert_eq!(multiply(pair(i64::MIN, -1)), Err(JobError::Overflow));
     }
 

@@ -91,7 +91,10 @@ pub async fn run(
     console: Console,
     shutdown: CancellationToken,
 ) -> Result<(), FactoryError> {
-    let port = listener.local_addr().map_err(FactoryError::Listener)?.port();
+    let port = listener
+        .local_addr()
+        .map_err(FactoryError::Listener)?
+        .port();
     let address = SocketAddr::new(config.ip, port).to_string();
     let broker = transport::connect_broker(&config.broker, config.connect_timeout)
         .await
@@ -106,15 +109,20 @@ pub async fn run(
             topic: topic.name().to_owned(),
             buffer: config.buffer,
         };
-        let report = ask(broker.create_channel(tarpc::context::current(), request), || {
-            format!("create the topic {:?}", topic.name())
-        })
+        let report = ask(
+            broker.create_channel(tarpc::context::current(), request),
+            || format!("create the topic {:?}", topic.name()),
+        )
         .await?;
         tracing::info!(message = %report.message, "channel ready");
     }
 
     let (pipeline, pipeline_task) = if config.pipeline {
-        let (input, task) = pipeline::spawn(broker.clone(), stubs::DIVIDE_TOPIC.to_owned(), console.clone());
+        let (input, task) = pipeline::spawn(
+            broker.clone(),
+            stubs::DIVIDE_TOPIC.to_owned(),
+            console.clone(),
+        );
         (Some(input), Some(task))
     } else {
         (None, None)
@@ -179,9 +187,10 @@ pub async fn run(
     tracing::info!("stopping: unsubscribing and finishing the calls in flight");
     for subscription in subscriptions {
         let topic = subscription.topic.clone();
-        if let Err(error) = ask(broker.unsubscribe(tarpc::context::current(), subscription), || {
-            format!("unsubscribe from {topic:?}")
-        })
+        if let Err(error) = ask(
+            broker.unsubscribe(tarpc::context::current(), subscription),
+            || format!("unsubscribe from {topic:?}"),
+        )
         .await
         {
             tracing::warn!(%error, "unsubscribe failed");
@@ -191,7 +200,10 @@ pub async fn run(
     let _ = server.await;
     connections.close();
     // The broker closes its connection once its dispatcher has finished the calls in flight.
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("the broker kept its connections open; closing them");
         stop_connections.cancel();
         connections.wait().await;

@@ -68,7 +68,10 @@ pub fn spawn(
         }
         let leftovers = groups.into_leftovers();
         if leftovers != Leftovers::default() {
-            tracing::warn!(?leftovers, "pipeline stopped with results that make no whole group");
+            tracing::warn!(
+                ?leftovers,
+                "pipeline stopped with results that make no whole group"
+            );
         }
         leftovers
     });
@@ -150,9 +153,10 @@ async fn publish_until_accepted(broker: &BrokerClient, topic: &str, job: Job, co
         })
         .await;
     match published {
-        Ok(published) => {
-            console.line(format_args!("pipeline: {job} -> {topic} (job {})", published.job_id))
-        }
+        Ok(published) => console.line(format_args!(
+            "pipeline: {job} -> {topic} (job {})",
+            published.job_id
+        )),
         // Unreachable with no limit on tries; kept so that a future limit cannot drop silently.
         Err(error) => tracing::error!(%error, ?job, "pipeline publish given up"),
     }

@@ -25,7 +25,9 @@ impl FactoryService {
         let operation = arithmetic::describe(operator, job);
         match result {
             Ok(value) => self.console.line(format_args!("{operation} = {value}")),
-            Err(error) => self.console.line(format_args!("{operation} failed: {error}")),
+            Err(error) => self
+                .console
+                .line(format_args!("{operation} failed: {error}")),
         }
     }
 }

@@ -90,7 +90,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<MinerReport, MinerError> {
     if config.concurrency == 0 {
-        return Err(MinerError::InvalidConfig("--concurrency must be at least 1".into()));
+        return Err(MinerError::InvalidConfig(
+            "--concurrency must be at least 1".into(),
+        ));
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
@@ -101,7 +103,10 @@ pub async fn run(
         topic: config.topic.clone(),
         buffer: config.buffer,
     };
-    let report = match broker.create_channel(tarpc::context::current(), request).await {
+    let report = match broker
+        .create_channel(tarpc::context::current(), request)
+        .await
+    {
         Ok(Ok(report)) => report,
         Ok(Err(error)) => {
             return Err(MinerError::Refused {
@@ -135,7 +140,9 @@ pub async fn run(
     let mut first_error = None;
     while let Some(finished) = publishers.join_next().await {
         let result = finished.unwrap_or_else(|error| {
-            Err(MinerError::InvalidConfig(format!("a publisher task failed: {error}")))
+            Err(MinerError::InvalidConfig(format!(
+                "a publisher task failed: {error}"
+            )))
         });
         if let Err(error) = result {
             // One publisher's failure stops the others: the broker is gone or refuses.
@@ -203,7 +210,11 @@ impl Publishers {
                 job,
             };
             let action = || format!("publish to {:?}", self.config.topic);
-            match self.broker.publish(tarpc::context::current(), request).await {
+            match self
+                .broker
+                .publish(tarpc::context::current(), request)
+                .await
+            {
                 Ok(Ok(published)) => return Ok(published.job_id),
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
                     tracing::info!(%topic, capacity, "topic full; still waiting for room");

@@ -1,1 +1,217 @@
+//! What the system tests share: a broker that records every outcome, clients, factories in
+//! this process or as real processes, and waiting on a condition with a deadline.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use broker::queue::JobId;
+use broker::{Callback, Observer, Outcome, Settings};
+use factory::cli::LabTopic;
+use factory::FactoryConfig;
+use lab::{RunningBroker, RunningFactory};
+use lab_console::Console;
+use stubs::{BrokerClient, Job, PublishRequest};
+
+/// How long a test waits for a condition before it fails. Generous, because CI's two cores may
+/// be busy compiling; a passing test returns as soon as the condition holds.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Every outcome a broker reports, in order.
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Outcome>>>);
+
+/// A completed job as the broker reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The job's identifier.
+    pub job_id: JobId,
+    /// The procedure called.
+    pub callback: Callback,
+    /// The job.
+    pub job: Job,
+    /// The value computed.
+    pub result: i64,
+    /// The factory that computed it.
+    pub factory: String,
+}
+
+impl Recorder {
+    /// An observer that records into this recorder.
+    pub fn observer(&self) -> Observer {
+        let outcomes = self.0.clone();
+        Arc::new(move |outcome| outcomes.lock().unwrap().push(outcome.clone()))
+    }
+
+    /// Every outcome so far.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Every completion so far, on topic `topic`.
+    pub fn completed(&self, topic: &str) -> Vec<Completion> {
+        self.outcomes()
+            .into_iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Completed {
+                    topic: t,
+                    job_id,
+                    callback,
+                    job,
+                    result,
+                    factory,
+                } if &*t == topic => Some(Completion {
+                    job_id,
+                    callback,
+                    job,
+                    result,
+                    factory: factory.to_string(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The distinct jobs completed on `topic`.
+    pub fn completed_ids(&self, topic: &str) -> HashSet<JobId> {
+        self.completed(topic).iter().map(|c| c.job_id).collect()
+    }
+}
+
+/// Starts a broker on a free loopback port that records its outcomes.
+pub async fn start_broker(settings: Settings) -> (RunningBroker, Recorder) {
+    let recorder = Recorder::default();
+    let broker = RunningBroker::start(0, settings, recorder.observer())
+        .await
+        .expect("bind a loopback port");
+    (broker, recorder)
+}
+
+/// A client of the broker at `address`.
+pub async fn client(address: SocketAddr) -> BrokerClient {
+    transport::connect_broker(&address.to_string(), transport::DEFAULT_CONNECT_TIMEOUT)
+        .await
+        .expect("connect to the test broker")
+}
+
+/// Publishes `job` to `topic` and returns its identifier, failing the test on any error.
+pub async fn publish(client: &BrokerClient, topic: &str, job: impl Into<Job>) -> JobId {
+    let request = PublishRequest {
+        topic: topic.to_owned(),
+        job: job.into(),
+    };
+    client
+        .publish(tarpc::context::current(), request)
+        .await
+        .expect("the broker answers")
+        .expect("the broker accepts the job")
+        .job_id
+}
+
+/// A factory configuration for tests: the given topics, quiet, with or without the pipeline.
+pub fn factory_config(broker: SocketAddr, topics: &[LabTopic], pipeline: bool) -> FactoryConfig {
+    FactoryConfig {
+        topics: topics.to_vec(),
+        ..lab::factory_config(broker, pipeline)
+    }
+}
+
+/// Starts a quiet factory in this process on `port` (0 for a free one) and waits until the
+/// broker lists its subscriptions.
+pub async fn start_factory(
+    broker: &RunningBroker,
+    port: u16,
+    config: FactoryConfig,
+) -> RunningFactory {
+    let expected = config.topics.len();
+    let factory = RunningFactory::start(port, config, Console::quiet())
+        .await
+        .expect("bind a loopback port");
+    let address = factory.address;
+    eventually("the factory subscribes", || {
+        subscriptions_of(broker, address) == expected
+    })
+    .await;
+    factory
+}
+
+/// How many subscriptions the broker holds for the factory at `address`.
+pub fn subscriptions_of(broker: &RunningBroker, address: SocketAddr) -> usize {
+    broker
+        .broker
+        .subscriptions()
+        .iter()
+        .filter(|key| key.factory == address)
+        .count()
+}
+
+/// Waits until `condition` holds, failing the test with `what` if [`WAIT`] passes first.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let held = lab::wait_until(WAIT, async || condition()).await;
+    assert!(held, "timed out after {WAIT:?} waiting until {what}");
+}
+
+/// The `factory` program, built once per test process with the same profile as the tests.
+pub fn factory_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // Tests run from <target>/<profile>/deps/; the programs live in <target>/<profile>/.
+            let test_exe = std::env::current_exe().expect("the test's own path");
+            let profile_dir = test_exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("tests run from <target>/<profile>/deps")
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "factory", "--bin", "factory"]);
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p factory failed");
+            profile_dir.join(format!("factory{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
+}
+
+/// A `factory` program running as a child process.
+pub struct FactoryProcess {
+    child: Child,
+}
+
+impl FactoryProcess {
+    /// Starts the `factory` program with `args` (besides `--broker`), its output discarded.
+    pub fn start(broker: SocketAddr, args: &[&str]) -> Self {
+        let child = Command::new(factory_binary())
+            .arg("--broker")
+            .arg(broker.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the factory program");
+        Self { child }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill the factory");
+        self.child.wait().expect("reap the factory");
+    }
+}
+
+impl Drop for FactoryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

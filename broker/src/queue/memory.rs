@@ -52,10 +52,15 @@ impl Topic {
     fn lock(&self) -> MutexGuard<'_, TopicState> {
         // A panic while the lock was held cannot leave the state half-changed (every change is
         // a single push, pop or insert), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn settle(&self, delivery: &Delivery) -> Result<(QueuedJob, MutexGuard<'_, TopicState>), QueueError> {
+    fn settle(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(QueuedJob, MutexGuard<'_, TopicState>), QueueError> {
         let mut state = self.lock();
         match state.in_flight.remove(&delivery.id) {
             Some(job) => Ok((job, state)),
@@ -74,7 +79,10 @@ impl MemoryStore {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
-        let topics = self.topics.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let topics = self
+            .topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         topics
             .get(name)
             .cloned()
@@ -84,7 +92,10 @@ impl MemoryStore {
 
 impl JobStore for MemoryStore {
     async fn create_topic(&self, name: &str, capacity: usize) -> Result<TopicCreation, QueueError> {
-        let mut topics = self.topics.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut topics = self
+            .topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = topics.get(name) {
             return Ok(TopicCreation::Existing {
                 capacity: existing.capacity,

@@ -76,7 +76,10 @@ mod tests {
         }
         for bad in ["", "with space", "slash/", "ünï", &"x".repeat(256)] {
             assert!(
-                matches!(validate_topic_name(bad), Err(BrokerError::InvalidTopic { .. })),
+                matches!(
+                    validate_topic_name(bad),
+                    Err(BrokerError::InvalidTopic { .. })
+                ),
                 "{bad}"
             );
         }

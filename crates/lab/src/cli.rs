@@ -82,7 +82,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<LabSummary, La
     for number in 1..=cli.factories {
         let console = Console::prefixed(&format!("factory{number}"));
         let factory =
-            RunningFactory::start(0, factory_config(broker.address, !cli.no_pipeline), console).await?;
+            RunningFactory::start(0, factory_config(broker.address, !cli.no_pipeline), console)
+                .await?;
         tracing::info!(address = %factory.address, "factory {number} started");
         factories.push(factory);
     }
@@ -127,8 +128,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<LabSummary, La
     for factory in factories {
         factory.stop().await?;
     }
-    let multiply = broker.topic_stats(stubs::MULTIPLY_TOPIC).await.unwrap_or_default();
-    let divide = broker.topic_stats(stubs::DIVIDE_TOPIC).await.unwrap_or_default();
+    let multiply = broker
+        .topic_stats(stubs::MULTIPLY_TOPIC)
+        .await
+        .unwrap_or_default();
+    let divide = broker
+        .topic_stats(stubs::DIVIDE_TOPIC)
+        .await
+        .unwrap_or_default();
     broker.stop().await;
     outcome?;
     Ok(LabSummary {

@@ -69,7 +69,11 @@ pub struct RunningFactory {
 
 impl RunningFactory {
     /// Starts a factory on `127.0.0.1:port` (0 for a free port) for the broker in `config`.
-    pub async fn start(port: u16, config: FactoryConfig, console: Console) -> std::io::Result<Self> {
+    pub async fn start(
+        port: u16,
+        config: FactoryConfig,
+        console: Console,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let address = listener.local_addr()?;
         let shutdown = CancellationToken::new();

@@ -1,0 +1,330 @@
+//! Bad input: each request gets the stated typed error, and broker and factory keep serving.
+
+use std::time::{Duration, Instant};
+
+use broker::Settings;
+use factory::cli::LabTopic::{Divide, Multiply};
+use stubs::{
+    BrokerClient, BrokerError, ChannelRequest, JobError, Pair, PublishRequest, Subscription,
+};
+use system_tests::*;
+
+async fn create(client: &BrokerClient, topic: &str, buffer: u32) -> Result<String, BrokerError> {
+    let request = ChannelRequest {
+        topic: topic.to_owned(),
+        buffer,
+    };
+    client
+        .create_channel(tarpc::context::current(), request)
+        .await
+        .expect("the broker answers")
+        .map(|report| report.message)
+}
+
+async fn try_publish(client: &BrokerClient, topic: &str, job: Pair) -> Result<u64, BrokerError> {
+    let request = PublishRequest {
+        topic: topic.to_owned(),
+        job: job.into(),
+    };
+    client
+        .publish(tarpc::context::current(), request)
+        .await
+        .expect("the broker answers")
+        .map(|published| published.job_id)
+}
+
+async fn subscribe(
+    client: &BrokerClient,
+    topic: &str,
+    address: &str,
+    callback: &str,
+    prefetch: u32,
+) -> Result<String, BrokerError> {
+    let subscription = Subscription {
+        topic: topic.to_owned(),
+        factory_address: address.to_owned(),
+        callback: callback.to_owned(),
+        prefetch,
+    };
+    client
+        .subscribe(tarpc::context::current(), subscription)
+        .await
+        .expect("the broker answers")
+        .map(|report| report.message)
+}
+
+#[tokio::test]
+async fn publishing_to_a_missing_topic_is_no_such_topic() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    assert_eq!(
+        try_publish(&client, "nowhere", Pair { x: 1, y: 2 }).await,
+        Err(BrokerError::NoSuchTopic {
+            topic: "nowhere".into()
+        })
+    );
+    // The broker still serves.
+    create(&client, "nowhere", 1).await.unwrap();
+    assert!(try_publish(&client, "nowhere", Pair { x: 1, y: 2 })
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn invalid_topic_names_are_refused() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    let too_long = "x".repeat(256);
+    for name in ["", "has space", "slash/es", "ünicode", too_long.as_str()] {
+        let created = create(&client, name, 10).await;
+        assert!(
+            matches!(created, Err(BrokerError::InvalidTopic { .. })),
+            "{name:?}: {created:?}"
+        );
+        let published = try_publish(&client, name, Pair { x: 1, y: 1 }).await;
+        assert!(
+            matches!(published, Err(BrokerError::InvalidTopic { .. })),
+            "{name:?}: {published:?}"
+        );
+    }
+    assert!(create(&client, &"x".repeat(255), 10).await.is_ok());
+}
+
+#[tokio::test]
+async fn buffers_outside_1_to_1_000_000_are_refused() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    for buffer in [0, 1_000_001] {
+        assert_eq!(
+            create(&client, "jobs", buffer).await,
+            Err(BrokerError::InvalidBuffer {
+                buffer,
+                min: 1,
+                max: 1_000_000
+            })
+        );
+    }
+    assert!(
+        broker.topic_stats("jobs").await.is_none(),
+        "no topic was created"
+    );
+}
+
+#[tokio::test]
+async fn create_channel_is_idempotent_and_keeps_the_first_capacity() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    let first = create(&client, "jobs", 5).await.unwrap();
+    assert!(first.contains("created"), "{first}");
+    let second = create(&client, "jobs", 50).await.unwrap();
+    assert!(second.contains("keeps that buffer"), "{second}");
+    assert_eq!(broker.topic_stats("jobs").await.unwrap().capacity, 5);
+}
+
+#[tokio::test]
+async fn subscription_errors_are_typed() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    create(&client, "multiply", 10).await.unwrap();
+    // A port that nobody listens on: bound, then released.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let closed = closed_port.to_string();
+
+    assert_eq!(
+        subscribe(&client, "absent", &closed, stubs::MULTIPLY, 1).await,
+        Err(BrokerError::NoSuchTopic {
+            topic: "absent".into()
+        })
+    );
+    assert_eq!(
+        subscribe(&client, "multiply", &closed, "Factory.Add", 1).await,
+        Err(BrokerError::UnknownCallback {
+            callback: "Factory.Add".into()
+        })
+    );
+    assert_eq!(
+        subscribe(&client, "multiply", &closed, stubs::MULTIPLY, 0).await,
+        Err(BrokerError::InvalidPrefetch {
+            prefetch: 0,
+            min: 1,
+            max: 1_024
+        })
+    );
+    assert!(matches!(
+        subscribe(&client, "multiply", "not an address", stubs::MULTIPLY, 1).await,
+        Err(BrokerError::InvalidAddress { .. })
+    ));
+    let unreachable = subscribe(&client, "multiply", &closed, stubs::MULTIPLY, 1).await;
+    assert!(
+        matches!(&unreachable, Err(BrokerError::Unreachable { address, .. }) if *address == closed),
+        "{unreachable:?}"
+    );
+    assert!(broker.broker.subscriptions().is_empty());
+}
+
+#[tokio::test]
+async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving() {
+    let (broker, recorder) = start_broker(Settings::default()).await;
+    let _factory = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply, Divide], false),
+    )
+    .await;
+    let client = client(broker.address).await;
+
+    publish(&client, "divide", Pair { x: 5, y: 0 }).await;
+    publish(&client, "multiply", Pair { x: i64::MAX, y: 2 }).await;
+    publish(&client, "divide", Pair { x: 9, y: 3 }).await;
+    publish(&client, "multiply", Pair { x: 6, y: 7 }).await;
+    eventually("the good jobs are completed after the bad ones", || {
+        recorder.completed("divide").len() == 1 && recorder.completed("multiply").len() == 1
+    })
+    .await;
+
+    let failures: Vec<String> = recorder
+        .outcomes()
+        .iter()
+        .filter(|o| matches!(o, broker::Outcome::Failed { .. }))
+        .map(|o| o.to_string())
+        .collect();
+    assert_eq!(
+        failures.len(),
+        2,
+        "each bad job fails exactly once: {failures:?}"
+    );
+    assert!(failures.contains(&"Factory.Divide of 5 and 0 failed: division by zero".to_string()));
+    assert!(failures.contains(&format!(
+        "Factory.Multiply of {} and 2 failed: integer overflow",
+        i64::MAX
+    )));
+    assert!(recorder.outcomes().iter().any(|o| matches!(
+        o,
+        broker::Outcome::Failed {
+            error: JobError::Overflow,
+            ..
+        }
+    )));
+    assert_eq!(recorder.completed("divide")[0].result, 3);
+    assert_eq!(recorder.completed("multiply")[0].result, 42);
+    for topic in ["divide", "multiply"] {
+        let stats = broker.topic_stats(topic).await.unwrap();
+        assert_eq!(
+            (stats.failed, stats.completed, stats.requeued),
+            (1, 1, 0),
+            "{topic}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_publish_to_a_full_topic_waits_and_past_its_deadline_leaves_no_job() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    create(&client, "small", 2).await.unwrap();
+    for x in 0..2 {
+        try_publish(&client, "small", Pair { x, y: 1 })
+            .await
+            .unwrap();
+    }
+    let mut context = tarpc::context::current();
+    context.deadline = Instant::now() + Duration::from_millis(500);
+    let request = PublishRequest {
+        topic: "small".into(),
+        job: Pair { x: 99, y: 1 }.into(),
+    };
+    let started = Instant::now();
+    let refused = client
+        .publish(context, request)
+        .await
+        .expect("the broker answers before the deadline");
+    assert_eq!(
+        refused,
+        Err(BrokerError::TopicFull {
+            topic: "small".into(),
+            capacity: 2
+        })
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for room first"
+    );
+    let stats = broker.topic_stats("small").await.unwrap();
+    assert_eq!((stats.ready, stats.published), (2, 2), "no phantom job");
+}
+
+#[tokio::test]
+async fn a_waiting_publish_goes_through_once_room_is_made() {
+    let (broker, recorder) = start_broker(Settings::default()).await;
+    let client = client(broker.address).await;
+    create(&client, "multiply", 1).await.unwrap();
+    publish(&client, "multiply", Pair { x: 1, y: 1 }).await;
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { publish(&client, "multiply", Pair { x: 2, y: 2 }).await })
+    };
+    eventually("the second publish is waiting", || !waiting.is_finished()).await;
+    let _factory = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply], false),
+    )
+    .await;
+    waiting.await.unwrap();
+    eventually("both jobs are completed", || {
+        recorder.completed("multiply").len() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_dispatching_and_resubscribing_replaces_the_old_subscription() {
+    let (broker, recorder) = start_broker(Settings::default()).await;
+    let factory = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply], false),
+    )
+    .await;
+    let address = factory.address.to_string();
+    let client = client(broker.address).await;
+
+    // Subscribing again from the same address replaces the subscription: never two.
+    subscribe(&client, "multiply", &address, stubs::MULTIPLY, 1)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions_of(&broker, factory.address), 1);
+
+    let unsubscription = Subscription {
+        topic: "multiply".into(),
+        factory_address: address.clone(),
+        callback: stubs::MULTIPLY.into(),
+        prefetch: 1,
+    };
+    client
+        .unsubscribe(tarpc::context::current(), unsubscription.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(subscriptions_of(&broker, factory.address), 0);
+    publish(&client, "multiply", Pair { x: 3, y: 3 }).await;
+    let stats = broker.topic_stats("multiply").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.in_flight),
+        (1, 0),
+        "no new dispatch after unsubscribe"
+    );
+    assert!(recorder.completed("multiply").is_empty());
+
+    let again = client
+        .unsubscribe(tarpc::context::current(), unsubscription)
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Err(BrokerError::NoSuchSubscription { .. })),
+        "{again:?}"
+    );
+}

@@ -6,6 +6,8 @@
 //! [`MemoryStore`] is the in-memory implementation, the default for the lab; stores on local
 //! disk and in external engines implement the same trait.
 
+#[cfg(test)]
+mod behaviour;
 mod memory;
 mod rules;
 

@@ -1,0 +1,200 @@
+//! The behaviour every [`JobStore`] must show, written once and run against each store by
+//! [`store_behaviour_tests!`], so that the lab behaves the same whichever store holds its jobs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stubs::{Job, Pair};
+
+use super::{JobStore, QueueError, TopicCreation};
+
+fn job(x: i64) -> Job {
+    Pair { x, y: 1 }.into()
+}
+
+/// Longer than any store needs to act, short in paused test time.
+const PATIENCE: Duration = Duration::from_secs(1);
+
+pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStore) {
+    assert_eq!(store.create_topic("t", 3).await, Ok(TopicCreation::Created));
+    assert_eq!(
+        store.create_topic("t", 9).await,
+        Ok(TopicCreation::Existing { capacity: 3 })
+    );
+    assert_eq!(store.stats("t").await.unwrap().capacity, 3);
+    assert!(store.has_topic("t").await);
+    assert!(!store.has_topic("u").await);
+}
+
+pub async fn a_missing_topic_is_reported(store: impl JobStore) {
+    let missing = Err(QueueError::NoSuchTopic("none".into()));
+    assert_eq!(store.publish("none", job(1)).await, missing.clone().map(|_: ()| 0));
+    assert_eq!(store.take("none").await.map(|_| ()), missing.clone());
+    assert_eq!(store.stats("none").await.map(|_| ()), missing);
+}
+
+pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
+    store.create_topic("t", 10).await.unwrap();
+    let mut ids = Vec::new();
+    for x in 0..5 {
+        ids.push(store.publish("t", job(x)).await.unwrap());
+    }
+    for (x, id) in ids.into_iter().enumerate() {
+        let delivery = store.take("t").await.unwrap();
+        assert_eq!((delivery.id, delivery.job, delivery.attempt), (id, job(x as i64), 1));
+        store.complete(&delivery).await.unwrap();
+    }
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!((stats.published, stats.completed, stats.ready, stats.in_flight), (5, 5, 0, 0));
+}
+
+pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store: impl JobStore) {
+    let store = Arc::new(store);
+    store.create_topic("t", 1).await.unwrap();
+    store.publish("t", job(1)).await.unwrap();
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.publish("t", job(2)).await }
+    });
+    tokio::time::sleep(PATIENCE).await;
+    assert!(!waiting.is_finished(), "the topic is full, so the publish waits");
+    let first = store.take("t").await.unwrap();
+    assert_eq!(first.job, job(1));
+    waiting.await.unwrap().unwrap();
+    assert_eq!(store.take("t").await.unwrap().job, job(2));
+}
+
+pub async fn a_cancelled_publish_leaves_no_job(store: impl JobStore) {
+    store.create_topic("t", 1).await.unwrap();
+    store.publish("t", job(1)).await.unwrap();
+    let timed_out = tokio::time::timeout(PATIENCE, store.publish("t", job(2))).await;
+    assert!(timed_out.is_err());
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!((stats.ready, stats.published), (1, 1));
+    let first = store.take("t").await.unwrap();
+    store.complete(&first).await.unwrap();
+    let nothing = tokio::time::timeout(PATIENCE, store.take("t")).await;
+    assert!(nothing.is_err(), "the cancelled job never appears");
+}
+
+pub async fn a_cancelled_take_takes_nothing(store: impl JobStore) {
+    store.create_topic("t", 2).await.unwrap();
+    assert!(tokio::time::timeout(PATIENCE, store.take("t")).await.is_err());
+    store.publish("t", job(7)).await.unwrap();
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (1, 0));
+    assert_eq!(store.take("t").await.unwrap().job, job(7));
+}
+
+pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl JobStore) {
+    store.create_topic("t", 1).await.unwrap();
+    store.publish("t", job(1)).await.unwrap();
+    let first = store.take("t").await.unwrap();
+    store.publish("t", job(2)).await.unwrap();
+    store.requeue(&first).await.unwrap();
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!((stats.ready, stats.requeued), (2, 1), "over capacity, never lost");
+    let again = store.take("t").await.unwrap();
+    assert_eq!((again.id, again.job, again.attempt), (first.id, job(1), 2));
+    assert_eq!(store.take("t").await.unwrap().job, job(2));
+}
+
+pub async fn a_delivery_is_settled_once(store: impl JobStore) {
+    store.create_topic("t", 4).await.unwrap();
+    for x in 0..3 {
+        store.publish("t", job(x)).await.unwrap();
+    }
+    let done = store.take("t").await.unwrap();
+    let failed = store.take("t").await.unwrap();
+    let back = store.take("t").await.unwrap();
+    store.complete(&done).await.unwrap();
+    store.fail(&failed).await.unwrap();
+    store.requeue(&back).await.unwrap();
+    for settled in [&done, &failed, &back] {
+        assert!(matches!(
+            store.complete(settled).await,
+            Err(QueueError::NotInFlight { .. })
+        ));
+    }
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.failed, stats.requeued, stats.ready, stats.in_flight),
+        (1, 1, 1, 1, 0)
+    );
+}
+
+pub async fn each_job_goes_to_exactly_one_of_many_takers(store: impl JobStore) {
+    const JOBS: u64 = 200;
+    let store = Arc::new(store);
+    store.create_topic("t", 8).await.unwrap();
+    let mut takers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        takers.spawn(async move {
+            let mut taken = Vec::new();
+            while let Ok(Ok(delivery)) = tokio::time::timeout(PATIENCE, store.take("t")).await {
+                store.complete(&delivery).await.unwrap();
+                taken.push(delivery.id);
+            }
+            taken
+        });
+    }
+    let mut published = HashSet::new();
+    for x in 0..JOBS {
+        published.insert(store.publish("t", job(x as i64)).await.unwrap());
+    }
+    let mut taken = Vec::new();
+    while let Some(ids) = takers.join_next().await {
+        taken.extend(ids.unwrap());
+    }
+    assert_eq!(taken.len() as u64, JOBS, "no job taken twice");
+    assert_eq!(taken.into_iter().collect::<HashSet<_>>(), published);
+}
+
+/// Runs every behaviour above against the store that `$make` builds, in paused time.
+macro_rules! store_behaviour_tests {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use crate::queue::behaviour as b;
+            #[tokio::test(start_paused = true)]
+            async fn creating_a_topic_twice_keeps_the_first_capacity() {
+                b::creating_a_topic_twice_keeps_the_first_capacity($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_missing_topic_is_reported() {
+                b::a_missing_topic_is_reported($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn jobs_are_taken_in_publish_order() {
+                b::jobs_are_taken_in_publish_order($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken() {
+                b::a_publish_waits_for_room_and_goes_through_when_a_job_is_taken($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_cancelled_publish_leaves_no_job() {
+                b::a_cancelled_publish_leaves_no_job($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_cancelled_take_takes_nothing() {
+                b::a_cancelled_take_takes_nothing($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_requeued_job_goes_to_the_head_whatever_the_capacity() {
+                b::a_requeued_job_goes_to_the_head_whatever_the_capacity($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_delivery_is_settled_once() {
+                b::a_delivery_is_settled_once($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn each_job_goes_to_exactly_one_of_many_takers() {
+                b::each_job_goes_to_exactly_one_of_many_takers($make).await
+            }
+        }
+    };
+}
+
+store_behaviour_tests!(memory_store, crate::queue::MemoryStore::new());

@@ -29,7 +29,10 @@ pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStor
 
 pub async fn a_missing_topic_is_reported(store: impl JobStore) {
     let missing = Err(QueueError::NoSuchTopic("none".into()));
-    assert_eq!(store.publish("none", job(1)).await, missing.clone().map(|_: ()| 0));
+    assert_eq!(
+        store.publish("none", job(1)).await,
+        missing.clone().map(|_: ()| 0)
+    );
     assert_eq!(store.take("none").await.map(|_| ()), missing.clone());
     assert_eq!(store.stats("none").await.map(|_| ()), missing);
 }
@@ -42,11 +45,22 @@ pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
     }
     for (x, id) in ids.into_iter().enumerate() {
         let delivery = store.take("t").await.unwrap();
-        assert_eq!((delivery.id, delivery.job, delivery.attempt), (id, job(x as i64), 1));
+        assert_eq!(
+            (delivery.id, delivery.job, delivery.attempt),
+            (id, job(x as i64), 1)
+        );
         store.complete(&delivery).await.unwrap();
     }
     let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.published, stats.completed, stats.ready, stats.in_flight), (5, 5, 0, 0));
+    assert_eq!(
+        (
+            stats.published,
+            stats.completed,
+            stats.ready,
+            stats.in_flight
+        ),
+        (5, 5, 0, 0)
+    );
 }
 
 pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store: impl JobStore) {
@@ -58,7 +72,10 @@ pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store
         async move { store.publish("t", job(2)).await }
     });
     tokio::time::sleep(PATIENCE).await;
-    assert!(!waiting.is_finished(), "the topic is full, so the publish waits");
+    assert!(
+        !waiting.is_finished(),
+        "the topic is full, so the publish waits"
+    );
     let first = store.take("t").await.unwrap();
     assert_eq!(first.job, job(1));
     waiting.await.unwrap().unwrap();
@@ -80,7 +97,9 @@ pub async fn a_cancelled_publish_leaves_no_job(store: impl JobStore) {
 
 pub async fn a_cancelled_take_takes_nothing(store: impl JobStore) {
     store.create_topic("t", 2).await.unwrap();
-    assert!(tokio::time::timeout(PATIENCE, store.take("t")).await.is_err());
+    assert!(tokio::time::timeout(PATIENCE, store.take("t"))
+        .await
+        .is_err());
     store.publish("t", job(7)).await.unwrap();
     let stats = store.stats("t").await.unwrap();
     assert_eq!((stats.ready, stats.in_flight), (1, 0));
@@ -94,7 +113,11 @@ pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl J
     store.publish("t", job(2)).await.unwrap();
     store.requeue(&first).await.unwrap();
     let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.requeued), (2, 1), "over capacity, never lost");
+    assert_eq!(
+        (stats.ready, stats.requeued),
+        (2, 1),
+        "over capacity, never lost"
+    );
     let again = store.take("t").await.unwrap();
     assert_eq!((again.id, again.job, again.attempt), (first.id, job(1), 2));
     assert_eq!(store.take("t").await.unwrap().job, job(2));
@@ -119,7 +142,13 @@ pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     }
     let stats = store.stats("t").await.unwrap();
     assert_eq!(
-        (stats.completed, stats.failed, stats.requeued, stats.ready, stats.in_flight),
+        (
+            stats.completed,
+            stats.failed,
+            stats.requeued,
+            stats.ready,
+            stats.in_flight
+        ),
         (1, 1, 1, 1, 0)
     );
 }

@@ -328,3 +328,36 @@ async fn unsubscribe_stops_dispatching_and_resubscribing_replaces_the_old_subscr
         "{again:?}"
     );
 }
+
+#[tokio::test]
+async fn a_miner_and_a_factory_without_a_broker_fail_with_a_clear_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let miner = miner::run(
+        lab::miner_config(closed, "multiply"),
+        lab_console::Console::quiet(),
+        Default::default(),
+    )
+    .await;
+    let error = miner.expect_err("no broker listens there");
+    assert!(
+        matches!(error, miner::MinerError::BrokerUnreachable(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("cargo run -p broker"), "{error}");
+
+    let factory = lab::RunningFactory::start(
+        0,
+        lab::factory_config(closed, true),
+        lab_console::Console::quiet(),
+    )
+    .await
+    .unwrap();
+    let error = factory.stop().await.expect_err("no broker listens there");
+    assert!(
+        matches!(error, factory::FactoryError::BrokerUnreachable(_)),
+        "{error:?}"
+    );
+}

@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use crate::queue::DEFAULT_DEAD_LETTER_LIMIT;
 use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
 
 /// The port the lab's broker listens on.
@@ -27,6 +28,10 @@ pub struct Cli {
     /// How long `subscribe` waits to connect to a factory.
     #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
     pub connect_timeout: humantime::Duration,
+    /// How many failed jobs each topic keeps in its dead-letter list; older ones are dropped
+    /// (and counted) first.
+    #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT)]
+    pub dead_letter_limit: usize,
 }
 
 impl Cli {

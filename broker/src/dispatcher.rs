@@ -135,7 +135,9 @@ impl<S: JobStore> Shared<S> {
                 },
             ),
             Ok(Err(error)) => (
-                this.store.fail(&delivery).await,
+                this.store
+                    .dead_letter(&delivery, error, &this.factory)
+                    .await,
                 Outcome::Failed {
                     topic: this.topic.clone(),
                     job_id: delivery.id,

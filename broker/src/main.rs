@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
     let broker = Broker::new(
-        MemoryStore::new(),
+        MemoryStore::with_dead_letter_limit(cli.dead_letter_limit),
         cli.settings(),
         print_results(Console::plain()),
         shutdown.clone(),

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stubs::{BrokerError, ChannelRequest, PublishRequest, Published, StatusReport, Subscription};
+use stubs::{
+    BrokerError, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport, Subscription,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use transport::ConnectError;
@@ -199,6 +201,12 @@ impl<S: JobStore> Broker<S> {
     /// The counters of a topic.
     pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, BrokerError> {
         Ok(self.store.stats(topic).await?)
+    }
+
+    /// The jobs of a topic that failed with a job error.
+    pub async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, BrokerError> {
+        validate_topic_name(topic)?;
+        Ok(self.store.dead_letters(topic).await?)
     }
 
     /// The subscriptions in force.

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use stubs::{BrokerError, ChannelRequest, PublishRequest, Published, StatusReport, Subscription};
+use stubs::{
+    BrokerError, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport, Subscription,
+};
 use tarpc::context::Context;
 
 use crate::queue::JobStore;
@@ -59,5 +61,9 @@ impl<S: JobStore> stubs::Broker for BrokerService<S> {
         subscription: Subscription,
     ) -> Result<StatusReport, BrokerError> {
         self.broker.unsubscribe(subscription).await
+    }
+
+    async fn dead_letters(self, _: Context, topic: String) -> Result<DeadLetters, BrokerError> {
+        self.broker.dead_letters(&topic).await
     }
 }

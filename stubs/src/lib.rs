@@ -127,6 +127,32 @@ pub struct Published {
     pub job_id: u64,
 }
 
+/// A job that failed with a job error, kept by the broker instead of being retried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The job's identifier.
+    pub job_id: u64,
+    /// The job.
+    pub job: Job,
+    /// What the factory answered.
+    pub error: JobError,
+    /// The address of the factory that answered.
+    pub factory: String,
+    /// When the broker received the answer, in milliseconds since the Unix epoch.
+    pub failed_at_unix_ms: u64,
+}
+
+/// A topic's dead letters: the most recent ones, and how many there were in all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetters {
+    /// The newest dead letters, oldest first; the oldest are dropped past the broker's limit.
+    pub letters: Vec<DeadLetter>,
+    /// How many jobs of the topic have failed in all.
+    pub total: u64,
+    /// How many dead letters were dropped to keep the list within the limit.
+    pub dropped: u64,
+}
+
 /// Why the broker refused a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum BrokerError {
@@ -231,6 +257,8 @@ pub trait Broker {
     async fn subscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
     /// Stops dispatching new jobs to a subscription; calls in flight finish.
     async fn unsubscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
+    /// The jobs of a topic that failed with a job error.
+    async fn dead_letters(topic: String) -> Result<DeadLetters, BrokerError>;
 }
 
 /// A factory: the worker the broker calls back.

@@ -168,7 +168,7 @@ async fn subscription_errors_are_typed() {
 #[tokio::test]
 async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
+    let factory = start_factory(
         &broker,
         0,
         factory_config(broker.address, &[Multiply, Divide], false),
@@ -218,6 +218,25 @@ async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving()
             "{topic}"
         );
     }
+    let dead = client
+        .dead_letters(tarpc::context::current(), "divide".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((dead.total, dead.dropped, dead.letters.len()), (1, 0, 1));
+    let letter = &dead.letters[0];
+    assert_eq!(letter.job, Pair { x: 5, y: 0 }.into());
+    assert_eq!(letter.error, JobError::DivideByZero);
+    assert_eq!(letter.factory, factory.address.to_string());
+    assert_eq!(
+        client
+            .dead_letters(tarpc::context::current(), "nowhere".into())
+            .await
+            .unwrap(),
+        Err(BrokerError::NoSuchTopic {
+            topic: "nowhere".into()
+        })
+    );
 }
 
 #[tokio::test]

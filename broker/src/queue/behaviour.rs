@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stubs::{Job, Pair};
+use stubs::{Job, JobError, Pair};
 
 use super::{JobStore, QueueError, TopicCreation};
 
@@ -132,7 +132,10 @@ pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     let failed = store.take("t").await.unwrap();
     let back = store.take("t").await.unwrap();
     store.complete(&done).await.unwrap();
-    store.fail(&failed).await.unwrap();
+    store
+        .dead_letter(&failed, JobError::DivideByZero, "127.0.0.1:1")
+        .await
+        .unwrap();
     store.requeue(&back).await.unwrap();
     for settled in [&done, &failed, &back] {
         assert!(matches!(

@@ -4,20 +4,32 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use stubs::Job;
+use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::Notify;
 
 use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
+
+/// How many dead letters a topic keeps by default: enough to see what went wrong, small enough
+/// that a flood of bad jobs costs a bounded amount of memory (about 100 KiB a topic).
+pub const DEFAULT_DEAD_LETTER_LIMIT: usize = 1_000;
 
 /// Topics in memory.
 ///
 /// Locks are `std::sync` ones, held only for a few pointer moves and never across an `.await`:
 /// they are cheaper than tokio's and cannot be held by a cancelled future.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_job_id: AtomicU64,
+    dead_letter_limit: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +51,8 @@ struct TopicState {
     completed: u64,
     failed: u64,
     requeued: u64,
+    dead_letters: VecDeque<DeadLetter>,
+    dead_letters_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,9 +87,18 @@ impl Topic {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store keeping up to [`DEFAULT_DEAD_LETTER_LIMIT`] dead letters per topic.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_dead_letter_limit(DEFAULT_DEAD_LETTER_LIMIT)
+    }
+
+    /// An empty store keeping up to `limit` dead letters per topic.
+    pub fn with_dead_letter_limit(limit: usize) -> Self {
+        Self {
+            topics: RwLock::default(),
+            next_job_id: AtomicU64::new(0),
+            dead_letter_limit: limit,
+        }
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
@@ -189,11 +212,44 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
-    async fn fail(&self, delivery: &Delivery) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: JobError,
+        factory: &str,
+    ) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic)?;
-        let (_, mut state) = topic.settle(delivery)?;
+        let (queued, mut state) = topic.settle(delivery)?;
         state.failed += 1;
+        if self.dead_letter_limit == 0 {
+            state.dead_letters_dropped += 1;
+            return Ok(());
+        }
+        if state.dead_letters.len() == self.dead_letter_limit {
+            state.dead_letters.pop_front();
+            state.dead_letters_dropped += 1;
+        }
+        let failed_at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        state.dead_letters.push_back(DeadLetter {
+            job_id: queued.id,
+            job: queued.job,
+            error,
+            factory: factory.to_owned(),
+            failed_at_unix_ms,
+        });
         Ok(())
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<DeadLetters, QueueError> {
+        let topic = self.topic(name)?;
+        let state = topic.lock();
+        Ok(DeadLetters {
+            letters: state.dead_letters.iter().cloned().collect(),
+            total: state.failed,
+            dropped: state.dead_letters_dropped,
+        })
     }
 
     async fn requeue(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -218,5 +274,40 @@ impl JobStore for MemoryStore {
             failed: state.failed,
             requeued: state.requeued,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stubs::Pair;
+
+    #[tokio::test]
+    async fn dead_letters_are_bounded_and_the_oldest_are_dropped_first() {
+        let store = MemoryStore::with_dead_letter_limit(2);
+        store.create_topic("t", 10).await.unwrap();
+        for x in 0..3 {
+            store.publish("t", Pair { x, y: 0 }.into()).await.unwrap();
+            let delivery = store.take("t").await.unwrap();
+            store
+                .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:8050")
+                .await
+                .unwrap();
+        }
+        let dead = store.dead_letters("t").await.unwrap();
+        assert_eq!((dead.total, dead.dropped), (3, 1));
+        let jobs: Vec<Job> = dead.letters.iter().map(|letter| letter.job).collect();
+        assert_eq!(
+            jobs,
+            vec![Pair { x: 1, y: 0 }.into(), Pair { x: 2, y: 0 }.into()]
+        );
+        assert!(dead
+            .letters
+            .iter()
+            .all(|letter| letter.error == JobError::DivideByZero
+                && letter.factory == "127.0.0.1:8050"
+                && letter.failed_at_unix_ms > 0));
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!((stats.failed, stats.ready, stats.in_flight), (3, 0, 0));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A [`JobStore`] holds bounded FIFO topics. A job is published, taken by exactly one
 //! dispatcher (it moves from *ready* to *in flight*), and then settled once: completed,
-//! failed (a job error: not retried) or requeued (put back at the head of its topic).
+//! dead-lettered (a job error: kept aside, not retried) or requeued (put back at the head of its topic).
 //! [`MemoryStore`] is the in-memory implementation, the default for the lab; stores on local
 //! disk and in external engines implement the same trait.
 
@@ -11,7 +11,7 @@ mod behaviour;
 mod memory;
 mod rules;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, DEFAULT_DEAD_LETTER_LIMIT};
 pub use rules::{
     validate_buffer, validate_prefetch, validate_topic_name, MAX_BUFFER, MAX_PREFETCH,
     MAX_TOPIC_NAME_LENGTH, MIN_BUFFER, MIN_PREFETCH,
@@ -20,13 +20,13 @@ pub use rules::{
 use std::future::Future;
 use std::sync::Arc;
 
-use stubs::Job;
+use stubs::{DeadLetters, Job, JobError};
 
 /// The identifier a store gives a published job, unique within that store.
 pub type JobId = u64;
 
 /// A job handed to one dispatcher. It stays in flight until it is settled with
-/// [`JobStore::complete`], [`JobStore::fail`] or [`JobStore::requeue`].
+/// [`JobStore::complete`], [`JobStore::dead_letter`] or [`JobStore::requeue`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// The topic the job was taken from.
@@ -115,8 +115,20 @@ pub trait JobStore: Send + Sync + 'static {
     /// Settles a delivery as done: the job leaves the store.
     fn complete(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Settles a delivery as failed with a job error: the job leaves the store and is counted.
-    fn fail(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Settles a delivery as failed with a job error from the factory at `factory`: the job
+    /// leaves the topic for its bounded dead-letter list, and is never delivered again.
+    fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: JobError,
+        factory: &str,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The dead letters of `topic`.
+    fn dead_letters(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = Result<DeadLetters, QueueError>> + Send;
 
     /// Puts a delivery back at the head of its topic, whatever the capacity, so that a job
     /// is never lost nor blocked behind newer jobs because a factory failed.

@@ -203,6 +203,12 @@ impl<S: JobStore> Broker<S> {
         Ok(self.store.stats(topic).await?)
     }
 
+    /// Whether the subscription is in force.
+    pub async fn is_subscribed(&self, subscription: Subscription) -> Result<bool, BrokerError> {
+        let (key, _) = self.check_subscription(&subscription).await?;
+        Ok(self.subscriptions.contains(&key))
+    }
+
     /// The jobs of a topic that failed with a job error.
     pub async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, BrokerError> {
         validate_topic_name(topic)?;

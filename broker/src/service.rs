@@ -63,6 +63,14 @@ impl<S: JobStore> stubs::Broker for BrokerService<S> {
         self.broker.unsubscribe(subscription).await
     }
 
+    async fn is_subscribed(
+        self,
+        _: Context,
+        subscription: Subscription,
+    ) -> Result<bool, BrokerError> {
+        self.broker.is_subscribed(subscription).await
+    }
+
     async fn dead_letters(self, _: Context, topic: String) -> Result<DeadLetters, BrokerError> {
         self.broker.dead_letters(&topic).await
     }

@@ -74,6 +74,11 @@ impl Subscriptions {
         }
     }
 
+    /// Whether a subscription is in force under `key`.
+    pub fn contains(&self, key: &SubscriptionKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// The subscriptions in force, sorted by topic, factory and callback.
     pub fn keys(&self) -> Vec<SubscriptionKey> {
         let mut keys: Vec<_> = self.lock().keys().cloned().collect();

@@ -65,6 +65,9 @@ pub struct Cli {
     /// How long to wait for a connection to the broker.
     #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
     pub connect_timeout: humantime::Duration,
+    /// How long to keep reconnecting to a broker that went away before exiting with an error.
+    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
+    pub give_up_after: humantime::Duration,
 }
 
 impl Cli {
@@ -83,6 +86,7 @@ impl Cli {
             buffer: self.buffer,
             pipeline: !self.no_pipeline,
             connect_timeout: self.connect_timeout.into(),
+            give_up_after: self.give_up_after.into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`arithmetic`]: Multiply and Divide in checked arithmetic.
 //! - [`service`]: the tarpc `Factory` service the broker calls back.
 //! - [`pipeline`]: Part 2b, grouping Multiply results into new Divide jobs.
+//! - [`membership`]: the factory's topics and subscriptions at the broker, kept while it works.
 //! - [`cli`]: the command line of the `factory` program.
 //!
 //! [`run`] ties them together: serve, create the topics, subscribe, and on shutdown
@@ -10,6 +11,7 @@
 
 pub mod arithmetic;
 pub mod cli;
+pub mod membership;
 pub mod pipeline;
 pub mod service;
 
@@ -19,14 +21,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use lab_console::Console;
 use stubs::{BrokerError, ChannelRequest, Factory as _, Subscription};
-use tarpc::client::RpcError;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use transport::ConnectError;
+use transport::{BrokerLink, ConnectError, LinkError};
 
 use crate::cli::LabTopic;
+use crate::membership::Membership;
 use crate::service::FactoryService;
 
 /// The broker of the lab.
@@ -54,9 +56,11 @@ pub struct FactoryConfig {
     pub pipeline: bool,
     /// How long to wait for a connection to the broker.
     pub connect_timeout: Duration,
+    /// How long to keep reconnecting to a broker that went away before giving up.
+    pub give_up_after: Duration,
 }
 
-/// Why a factory could not start.
+/// Why a factory stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum FactoryError {
     /// The listener has no local address.
@@ -65,6 +69,9 @@ pub enum FactoryError {
     /// The broker cannot be reached.
     #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
     BrokerUnreachable(#[source] ConnectError),
+    /// The broker went away and did not come back in time.
+    #[error("{0}; start the broker again (cargo run -p broker), then this factory")]
+    BrokerLost(#[source] LinkError),
     /// The broker refused a request.
     #[error("the broker refused to {action}: {error}")]
     Refused {
@@ -73,18 +80,20 @@ pub enum FactoryError {
         /// Why it was refused.
         error: BrokerError,
     },
-    /// A request to the broker failed in transport.
+    /// A request to the broker failed.
     #[error("the broker did not answer a request to {action}: {error}")]
     Rpc {
         /// What the factory asked for.
         action: String,
         /// What went wrong.
-        error: RpcError,
+        error: LinkError,
     },
 }
 
 /// Serves on `listener`, subscribes to the broker and works until `shutdown` is cancelled; then
 /// unsubscribes, lets the calls in flight finish and publishes every complete pipeline group.
+/// While it works it keeps its subscriptions: it reconnects to a restarted broker and
+/// subscribes again when the broker has dropped it.
 pub async fn run(
     config: FactoryConfig,
     listener: TcpListener,
@@ -96,7 +105,7 @@ pub async fn run(
         .map_err(FactoryError::Listener)?
         .port();
     let address = SocketAddr::new(config.ip, port).to_string();
-    let broker = transport::connect_broker(&config.broker, config.connect_timeout)
+    let broker = BrokerLink::connect(&config.broker, config.connect_timeout, config.give_up_after)
         .await
         .map_err(FactoryError::BrokerUnreachable)?;
 
@@ -104,18 +113,26 @@ pub async fn run(
     if config.pipeline && !topics_to_create.contains(&LabTopic::Divide) {
         topics_to_create.push(LabTopic::Divide);
     }
-    for topic in &topics_to_create {
-        let request = ChannelRequest {
-            topic: topic.name().to_owned(),
-            buffer: config.buffer,
-        };
-        let report = ask(
-            broker.create_channel(tarpc::context::current(), request),
-            || format!("create the topic {:?}", topic.name()),
-        )
-        .await?;
-        tracing::info!(message = %report.message, "channel ready");
-    }
+    let membership = Membership {
+        broker: &broker,
+        channels: topics_to_create
+            .iter()
+            .map(|topic| ChannelRequest {
+                topic: topic.name().to_owned(),
+                buffer: config.buffer,
+            })
+            .collect(),
+        subscriptions: config
+            .topics
+            .iter()
+            .map(|topic| Subscription {
+                topic: topic.name().to_owned(),
+                factory_address: address.clone(),
+                callback: topic.callback().to_owned(),
+                prefetch: config.prefetch,
+            })
+            .collect(),
+    };
 
     let (pipeline, pipeline_task) = if config.pipeline {
         let (input, task) = pipeline::spawn(
@@ -128,6 +145,7 @@ pub async fn run(
         (None, None)
     };
 
+    // Serve before subscribing: the broker's first call may come before subscribe returns.
     let service = FactoryService::new(console, pipeline);
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
@@ -156,45 +174,20 @@ pub async fn run(
         },
     ));
 
-    let subscriptions: Vec<Subscription> = config
-        .topics
-        .iter()
-        .map(|topic| Subscription {
-            topic: topic.name().to_owned(),
-            factory_address: address.clone(),
-            callback: topic.callback().to_owned(),
-            prefetch: config.prefetch,
-        })
-        .collect();
-    for subscription in &subscriptions {
-        let subscribed = ask(
-            broker.subscribe(tarpc::context::current(), subscription.clone()),
-            || format!("subscribe to {:?}", subscription.topic),
-        )
-        .await;
-        match subscribed {
-            Ok(report) => tracing::info!(message = %report.message, "subscribed"),
-            Err(error) => {
-                stop_accepting.cancel();
-                stop_connections.cancel();
-                return Err(error);
+    let worked = match membership.join().await {
+        Ok(()) => {
+            tracing::info!(%address, "factory working");
+            tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                kept = membership.keep(&shutdown) => kept,
             }
         }
-    }
-    tracing::info!(%address, "factory working");
+        Err(error) => Err(error),
+    };
 
-    shutdown.cancelled().await;
     tracing::info!("stopping: unsubscribing and finishing the calls in flight");
-    for subscription in subscriptions {
-        let topic = subscription.topic.clone();
-        if let Err(error) = ask(
-            broker.unsubscribe(tarpc::context::current(), subscription),
-            || format!("unsubscribe from {topic:?}"),
-        )
-        .await
-        {
-            tracing::warn!(%error, "unsubscribe failed");
-        }
+    if worked.is_ok() {
+        membership.leave().await;
     }
     stop_accepting.cancel();
     let _ = server.await;
@@ -215,23 +208,5 @@ pub async fn run(
             Err(_) => tracing::error!("pipeline could not publish its last groups in time"),
         }
     }
-    Ok(())
-}
-
-/// Awaits a request to the broker, naming what was asked in any error.
-async fn ask<T>(
-    request: impl std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
-    action: impl Fn() -> String,
-) -> Result<T, FactoryError> {
-    match request.await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(error)) => Err(FactoryError::Refused {
-            action: action(),
-            error,
-        }),
-        Err(error) => Err(FactoryError::Rpc {
-            action: action(),
-            error,
-        }),
-    }
+    worked
 }

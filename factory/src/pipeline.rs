@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use lab_console::Console;
-use stubs::{BrokerClient, BrokerError, Job, Pair, PublishRequest, Triplet};
-use tarpc::client::RpcError;
+use std::sync::Arc;
+use stubs::{BrokerError, Job, Pair, PublishRequest, Triplet};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use transport::{BrokerLink, LinkError};
 
 /// How many Multiply results may wait for the pipeline task. When it is full, the Multiply
 /// handler waits, which slows the broker's calls down instead of growing memory.
@@ -54,7 +55,7 @@ pub struct Leftovers {
 /// Starts the pipeline task. It runs until every [`PipelineInput`] is dropped and then returns
 /// what it could not group.
 pub fn spawn(
-    broker: BrokerClient,
+    broker: Arc<BrokerLink>,
     divide_topic: String,
     console: Console,
 ) -> (PipelineInput, JoinHandle<Leftovers>) {
@@ -123,21 +124,24 @@ impl Groups {
 #[derive(Debug, thiserror::Error)]
 enum PublishFailure {
     #[error(transparent)]
-    Rpc(#[from] RpcError),
+    Link(#[from] LinkError),
     #[error(transparent)]
     Refused(#[from] BrokerError),
 }
 
 /// Publishes `job`, retrying with capped exponential backoff until the broker accepts it: a
 /// group of results is never dropped because the broker was busy or briefly away.
-async fn publish_until_accepted(broker: &BrokerClient, topic: &str, job: Job, console: &Console) {
+async fn publish_until_accepted(broker: &BrokerLink, topic: &str, job: Job, console: &Console) {
     let publish = || async {
         let request = PublishRequest {
             topic: topic.to_owned(),
             job,
         };
         broker
-            .publish(tarpc::context::current(), request)
+            .call(|client| {
+                let request = request.clone();
+                async move { client.publish(tarpc::context::current(), request).await }
+            })
             .await?
             .map_err(PublishFailure::from)
     };

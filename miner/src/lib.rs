@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lab_console::Console;
-use stubs::{BrokerClient, BrokerError, ChannelRequest, Job, PublishRequest};
+use stubs::{BrokerError, ChannelRequest, Job, PublishRequest};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
-use transport::ConnectError;
+use transport::{BrokerLink, ConnectError, LinkError};
 
 use crate::jobs::JobSource;
 
@@ -44,6 +44,8 @@ pub struct MinerConfig {
     pub concurrency: u32,
     /// How long to wait for a connection to the broker.
     pub connect_timeout: Duration,
+    /// How long to keep reconnecting to a broker that went away before giving up.
+    pub give_up_after: Duration,
 }
 
 /// Why a miner stopped early.
@@ -52,14 +54,14 @@ pub enum MinerError {
     /// The broker cannot be reached.
     #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
     BrokerUnreachable(#[source] ConnectError),
-    /// The broker went away or stopped answering.
-    #[error("lost the broker while trying to {action}: {error}; is it still running?")]
+    /// The broker went away and did not come back in time, or stopped answering.
+    #[error("lost the broker while trying to {action}: {error}; is it still running (cargo run -p broker)?")]
     BrokerLost {
         /// What the miner asked for.
         action: String,
         /// What went wrong.
         #[source]
-        error: RpcError,
+        error: LinkError,
     },
     /// The broker refused a request.
     #[error("the broker refused to {action}: {error}")]
@@ -96,32 +98,10 @@ pub async fn run(
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
-    let broker = transport::connect_broker(&config.broker, config.connect_timeout)
+    let broker = BrokerLink::connect(&config.broker, config.connect_timeout, config.give_up_after)
         .await
         .map_err(MinerError::BrokerUnreachable)?;
-    let request = ChannelRequest {
-        topic: config.topic.clone(),
-        buffer: config.buffer,
-    };
-    let report = match broker
-        .create_channel(tarpc::context::current(), request)
-        .await
-    {
-        Ok(Ok(report)) => report,
-        Ok(Err(error)) => {
-            return Err(MinerError::Refused {
-                action: format!("create the topic {:?}", config.topic),
-                error,
-            })
-        }
-        Err(error) => {
-            return Err(MinerError::BrokerLost {
-                action: format!("create the topic {:?}", config.topic),
-                error,
-            })
-        }
-    };
-    tracing::info!(message = %report.message, "channel ready");
+    create_channel(&broker, &config).await?;
 
     let shared = Arc::new(Publishers {
         broker,
@@ -158,8 +138,42 @@ pub async fn run(
     }
 }
 
+/// Creates the miner's topic (idempotent): at start, and again when a restarted broker has
+/// forgotten it.
+async fn create_channel(broker: &BrokerLink, config: &MinerConfig) -> Result<(), MinerError> {
+    let action = || format!("create the topic {:?}", config.topic);
+    let request = ChannelRequest {
+        topic: config.topic.clone(),
+        buffer: config.buffer,
+    };
+    let created = broker
+        .call(|client| {
+            let request = request.clone();
+            async move {
+                client
+                    .create_channel(tarpc::context::current(), request)
+                    .await
+            }
+        })
+        .await;
+    match created {
+        Ok(Ok(report)) => {
+            tracing::info!(message = %report.message, "channel ready");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(MinerError::Refused {
+            action: action(),
+            error,
+        }),
+        Err(error) => Err(MinerError::BrokerLost {
+            action: action(),
+            error,
+        }),
+    }
+}
+
 struct Publishers {
-    broker: BrokerClient,
+    broker: Arc<BrokerLink>,
     config: MinerConfig,
     console: Console,
     source: Mutex<JobSource>,
@@ -202,22 +216,34 @@ impl Publishers {
     }
 
     /// Publishes one job, waiting as long as the topic stays full: back-pressure, as a send
-    /// on a full Go channel blocks.
+    /// on a full Go channel blocks. A lost broker is reconnected and the job published again.
     async fn publish(&self, job: Job) -> Result<u64, MinerError> {
+        let request = PublishRequest {
+            topic: self.config.topic.clone(),
+            job,
+        };
+        let action = || format!("publish to {:?}", self.config.topic);
         loop {
-            let request = PublishRequest {
-                topic: self.config.topic.clone(),
-                job,
-            };
-            let action = || format!("publish to {:?}", self.config.topic);
-            match self
+            let published = self
                 .broker
-                .publish(tarpc::context::current(), request)
-                .await
-            {
+                .call(|client| {
+                    let request = request.clone();
+                    async move { client.publish(tarpc::context::current(), request).await }
+                })
+                .await;
+            match published {
                 Ok(Ok(published)) => return Ok(published.job_id),
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
                     tracing::info!(%topic, capacity, "topic full; still waiting for room");
+                }
+                Ok(Err(BrokerError::NoSuchTopic { topic })) => {
+                    tracing::warn!(%topic, "the broker does not know the topic (restarted?); creating it again");
+                    create_channel(&self.broker, &self.config).await?;
+                }
+                // The broker may have enqueued the job and answered late: publishing again
+                // risks a duplicate, never a loss (at least once).
+                Err(LinkError::Rpc(RpcError::DeadlineExceeded)) => {
+                    tracing::warn!("publish got no answer in time; publishing again");
                 }
                 Ok(Err(error)) => {
                     return Err(MinerError::Refused {

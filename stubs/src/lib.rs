@@ -257,6 +257,9 @@ pub trait Broker {
     async fn subscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
     /// Stops dispatching new jobs to a subscription; calls in flight finish.
     async fn unsubscribe(subscription: Subscription) -> Result<StatusReport, BrokerError>;
+    /// Whether the broker holds this subscription (topic, factory address, callback) now. A
+    /// factory asks, to notice that the broker dropped it and to subscribe again.
+    async fn is_subscribed(subscription: Subscription) -> Result<bool, BrokerError>;
     /// The jobs of a topic that failed with a job error.
     async fn dead_letters(topic: String) -> Result<DeadLetters, BrokerError>;
 }

@@ -107,6 +107,7 @@ pub fn factory_config(broker: SocketAddr, pipeline: bool) -> FactoryConfig {
         buffer: factory::DEFAULT_BUFFER,
         pipeline,
         connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+        give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
     }
 }
 
@@ -123,6 +124,7 @@ pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
         seed: None,
         concurrency: 1,
         connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+        give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
     }
 }
 

@@ -3,6 +3,11 @@
 //! - [`framed`]: a bincode transport over one TCP stream, with [`MAX_FRAME_LENGTH`] on both ends.
 //! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
 //! - [`accept`]: accept connections until shutdown and hand each to a connection handler.
+//! - [`link`]: a connection to the broker that reconnects by itself.
+
+pub mod link;
+
+pub use link::{BrokerLink, LinkError};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,170 @@
+//! The factory's place at the broker: its topics and subscriptions, made at start, kept while
+//! it works (a restarted broker forgets them; a broker that timed out a hung factory drops its
+//! subscription), and given up when it stops.
+
+use std::time::Duration;
+
+use stubs::{BrokerError, ChannelRequest, Subscription};
+use tarpc::client::RpcError;
+use tokio_util::sync::CancellationToken;
+use transport::{BrokerLink, LinkError};
+
+use crate::FactoryError;
+
+/// How often the factory asks the broker whether its subscriptions still stand. A dropped
+/// subscription costs at most this long without work.
+pub const SUBSCRIPTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The topics a factory needs and the subscriptions it holds.
+pub struct Membership<'a> {
+    /// The connection to the broker.
+    pub broker: &'a BrokerLink,
+    /// The topics to create (idempotent) before subscribing.
+    pub channels: Vec<ChannelRequest>,
+    /// The subscriptions to hold.
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Membership<'_> {
+    /// Creates the topics and subscribes.
+    pub async fn join(&self) -> Result<(), FactoryError> {
+        for channel in &self.channels {
+            let report = ask(
+                self.broker,
+                || format!("create the topic {:?}", channel.topic),
+                |client| {
+                    let channel = channel.clone();
+                    async move {
+                        client
+                            .create_channel(tarpc::context::current(), channel)
+                            .await
+                    }
+                },
+            )
+            .await?;
+            tracing::info!(message = %report.message, "channel ready");
+        }
+        for subscription in &self.subscriptions {
+            self.subscribe(subscription).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<(), FactoryError> {
+        let report = ask(
+            self.broker,
+            || format!("subscribe to {:?}", subscription.topic),
+            |client| {
+                let subscription = subscription.clone();
+                async move {
+                    client
+                        .subscribe(tarpc::context::current(), subscription)
+                        .await
+                }
+            },
+        )
+        .await?;
+        tracing::info!(message = %report.message, "subscribed");
+        Ok(())
+    }
+
+    /// Checks the subscriptions every [`SUBSCRIPTION_CHECK_INTERVAL`] until `stop`, and joins
+    /// again when the broker has lost the topics or dropped a subscription. Returns an error
+    /// only when the broker is gone for good.
+    pub async fn keep(&self, stop: &CancellationToken) -> Result<(), FactoryError> {
+        let mut checks = tokio::time::interval(SUBSCRIPTION_CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = checks.tick() => {}
+            }
+            for subscription in &self.subscriptions {
+                let held = self
+                    .broker
+                    .call(|client| {
+                        let subscription = subscription.clone();
+                        async move {
+                            client
+                                .is_subscribed(tarpc::context::current(), subscription)
+                                .await
+                        }
+                    })
+                    .await;
+                let rejoin = match held {
+                    Ok(Ok(true)) => false,
+                    Ok(Ok(false)) => {
+                        tracing::warn!(topic = %subscription.topic, "the broker dropped this subscription; subscribing again");
+                        true
+                    }
+                    Ok(Err(BrokerError::NoSuchTopic { topic })) => {
+                        tracing::warn!(%topic, "the broker does not know the topic (restarted?); joining again");
+                        true
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "cannot check a subscription");
+                        false
+                    }
+                    Err(LinkError::Rpc(error)) => {
+                        tracing::warn!(%error, "cannot check a subscription");
+                        false
+                    }
+                    Err(error @ LinkError::Gone { .. }) => {
+                        return Err(FactoryError::BrokerLost(error));
+                    }
+                };
+                if rejoin {
+                    if let Err(error) = self.join().await {
+                        tracing::warn!(%error, "joining again failed; trying at the next check");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Unsubscribes from everything, logging what fails: the factory is stopping anyway.
+    pub async fn leave(&self) {
+        for subscription in &self.subscriptions {
+            let left = ask(
+                self.broker,
+                || format!("unsubscribe from {:?}", subscription.topic),
+                |client| {
+                    let subscription = subscription.clone();
+                    async move {
+                        client
+                            .unsubscribe(tarpc::context::current(), subscription)
+                            .await
+                    }
+                },
+            )
+            .await;
+            if let Err(error) = left {
+                tracing::warn!(%error, "unsubscribe failed");
+            }
+        }
+    }
+}
+
+/// Makes a request to the broker, naming what was asked in any error.
+async fn ask<T, F, Fut>(
+    broker: &BrokerLink,
+    action: impl Fn() -> String,
+    request: F,
+) -> Result<T, FactoryError>
+where
+    F: Fn(stubs::BrokerClient) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
+{
+    match broker.call(request).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => Err(FactoryError::Refused {
+            action: action(),
+            error,
+        }),
+        Err(error) => Err(FactoryError::Rpc {
+            action: action(),
+            error,
+        }),
+    }
+}

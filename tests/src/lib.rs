@@ -1,10 +1,11 @@
 //! What the system tests share: a broker that records every outcome, clients, factories in
 //! this process or as real processes, and waiting on a condition with a deadline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -154,62 +155,130 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     assert!(held, "timed out after {WAIT:?} waiting until {what}");
 }
 
-/// The `factory` program, built once per test process with the same profile as the tests.
-pub fn factory_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            // Tests run from <target>/<profile>/deps/; the programs live in <target>/<profile>/.
-            let test_exe = std::env::current_exe().expect("the test's own path");
-            let profile_dir = test_exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("tests run from <target>/<profile>/deps")
-                .to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "factory", "--bin", "factory"]);
-            if profile_dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p factory failed");
-            profile_dir.join(format!("factory{}", std::env::consts::EXE_SUFFIX))
-        })
-        .clone()
+/// Waits until the asynchronous `condition` holds, failing the test with `what` if [`WAIT`]
+/// passes first.
+pub async fn eventually_async(what: &str, condition: impl AsyncFnMut() -> bool) {
+    let held = lab::wait_until(WAIT, condition).await;
+    assert!(held, "timed out after {WAIT:?} waiting until {what}");
 }
 
-/// A `factory` program running as a child process.
-pub struct FactoryProcess {
+/// The program `name` of this workspace (`broker`, `factory`, `miner`), built once per test
+/// process with the same profile as the tests.
+pub fn program(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    // Tests run from <target>/<profile>/deps/; the programs live in <target>/<profile>/.
+    let test_exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from <target>/<profile>/deps")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", name, "--bin", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    built.insert(name.to_owned(), path.clone());
+    path
+}
+
+/// A free loopback port, for a program that must be started again on the same port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// One of the workspace's programs running as a child process, its standard output kept line
+/// by line. It is killed when dropped.
+pub struct Process {
     child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
-impl FactoryProcess {
-    /// Starts the `factory` program with `args` (besides `--broker`), its output discarded.
-    pub fn start(broker: SocketAddr, args: &[&str]) -> Self {
-        let child = Command::new(factory_binary())
-            .arg("--broker")
-            .arg(broker.to_string())
+impl Process {
+    /// Starts program `name` with `args`; its standard error is discarded.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program(name))
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the factory program");
-        Self { child }
+            .unwrap_or_else(|error| panic!("start {name}: {error}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The lines the program has printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many printed lines start with `prefix`.
+    pub fn count_lines(&self, prefix: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.starts_with(prefix))
+            .count()
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`) with the system's `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits until the program exits, failing the test if [`WAIT`] passes first.
+    pub async fn exit_status(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the program did not exit within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill(mut self) {
-        self.child.kill().expect("kill the factory");
-        self.child.wait().expect("reap the factory");
+        self.child.kill().expect("kill the program");
+        self.child.wait().expect("reap the program");
     }
 }
 
-impl Drop for FactoryProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

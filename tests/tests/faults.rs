@@ -32,9 +32,12 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
         config
     })
     .await;
-    let victim = FactoryProcess::start(
-        broker.address,
+    let broker_address = broker.address.to_string();
+    let victim = Process::start(
+        "factory",
         &[
+            "--broker",
+            &broker_address,
             "--port",
             "0",
             "--topics",
@@ -107,9 +110,11 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     );
 
     // The killed factory, started again on its port, subscribes and gets work again.
-    let restarted = FactoryProcess::start(
-        broker.address,
+    let restarted = Process::start(
+        "factory",
         &[
+            "--broker",
+            &broker_address,
             "--port",
             &victim_address.port().to_string(),
             "--topics",
@@ -135,4 +140,160 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     })
     .await;
     restarted.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_factory_is_dropped_on_the_deadline_and_resubscribes_by_itself_when_it_wakes() {
+    let settings = Settings {
+        call_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (broker, recorder) = start_broker(settings).await;
+    let survivor = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply], false),
+    )
+    .await;
+    let broker_address = broker.address.to_string();
+    let sleeper = Process::start(
+        "factory",
+        &[
+            "--broker",
+            &broker_address,
+            "--port",
+            "0",
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+        ],
+    );
+    eventually("the factory process subscribes", || {
+        other_subscriber(&broker, survivor.address).is_some()
+    })
+    .await;
+    let sleeper_address = other_subscriber(&broker, survivor.address).unwrap();
+    let sleeper_name = sleeper_address.to_string();
+    let done_by_sleeper = || {
+        recorder
+            .completed("multiply")
+            .iter()
+            .filter(|c| c.factory == sleeper_name)
+            .count()
+    };
+
+    const JOBS: u64 = 3_000;
+    let mut miner = lab::miner_config(broker.address, "multiply");
+    miner.interval = Duration::from_millis(1);
+    miner.count = Some(JOBS);
+    let miner = tokio::spawn(miner::run(
+        miner,
+        lab_console::Console::quiet(),
+        Default::default(),
+    ));
+
+    eventually("the factory process completes jobs", || {
+        done_by_sleeper() >= 20
+    })
+    .await;
+    sleeper.signal("STOP");
+    eventually(
+        "the broker drops the hung factory on the call deadline",
+        || subscriptions_of(&broker, sleeper_address) == 0,
+    )
+    .await;
+    let done_before_waking = done_by_sleeper();
+    let survivor_name = survivor.address.to_string();
+    let done_by_survivor = recorder
+        .completed("multiply")
+        .iter()
+        .filter(|c| c.factory == survivor_name)
+        .count();
+    eventually("the other factory goes on working meanwhile", || {
+        recorder
+            .completed("multiply")
+            .iter()
+            .filter(|c| c.factory == survivor_name)
+            .count()
+            > done_by_survivor + 20
+    })
+    .await;
+
+    sleeper.signal("CONT");
+    eventually("the woken factory subscribes again by itself", || {
+        subscriptions_of(&broker, sleeper_address) == 1
+    })
+    .await;
+    eventually("the woken factory gets work again", || {
+        done_by_sleeper() > done_before_waking
+    })
+    .await;
+
+    assert_eq!(miner.await.unwrap().unwrap().published, JOBS);
+    eventually("every published job is completed", || {
+        recorder.completed_ids("multiply").len() as u64 == JOBS
+    })
+    .await;
+    let completions = recorder.completed("multiply").len() as u64;
+    eprintln!(
+        "{JOBS} jobs, {completions} completions ({} duplicates)",
+        completions - JOBS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miners_and_factories_carry_on_through_a_broker_restart() {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let broker_address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = Process::start("broker", &["--port", &port_arg]);
+    let completions = "Factory.Multiply of ";
+    // The factory cannot start before the broker listens; retry its start until then.
+    let factory = loop {
+        let factory = lab::RunningFactory::start(
+            0,
+            factory_config(broker_address, &[Multiply], false),
+            lab_console::Console::quiet(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !factory.is_finished() {
+            break factory;
+        }
+    };
+    const JOBS: u64 = 400;
+    let mut miner = lab::miner_config(broker_address, "multiply");
+    miner.interval = Duration::from_millis(5);
+    miner.count = Some(JOBS);
+    let miner = tokio::spawn(miner::run(
+        miner,
+        lab_console::Console::quiet(),
+        Default::default(),
+    ));
+
+    eventually("the first broker completes jobs", || {
+        first.count_lines(completions) >= 20
+    })
+    .await;
+    first.kill();
+    let second = Process::start("broker", &["--port", &port_arg]);
+    eventually(
+        "the restarted broker completes jobs: the factory and the miner are back",
+        || second.count_lines(completions) >= 20,
+    )
+    .await;
+    let report = miner
+        .await
+        .unwrap()
+        .expect("the miner carries on through the restart");
+    assert_eq!(report.published, JOBS);
+    assert!(
+        !factory.is_finished(),
+        "the factory carries on through the restart"
+    );
+    factory
+        .stop()
+        .await
+        .expect("a graceful stop after the restart");
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use transport::{AccessToken, Admission};
 
 use crate::queue::DEFAULT_DEAD_LETTER_LIMIT;
 use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
@@ -32,6 +33,19 @@ pub struct Cli {
     /// (and counted) first.
     #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT)]
     pub dead_letter_limit: usize,
+    /// A shared secret that every miner and factory must give (and that the broker gives the
+    /// factories it calls). Without it, anyone who can reach the port can use the broker.
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<AccessToken>,
+    /// Connections held at once; more are closed at once.
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections held at once from one IP address.
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Requests in flight at once on one connection.
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
+    pub max_requests_per_connection: usize,
 }
 
 impl Cli {
@@ -45,6 +59,12 @@ impl Cli {
         Settings {
             call_timeout: self.call_timeout.into(),
             connect_timeout: self.connect_timeout.into(),
+            admission: Admission {
+                token: self.token.clone().unwrap_or_default(),
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                max_requests_per_connection: self.max_requests_per_connection,
+            },
         }
     }
 }

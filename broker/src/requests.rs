@@ -9,7 +9,7 @@ use stubs::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use transport::ConnectError;
+use transport::{Admission, ConnectError};
 
 use crate::dispatcher::{Dispatcher, DispatcherEnd};
 use crate::outcome::{Callback, Observer};
@@ -27,12 +27,14 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PUBLISH_REPLY_MARGIN: Duration = Duration::from_millis(50);
 
 /// The broker's tunable limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// How long a factory may take to answer one call before its job is put back.
     pub call_timeout: Duration,
     /// How long `subscribe` waits to connect to a factory.
     pub connect_timeout: Duration,
+    /// Who may connect, and how many at once. Its token is also offered to factories.
+    pub admission: Admission,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
         Self {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
+            admission: Admission::default(),
         }
     }
 }
@@ -132,13 +135,16 @@ impl<S: JobStore> Broker<S> {
             return Err(BrokerError::ShuttingDown);
         }
         let address = subscription.factory_address;
-        let client =
-            transport::connect_factory(&key.factory.to_string(), self.settings.connect_timeout)
-                .await
-                .map_err(|error| BrokerError::Unreachable {
-                    address: address.clone(),
-                    reason: error.to_string(),
-                })?;
+        let client = transport::connect_factory(
+            &key.factory.to_string(),
+            self.settings.connect_timeout,
+            &self.settings.admission.token,
+        )
+        .await
+        .map_err(|error| BrokerError::Unreachable {
+            address: address.clone(),
+            reason: error.to_string(),
+        })?;
         let stop = self.shutdown.child_token();
         let (generation, replaced) = self.subscriptions.insert(key.clone(), stop.clone());
         let dispatcher = Dispatcher {
@@ -213,6 +219,11 @@ impl<S: JobStore> Broker<S> {
     pub async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, BrokerError> {
         validate_topic_name(topic)?;
         Ok(self.store.dead_letters(topic).await?)
+    }
+
+    /// The broker's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The subscriptions in force.

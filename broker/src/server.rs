@@ -22,15 +22,22 @@ pub async fn serve<S: JobStore>(
 ) {
     let connections = TaskTracker::new();
     let service = BrokerService::new(broker.clone());
+    let admission = broker.settings().admission.clone();
+    let max_requests = admission.max_requests_per_connection;
+    let stop_connections = shutdown.clone();
     transport::accept(
         listener,
+        admission,
         shutdown.clone(),
         connections.clone(),
-        |stream, peer| {
+        move |stream, peer| {
             let service = service.clone();
-            let shutdown = shutdown.clone();
+            let shutdown = stop_connections.clone();
             async move {
                 let requests = BaseChannel::with_defaults(transport::framed(stream))
+                    // A client that sends requests and never reads the replies holds at most
+                    // this many tasks.
+                    .max_concurrent_requests(max_requests)
                     .execute(service.serve())
                     // Each request runs in its own task, so that a publish waiting for room does
                     // not hold up the requests behind it on the same connection.

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
+use transport::AccessToken;
 
 use crate::{FactoryConfig, DEFAULT_BROKER, DEFAULT_BUFFER};
 
@@ -68,6 +69,9 @@ pub struct Cli {
     /// How long to keep reconnecting to a broker that went away before exiting with an error.
     #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
     pub give_up_after: humantime::Duration,
+    /// The broker's shared secret, given to it and required of it when it calls back.
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<AccessToken>,
 }
 
 impl Cli {
@@ -87,6 +91,7 @@ impl Cli {
             pipeline: !self.no_pipeline,
             connect_timeout: self.connect_timeout.into(),
             give_up_after: self.give_up_after.into(),
+            token: self.token.clone().unwrap_or_default(),
         }
     }
 }

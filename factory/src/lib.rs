@@ -25,7 +25,7 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use transport::{BrokerLink, ConnectError, LinkError};
+use transport::{AccessToken, Admission, BrokerLink, ConnectError, LinkError};
 
 use crate::cli::LabTopic;
 use crate::membership::Membership;
@@ -58,6 +58,8 @@ pub struct FactoryConfig {
     pub connect_timeout: Duration,
     /// How long to keep reconnecting to a broker that went away before giving up.
     pub give_up_after: Duration,
+    /// The shared secret given to the broker and required of it.
+    pub token: AccessToken,
 }
 
 /// Why a factory stopped with an error.
@@ -105,9 +107,14 @@ pub async fn run(
         .map_err(FactoryError::Listener)?
         .port();
     let address = SocketAddr::new(config.ip, port).to_string();
-    let broker = BrokerLink::connect(&config.broker, config.connect_timeout, config.give_up_after)
-        .await
-        .map_err(FactoryError::BrokerUnreachable)?;
+    let broker = BrokerLink::connect(
+        &config.broker,
+        config.connect_timeout,
+        config.give_up_after,
+        config.token.clone(),
+    )
+    .await
+    .map_err(FactoryError::BrokerUnreachable)?;
 
     let mut topics_to_create = config.topics.clone();
     if config.pipeline && !topics_to_create.contains(&LabTopic::Divide) {
@@ -152,6 +159,10 @@ pub async fn run(
     let stop_connections = CancellationToken::new();
     let server = tokio::spawn(transport::accept(
         listener,
+        Admission {
+            token: config.token.clone(),
+            ..Admission::default()
+        },
         stop_accepting.clone(),
         connections.clone(),
         {

@@ -1,6 +1,7 @@
 //! The `miner` program's command line.
 
 use clap::Parser;
+use transport::AccessToken;
 
 use crate::jobs::{DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
 use crate::MinerConfig;
@@ -50,6 +51,9 @@ pub struct Cli {
     /// How long to keep reconnecting to a broker that went away before exiting with an error.
     #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
     pub give_up_after: humantime::Duration,
+    /// The broker's shared secret.
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<AccessToken>,
 }
 
 impl Cli {
@@ -72,6 +76,7 @@ impl Cli {
             concurrency: self.concurrency,
             connect_timeout: self.connect_timeout.into(),
             give_up_after: self.give_up_after.into(),
+            token: self.token.clone().unwrap_or_default(),
         }
     }
 }

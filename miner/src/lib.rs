@@ -17,7 +17,7 @@ use lab_console::Console;
 use stubs::{BrokerError, ChannelRequest, Job, PublishRequest};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
-use transport::{BrokerLink, ConnectError, LinkError};
+use transport::{AccessToken, BrokerLink, ConnectError, LinkError};
 
 use crate::jobs::JobSource;
 
@@ -46,6 +46,8 @@ pub struct MinerConfig {
     pub connect_timeout: Duration,
     /// How long to keep reconnecting to a broker that went away before giving up.
     pub give_up_after: Duration,
+    /// The broker's shared secret.
+    pub token: AccessToken,
 }
 
 /// Why a miner stopped early.
@@ -98,9 +100,14 @@ pub async fn run(
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
-    let broker = BrokerLink::connect(&config.broker, config.connect_timeout, config.give_up_after)
-        .await
-        .map_err(MinerError::BrokerUnreachable)?;
+    let broker = BrokerLink::connect(
+        &config.broker,
+        config.connect_timeout,
+        config.give_up_after,
+        config.token.clone(),
+    )
+    .await
+    .map_err(MinerError::BrokerUnreachable)?;
     create_channel(&broker, &config).await?;
 
     let shared = Arc::new(Publishers {

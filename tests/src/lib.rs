@@ -93,9 +93,13 @@ pub async fn start_broker(settings: Settings) -> (RunningBroker, Recorder) {
 
 /// A client of the broker at `address`.
 pub async fn client(address: SocketAddr) -> BrokerClient {
-    transport::connect_broker(&address.to_string(), transport::DEFAULT_CONNECT_TIMEOUT)
-        .await
-        .expect("connect to the test broker")
+    transport::connect_broker(
+        &address.to_string(),
+        transport::DEFAULT_CONNECT_TIMEOUT,
+        &transport::AccessToken::none(),
+    )
+    .await
+    .expect("connect to the test broker")
 }
 
 /// Publishes `job` to `topic` and returns its identifier, failing the test on any error.

@@ -75,9 +75,13 @@ async fn a_terminated_broker_exits_0() {
     let mut broker = Process::start("broker", &["--port", &port.to_string()]);
     let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let held = lab::wait_until(WAIT, async || {
-        transport::connect_broker(&address.to_string(), Duration::from_secs(1))
-            .await
-            .is_ok()
+        transport::connect_broker(
+            &address.to_string(),
+            Duration::from_secs(1),
+            &transport::AccessToken::none(),
+        )
+        .await
+        .is_ok()
     })
     .await;
     assert!(held, "the broker listens");

@@ -108,6 +108,7 @@ pub fn factory_config(broker: SocketAddr, pipeline: bool) -> FactoryConfig {
         pipeline,
         connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
         give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
+        token: transport::AccessToken::none(),
     }
 }
 
@@ -125,6 +126,7 @@ pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
         concurrency: 1,
         connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
         give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
+        token: transport::AccessToken::none(),
     }
 }
 

@@ -4,13 +4,18 @@
 //! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
 //! - [`accept`]: accept connections until shutdown and hand each to a connection handler.
 //! - [`link`]: a connection to the broker that reconnects by itself.
+//! - [`handshake`]: the protocol check and access token that open every connection.
 
+pub mod handshake;
 pub mod link;
 
+pub use handshake::{AccessToken, HandshakeError};
 pub use link::{BrokerLink, LinkError};
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -18,6 +23,7 @@ use stubs::{BrokerClient, FactoryClient};
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,6 +59,14 @@ pub enum ConnectError {
         address: String,
         /// What the socket said.
         source: std::io::Error,
+    },
+    /// The server did not accept our handshake (wrong token, or not a pairbroker server).
+    #[error("{address} refused the connection: {source}")]
+    Handshake {
+        /// The address dialled.
+        address: String,
+        /// What went wrong.
+        source: HandshakeError,
     },
     /// Nobody answered within the connect timeout.
     #[error("cannot connect to {address}: no answer within {timeout:?}")]
@@ -96,11 +110,24 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
     })
 }
 
-/// Opens a TCP connection to `address`, giving up after `timeout`.
-pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+/// Opens a TCP connection to `address`, giving up after `timeout`, and offers `token` in the
+/// handshake.
+pub async fn dial(
+    address: &str,
+    timeout: Duration,
+    token: &AccessToken,
+) -> Result<TcpStream, ConnectError> {
     let socket_address = resolve(address).await?;
     match tokio::time::timeout(timeout, TcpStream::connect(socket_address)).await {
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(mut stream)) => {
+            handshake::offer(&mut stream, token)
+                .await
+                .map_err(|source| ConnectError::Handshake {
+                    address: address.to_owned(),
+                    source,
+                })?;
+            Ok(stream)
+        }
         Ok(Err(source)) => Err(ConnectError::Connect {
             address: address.to_owned(),
             source,
@@ -116,8 +143,9 @@ pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, Connect
 pub async fn connect_broker(
     address: &str,
     timeout: Duration,
+    token: &AccessToken,
 ) -> Result<BrokerClient, ConnectError> {
-    let stream = dial(address, timeout).await?;
+    let stream = dial(address, timeout, token).await?;
     Ok(BrokerClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
@@ -125,42 +153,138 @@ pub async fn connect_broker(
 pub async fn connect_factory(
     address: &str,
     timeout: Duration,
+    token: &AccessToken,
 ) -> Result<FactoryClient, ConnectError> {
-    let stream = dial(address, timeout).await?;
+    let stream = dial(address, timeout, token).await?;
     Ok(FactoryClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
-/// Accepts connections on `listener` until `shutdown` is cancelled, running `handle` on each
-/// in its own task on `tracker`, so that the caller can wait for open connections to finish.
+/// How many connections a server holds at once by default. Each costs a task and two small
+/// buffers; a thousand is far more than a lab needs and far less than the machine can hold.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+/// How many connections one IP address may hold at once by default, so that one misbehaving
+/// host cannot take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// How many requests one connection may have in flight at once by default: a miner with 32
+/// publishers needs 32; a client that never reads its replies is held to this many tasks.
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: usize = 256;
+
+/// Who may connect to a server, and how many at once.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// The token every client must offer; none admits every client.
+    pub token: AccessToken,
+    /// Connections held at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Connections held at once per IP address.
+    pub max_connections_per_ip: usize,
+    /// Requests in flight per connection; more are answered with an error.
+    pub max_requests_per_connection: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            token: AccessToken::none(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+        }
+    }
+}
+
+/// A connection's place in its IP address's count, given back when dropped.
+struct IpSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = map.entry(ip).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled. Each connection within the
+/// limits of `admission` runs in its own task on `tracker` (so that the caller can wait for
+/// open connections to finish): first the handshake, then `handle`. A connection over a limit
+/// is closed at once, so that the clients within the limits are not held up.
 ///
 /// An accept error (e.g. too many open files) is logged and accepting goes on after a short
 /// pause, rather than ending the server.
 pub async fn accept<H, F>(
     listener: TcpListener,
+    admission: Admission,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F,
+    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     /// How long to wait before accepting again after an accept error, so that a persistent
     /// error (out of file descriptors) does not spin a core.
     const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+    let slots = Arc::new(Semaphore::new(admission.max_connections));
+    let per_ip = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                tracing::debug!(%peer, "connection accepted");
-                tracker.spawn(handle(stream, peer));
-            }
+        let (mut stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
             }
-        }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, limit = admission.max_connections, "connection limit reached; closing");
+            continue;
+        };
+        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), admission.max_connections_per_ip)
+        else {
+            tracing::debug!(%peer, limit = admission.max_connections_per_ip, "per-address connection limit reached; closing");
+            continue;
+        };
+        let token = admission.token.clone();
+        let handle = handle.clone();
+        tracker.spawn(async move {
+            let _slots = (slot, ip_slot);
+            if let Err(error) = handshake::check(&mut stream, &token).await {
+                tracing::debug!(%peer, %error, "handshake failed; closing");
+                return;
+            }
+            tracing::debug!(%peer, "connection accepted");
+            handle(stream, peer).await;
+        });
     }
 }

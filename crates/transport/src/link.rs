@@ -11,7 +11,7 @@ use backon::{ExponentialBuilder, Retryable};
 use stubs::BrokerClient;
 use tarpc::client::RpcError;
 
-use crate::{connect_broker, ConnectError};
+use crate::{connect_broker, AccessToken, ConnectError};
 
 /// The first pause before dialling a lost broker again.
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -42,6 +42,7 @@ pub struct BrokerLink {
     address: String,
     connect_timeout: Duration,
     give_up_after: Duration,
+    token: AccessToken,
     /// The client in use and its generation, bumped at each reconnect, so that of several
     /// callers that saw the same connection fail, only the first dials again.
     current: Mutex<(u64, BrokerClient)>,
@@ -64,12 +65,14 @@ impl BrokerLink {
         address: &str,
         connect_timeout: Duration,
         give_up_after: Duration,
+        token: AccessToken,
     ) -> Result<Arc<Self>, ConnectError> {
-        let client = connect_broker(address, connect_timeout).await?;
+        let client = connect_broker(address, connect_timeout, &token).await?;
         Ok(Arc::new(Self {
             address: address.to_owned(),
             connect_timeout,
             give_up_after,
+            token,
             current: Mutex::new((0, client)),
             dialling: tokio::sync::Mutex::new(()),
         }))
@@ -118,7 +121,7 @@ impl BrokerLink {
             .with_jitter()
             .without_max_times()
             .with_total_delay(Some(self.give_up_after));
-        let client = (|| connect_broker(&self.address, self.connect_timeout))
+        let client = (|| connect_broker(&self.address, self.connect_timeout, &self.token))
             .retry(backoff)
             .notify(|error, pause| {
                 tracing::info!(broker = %self.address, %error, ?pause, "broker not back yet");

@@ -1,0 +1,151 @@
+//! The handshake that opens every pairbroker connection, before any tarpc frame.
+//!
+//! The dialling side sends [`MAGIC`], then its access token (a big-endian `u16` length and the
+//! bytes; length 0 for none). The accepting side answers one byte: [`ACCEPTED`],
+//! [`WRONG_TOKEN`] or [`NOT_PAIRBROKER`]. Doing this per connection means that a request is
+//! never read, let alone acted on (e.g. a subscriber's address dialled), before its
+//! connection is authenticated; and that a peer speaking another protocol, or nothing at all,
+//! is shown the door within [`HANDSHAKE_TIMEOUT`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The first bytes of every connection: the protocol and its version.
+pub const MAGIC: &[u8; 8] = b"PAIRBRK1";
+/// The longest access token: long enough for any generated secret.
+pub const MAX_TOKEN_LENGTH: usize = 256;
+/// How long a new connection may take to complete the handshake. A client on the same LAN needs
+/// microseconds; a peer that connects and sends nothing is closed after this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer to a correct handshake.
+pub const ACCEPTED: u8 = 0;
+/// The answer to a handshake with a missing or wrong token.
+pub const WRONG_TOKEN: u8 = 1;
+/// The answer to bytes that are not a pairbroker handshake.
+pub const NOT_PAIRBROKER: u8 = 2;
+
+/// A shared secret, or none. Its `Debug` never shows the secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AccessToken(Option<Arc<str>>);
+
+impl AccessToken {
+    /// No token: a server accepts every client, a client offers nothing.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A token of 1 to [`MAX_TOKEN_LENGTH`] bytes.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LENGTH {
+            return Err(format!(
+                "an access token is 1 to {MAX_TOKEN_LENGTH} bytes long, not {}",
+                token.len()
+            ));
+        }
+        Ok(Self(Some(Arc::from(token))))
+    }
+
+    /// Whether a token is set.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], str::as_bytes)
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() {
+            "AccessToken(set)"
+        } else {
+            "AccessToken(none)"
+        })
+    }
+}
+
+/// Parses a token from the command line or the environment.
+impl std::str::FromStr for AccessToken {
+    type Err = String;
+
+    fn from_str(token: &str) -> Result<Self, String> {
+        Self::new(token)
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection failed during the handshake.
+    #[error("the connection failed during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    TimedOut,
+    /// The peer does not speak pairbroker.
+    #[error("the peer does not speak the pairbroker protocol")]
+    NotPairbroker,
+    /// The token was missing or wrong.
+    #[error(
+        "the access token was refused; give the server's token with --token or PAIRBROKER_TOKEN"
+    )]
+    WrongToken,
+}
+
+/// The dialling side: offers `token` and waits for the verdict.
+pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), HandshakeError> {
+    let exchange = async {
+        let secret = token.bytes();
+        let mut hello = Vec::with_capacity(MAGIC.len() + 2 + secret.len());
+        hello.extend_from_slice(MAGIC);
+        hello.extend_from_slice(&(secret.len() as u16).to_be_bytes());
+        hello.extend_from_slice(secret);
+        stream.write_all(&hello).await?;
+        match stream.read_u8().await? {
+            ACCEPTED => Ok(()),
+            WRONG_TOKEN => Err(HandshakeError::WrongToken),
+            _ => Err(HandshakeError::NotPairbroker),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::TimedOut)?
+}
+
+/// The accepting side: reads the peer's handshake, checks its token against `expected` (any
+/// token passes when `expected` is none) and answers.
+pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(), HandshakeError> {
+    let exchange = async {
+        let mut magic = [0; MAGIC.len()];
+        stream.read_exact(&mut magic).await?;
+        if &magic != MAGIC {
+            let _ = stream.write_u8(NOT_PAIRBROKER).await;
+            return Err(HandshakeError::NotPairbroker);
+        }
+        let length = stream.read_u16().await? as usize;
+        if length > MAX_TOKEN_LENGTH {
+            let _ = stream.write_u8(NOT_PAIRBROKER).await;
+            return Err(HandshakeError::NotPairbroker);
+        }
+        let mut offered = vec![0; length];
+        stream.read_exact(&mut offered).await?;
+        // Constant-time comparison, so that timing does not reveal how much of a guess is right.
+        let accepted = !expected.is_set() || bool::from(offered.ct_eq(expected.bytes()));
+        if accepted {
+            stream.write_u8(ACCEPTED).await?;
+            Ok(())
+        } else {
+            let _ = stream.write_u8(WRONG_TOKEN).await;
+            Err(HandshakeError::WrongToken)
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HandshakeError::TimedOut)?
+}

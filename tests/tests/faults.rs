@@ -297,3 +297,113 @@ async fn miners_and_factories_carry_on_through_a_broker_restart() {
         .await
         .expect("a graceful stop after the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_factory_killed_every_second_and_another_hung_lose_no_job() {
+    let settings = Settings {
+        call_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (broker, recorder) = start_broker(settings).await;
+    let broker_address = broker.address.to_string();
+    let steady = start_factory(&broker, 0, {
+        let mut config = factory_config(broker.address, &[Multiply], false);
+        config.prefetch = 4;
+        config
+    })
+    .await;
+    let factory_args = |port: &str| -> Vec<String> {
+        [
+            "--broker",
+            &broker_address,
+            "--port",
+            port,
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+            "--prefetch",
+            "4",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    };
+    let start = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Process::start("factory", &args)
+    };
+    let sleeper = start(&factory_args("0"));
+    eventually("the factory to hang subscribes", || {
+        other_subscriber(&broker, steady.address).is_some()
+    })
+    .await;
+    let sleeper_address = other_subscriber(&broker, steady.address).unwrap();
+    let victim_port = free_port().to_string();
+    let mut victim = start(&factory_args(&victim_port));
+
+    const JOBS: u64 = 10_000;
+    let mut miner = lab::miner_config(broker.address, "multiply");
+    miner.interval = Duration::from_millis(1);
+    miner.concurrency = 2;
+    miner.count = Some(JOBS);
+    let miner = tokio::spawn(miner::run(
+        miner,
+        lab_console::Console::quiet(),
+        Default::default(),
+    ));
+
+    // Fault injection paced by the clock: a kill and a restart every second, and the sleeper
+    // stopped for twice the call timeout early on.
+    let mut second = 0;
+    while !miner.is_finished() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        second += 1;
+        victim.kill();
+        victim = start(&factory_args(&victim_port));
+        match second {
+            1 => sleeper.signal("STOP"),
+            3 => {
+                eventually(
+                    "the broker drops the hung factory on the call deadline",
+                    || subscriptions_of(&broker, sleeper_address) == 0,
+                )
+                .await;
+                sleeper.signal("CONT");
+            }
+            _ => {}
+        }
+    }
+    if second < 3 {
+        sleeper.signal("CONT");
+    }
+    let report = miner.await.unwrap().expect("the miner publishes every job");
+    assert_eq!(report.published, JOBS);
+    eventually("every published job is completed at least once", || {
+        recorder.completed_ids("multiply").len() as u64 == JOBS
+    })
+    .await;
+    let completions = recorder.completed("multiply").len() as u64;
+    let stats = broker.topic_stats("multiply").await.unwrap();
+    eprintln!(
+        "{JOBS} jobs in {second} s with {second} kills: {completions} completions ({} duplicates), {} requeued",
+        completions - JOBS,
+        stats.requeued
+    );
+    assert_eq!((stats.ready, stats.in_flight), (0, 0));
+
+    // Everything still serves: the woken sleeper is subscribed again, and new jobs complete.
+    eventually("the woken factory subscribes again", || {
+        subscriptions_of(&broker, sleeper_address) == 1
+    })
+    .await;
+    let client = client(broker.address).await;
+    for x in 0..30 {
+        publish(&client, "multiply", Pair { x, y: 3 }).await;
+    }
+    eventually("new jobs are completed", || {
+        recorder.completed_ids("multiply").len() as u64 == JOBS + 30
+    })
+    .await;
+    drop(victim);
+    drop(sleeper);
+}

@@ -82,6 +82,27 @@ impl Recorder {
     }
 }
 
+/// Checks that the operands of the divide jobs made by the pipeline are the multiply results,
+/// every one used, and each exactly once.
+pub fn assert_each_result_used_once(results: &[i64], operands: &[i64]) {
+    assert_eq!(
+        results.len(),
+        operands.len(),
+        "every multiply result is used"
+    );
+    let mut unused: HashMap<i64, usize> = HashMap::new();
+    for result in results {
+        *unused.entry(*result).or_default() += 1;
+    }
+    for operand in operands {
+        let count = unused
+            .get_mut(operand)
+            .unwrap_or_else(|| panic!("divide operand {operand} is no multiply result"));
+        assert!(*count > 0, "multiply result {operand} used twice");
+        *count -= 1;
+    }
+}
+
 /// Starts a broker on a free loopback port that records its outcomes.
 pub async fn start_broker(settings: Settings) -> (RunningBroker, Recorder) {
     let recorder = Recorder::default();

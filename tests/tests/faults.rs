@@ -19,6 +19,33 @@ fn other_subscriber(broker: &lab::RunningBroker, known: SocketAddr) -> Option<So
         .find(|factory| *factory != known)
 }
 
+/// Starts a `factory` process on a free port (multiply only, no pipeline, then `extra`) and
+/// waits until the broker lists it beside the factory at `known`; returns it with its address.
+async fn start_factory_process(
+    broker: &lab::RunningBroker,
+    known: SocketAddr,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
+    let broker_address = broker.address.to_string();
+    let mut args = vec![
+        "--broker",
+        &broker_address,
+        "--port",
+        "0",
+        "--topics",
+        "multiply",
+        "--no-pipeline",
+    ];
+    args.extend_from_slice(extra);
+    let process = Process::start("factory", &args);
+    eventually("the factory process subscribes", || {
+        other_subscriber(broker, known).is_some()
+    })
+    .await;
+    let address = other_subscriber(broker, known).expect("listed just now");
+    (process, address)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     let settings = Settings {
@@ -33,25 +60,8 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     })
     .await;
     let broker_address = broker.address.to_string();
-    let victim = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &broker_address,
-            "--port",
-            "0",
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-            "--prefetch",
-            "4",
-        ],
-    );
-    eventually("the factory process subscribes", || {
-        other_subscriber(&broker, survivor.address).is_some()
-    })
-    .await;
-    let victim_address = other_subscriber(&broker, survivor.address).unwrap();
+    let (victim, victim_address) =
+        start_factory_process(&broker, survivor.address, &["--prefetch", "4"]).await;
 
     const JOBS: u64 = 2_000;
     let mut miner = lab::miner_config(broker.address, "multiply");
@@ -155,24 +165,7 @@ async fn a_hung_factory_is_dropped_on_the_deadline_and_resubscribes_by_itself_wh
         factory_config(broker.address, &[Multiply], false),
     )
     .await;
-    let broker_address = broker.address.to_string();
-    let sleeper = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &broker_address,
-            "--port",
-            "0",
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-        ],
-    );
-    eventually("the factory process subscribes", || {
-        other_subscriber(&broker, survivor.address).is_some()
-    })
-    .await;
-    let sleeper_address = other_subscriber(&broker, survivor.address).unwrap();
+    let (sleeper, sleeper_address) = start_factory_process(&broker, survivor.address, &[]).await;
     let sleeper_name = sleeper_address.to_string();
     let done_by_sleeper = || {
         recorder
@@ -332,12 +325,8 @@ async fn under_load_a_factory_killed_every_second_and_another_hung_lose_no_job()
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Process::start("factory", &args)
     };
-    let sleeper = start(&factory_args("0"));
-    eventually("the factory to hang subscribes", || {
-        other_subscriber(&broker, steady.address).is_some()
-    })
-    .await;
-    let sleeper_address = other_subscriber(&broker, steady.address).unwrap();
+    let (sleeper, sleeper_address) =
+        start_factory_process(&broker, steady.address, &["--prefetch", "4"]).await;
     let victim_port = free_port().to_string();
     let mut victim = start(&factory_args(&victim_port));
 

@@ -1,7 +1,5 @@
 //! Part 2a (Divide) and Part 2b (the pipeline from Multiply to Divide).
 
-use std::collections::HashMap;
-
 use broker::{Callback, Settings};
 use factory::cli::LabTopic::{Divide, Multiply};
 use stubs::{Job, Pair};
@@ -115,25 +113,18 @@ async fn with_only_a_multiply_miner_the_pipeline_makes_divide_jobs_from_pairs_of
 
     // Every multiply result is used by exactly one divide job, and each divide result is the
     // quotient of its two operands.
-    let mut unused: HashMap<i64, usize> = HashMap::new();
-    for c in recorder.completed("multiply") {
-        *unused.entry(c.result).or_default() += 1;
-    }
+    let results: Vec<i64> = recorder
+        .completed("multiply")
+        .iter()
+        .map(|c| c.result)
+        .collect();
+    let mut operands = Vec::new();
     for c in recorder.completed("divide") {
         let Job::Pair(Pair { x, y }) = c.job else {
             panic!("the pipeline publishes pairs")
         };
         assert_eq!(c.result, x / y);
-        for operand in [x, y] {
-            let count = unused
-                .get_mut(&operand)
-                .expect("a divide operand is a multiply result");
-            assert!(*count > 0, "multiply result {operand} used twice");
-            *count -= 1;
-        }
+        operands.extend([x, y]);
     }
-    assert!(
-        unused.values().all(|&count| count == 0),
-        "every multiply result is used"
-    );
+    assert_each_result_used_once(&results, &operands);
 }

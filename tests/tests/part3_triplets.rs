@@ -1,7 +1,5 @@
 //! Part 3: Triplets through Multiply, the pipeline and Divide, with Pairs still working.
 
-use std::collections::HashMap;
-
 use broker::Settings;
 use factory::cli::LabTopic::{Divide, Multiply};
 use stubs::{Job, Pair, Triplet};
@@ -31,27 +29,23 @@ async fn triplets_flow_through_multiply_the_pipeline_and_divide() {
         recorder.completed("multiply").len() == 30 && recorder.completed("divide").len() == 10
     })
     .await;
-    let mut products: HashMap<i64, usize> = HashMap::new();
+    let mut products = Vec::new();
     for c in recorder.completed("multiply") {
         let Job::Triplet(Triplet { x, y, z }) = c.job else {
             panic!("triplets were published")
         };
         assert_eq!(c.result, x * y * z);
-        *products.entry(c.result).or_default() += 1;
+        products.push(c.result);
     }
+    let mut operands = Vec::new();
     for c in recorder.completed("divide") {
         let Job::Triplet(Triplet { x, y, z }) = c.job else {
             panic!("the pipeline groups triplets as triplets")
         };
         assert_eq!(c.result, (x / y) / z);
-        for operand in [x, y, z] {
-            let count = products
-                .get_mut(&operand)
-                .expect("a divide operand is a product");
-            assert!(*count > 0, "product {operand} used twice");
-            *count -= 1;
-        }
+        operands.extend([x, y, z]);
     }
+    assert_each_result_used_once(&products, &operands);
 }
 
 #[tokio::test]

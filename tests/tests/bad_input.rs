@@ -153,10 +153,22 @@ async fn subscription_errors_are_typed() {
             max: 1_024
         })
     );
-    assert!(matches!(
-        subscribe(&client, "multiply", "not an address", stubs::MULTIPLY, 1).await,
-        Err(BrokerError::InvalidAddress { .. })
-    ));
+    assert_eq!(
+        subscribe(&client, "multiply", &closed, stubs::MULTIPLY, 1_025).await,
+        Err(BrokerError::InvalidPrefetch {
+            prefetch: 1_025,
+            min: 1,
+            max: 1_024
+        })
+    );
+    // Neither needs a name lookup: no query leaves this machine.
+    for address in ["not an address", "127.0.0.1:99999"] {
+        let refused = subscribe(&client, "multiply", address, stubs::MULTIPLY, 1).await;
+        assert!(
+            matches!(&refused, Err(BrokerError::InvalidAddress { address: a, .. }) if a == address),
+            "{address}: {refused:?}"
+        );
+    }
     let unreachable = subscribe(&client, "multiply", &closed, stubs::MULTIPLY, 1).await;
     assert!(
         matches!(&unreachable, Err(BrokerError::Unreachable { address, .. }) if *address == closed),

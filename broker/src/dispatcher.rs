@@ -2,6 +2,7 @@
 //! back with each (up to `prefetch` calls at once, each with a deadline) and settles every job
 //! it took: completed, failed, or put back when the factory cannot be reached.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{SubscriberMetrics, TopicMetrics};
 use crate::outcome::{Callback, Observer, Outcome};
 use crate::queue::{Delivery, JobStore, QueueError};
 
@@ -34,6 +36,10 @@ pub struct Dispatcher<S> {
     pub observer: Observer,
     /// Cancelled to stop taking jobs; calls in flight still finish.
     pub stop: CancellationToken,
+    /// The topic's latency and rate.
+    pub topic_metrics: Arc<TopicMetrics>,
+    /// This subscription's counters.
+    pub subscriber_metrics: Arc<SubscriberMetrics>,
 }
 
 /// Why a dispatcher ended.
@@ -117,36 +123,46 @@ impl<S: JobStore> Shared<S> {
         // in case a reply is lost on a connection that stays open.
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + this.call_timeout;
+        let counters = &this.subscriber_metrics;
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let reply = tokio::time::timeout(this.call_timeout, self.call(context, delivery.job)).await;
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         let reply = match reply {
             Ok(reply) => reply.map_err(|error| describe_rpc_error(&error)),
             Err(_) => Err(format!("no reply within {:?}", this.call_timeout)),
         };
         let (settled, outcome) = match reply {
-            Ok(Ok(JobReport { result })) => (
-                this.store.complete(&delivery).await,
-                Outcome::Completed {
-                    topic: this.topic.clone(),
-                    job_id: delivery.id,
-                    callback: this.callback,
-                    job: delivery.job,
-                    result,
-                    factory: this.factory.clone(),
-                },
-            ),
-            Ok(Err(error)) => (
-                this.store
-                    .dead_letter(&delivery, error, &this.factory)
-                    .await,
-                Outcome::Failed {
-                    topic: this.topic.clone(),
-                    job_id: delivery.id,
-                    callback: this.callback,
-                    job: delivery.job,
-                    error,
-                    factory: this.factory.clone(),
-                },
-            ),
+            Ok(Ok(JobReport { result })) => {
+                counters.completed.fetch_add(1, Ordering::Relaxed);
+                this.topic_metrics.record_completion(delivery.published_at);
+                (
+                    this.store.complete(&delivery).await,
+                    Outcome::Completed {
+                        topic: this.topic.clone(),
+                        job_id: delivery.id,
+                        callback: this.callback,
+                        job: delivery.job,
+                        result,
+                        factory: this.factory.clone(),
+                    },
+                )
+            }
+            Ok(Err(error)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                (
+                    this.store
+                        .dead_letter(&delivery, error, &this.factory)
+                        .await,
+                    Outcome::Failed {
+                        topic: this.topic.clone(),
+                        job_id: delivery.id,
+                        callback: this.callback,
+                        job: delivery.job,
+                        error,
+                        factory: this.factory.clone(),
+                    },
+                )
+            }
             Err(reason) => {
                 tracing::warn!(
                     topic = %this.topic,

@@ -6,12 +6,14 @@
 //!   unsubscribe) checked and carried out over a store.
 //! - [`dispatcher`]: one subscription's loop, calling its factory back with each job.
 //! - [`subscriptions`]: the registry of subscriptions in force.
+//! - [`metrics`]: latency, rate and per-subscription counters, for `stats`.
 //! - [`outcome`]: what became of each job, and the lab's result lines.
 //! - [`service`] and [`server`]: the tarpc adapter and the TCP server.
 //! - [`cli`]: the command line of the `broker` program.
 
 pub mod cli;
 pub mod dispatcher;
+pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod requests;

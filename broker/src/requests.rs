@@ -1,17 +1,20 @@
 //! [`Broker`]: the broker's four requests, checked and carried out over a [`JobStore`]. The
 //! tarpc service in `service.rs` only forwards to it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport, Subscription,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport,
+    SubscriberReport, Subscription, TopicReport,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use transport::{Admission, ConnectError};
 
 use crate::dispatcher::{Dispatcher, DispatcherEnd};
+use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::{Callback, Observer};
 use crate::queue::{
     validate_buffer, validate_prefetch, validate_topic_name, JobStore, QueueError, TopicCreation,
@@ -55,6 +58,8 @@ pub struct Broker<S> {
     observer: Observer,
     shutdown: CancellationToken,
     dispatchers: TaskTracker,
+    metrics: Metrics,
+    started: Instant,
 }
 
 impl<S: JobStore> Broker<S> {
@@ -72,6 +77,8 @@ impl<S: JobStore> Broker<S> {
             observer,
             shutdown,
             dispatchers: TaskTracker::new(),
+            metrics: Metrics::default(),
+            started: Instant::now(),
         })
     }
 
@@ -146,7 +153,10 @@ impl<S: JobStore> Broker<S> {
             reason: error.to_string(),
         })?;
         let stop = self.shutdown.child_token();
-        let (generation, replaced) = self.subscriptions.insert(key.clone(), stop.clone());
+        let subscriber_metrics = Arc::new(SubscriberMetrics::new(prefetch));
+        let (generation, replaced) =
+            self.subscriptions
+                .insert(key.clone(), stop.clone(), subscriber_metrics.clone());
         let dispatcher = Dispatcher {
             store: self.store.clone(),
             topic: key.topic.clone(),
@@ -157,6 +167,8 @@ impl<S: JobStore> Broker<S> {
             call_timeout: self.settings.call_timeout,
             observer: self.observer.clone(),
             stop,
+            topic_metrics: self.metrics.topic(&key.topic),
+            subscriber_metrics,
         };
         let broker = self.clone();
         self.dispatchers.spawn(async move {
@@ -207,6 +219,54 @@ impl<S: JobStore> Broker<S> {
     /// The counters of a topic.
     pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, BrokerError> {
         Ok(self.store.stats(topic).await?)
+    }
+
+    /// What the broker is doing: every topic and subscription with its figures.
+    pub async fn stats(&self) -> BrokerStats {
+        let subscriptions = self.subscriptions.list();
+        let mut topics = Vec::new();
+        for name in self.store.topic_names().await {
+            // A topic cannot disappear, so this only skips a store that fails to answer.
+            let Ok(stats) = self.store.stats(&name).await else {
+                continue;
+            };
+            let metrics = self.metrics.topic(&name);
+            topics.push(TopicReport {
+                capacity: stats.capacity as u64,
+                ready: stats.ready as u64,
+                in_flight: stats.in_flight as u64,
+                published: stats.published,
+                completed: stats.completed,
+                failed: stats.failed,
+                requeued: stats.requeued,
+                dead: stats.dead as u64,
+                subscribers: subscriptions
+                    .iter()
+                    .filter(|(key, _)| *key.topic == *name)
+                    .count() as u64,
+                rate_per_s: metrics.rate_per_s(),
+                latency_us: metrics.latency(),
+                name,
+            });
+        }
+        let subscribers = subscriptions
+            .into_iter()
+            .map(|(key, counters)| SubscriberReport {
+                topic: key.topic.to_string(),
+                address: key.factory.to_string(),
+                callback: key.callback.name().to_owned(),
+                prefetch: counters.prefetch,
+                in_flight: counters.in_flight.load(Ordering::Relaxed),
+                completed: counters.completed.load(Ordering::Relaxed),
+                failed: counters.failed.load(Ordering::Relaxed),
+                connected_since_unix_s: counters.connected_since_unix_s(),
+            })
+            .collect();
+        BrokerStats {
+            topics,
+            subscribers,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
     }
 
     /// Whether the subscription is in force.

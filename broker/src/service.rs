@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use stubs::{
-    BrokerError, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport, Subscription,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport,
+    Subscription,
 };
 use tarpc::context::Context;
 
@@ -61,6 +62,10 @@ impl<S: JobStore> stubs::Broker for BrokerService<S> {
         subscription: Subscription,
     ) -> Result<StatusReport, BrokerError> {
         self.broker.unsubscribe(subscription).await
+    }
+
+    async fn stats(self, _: Context) -> BrokerStats {
+        self.broker.stats().await
     }
 
     async fn is_subscribed(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::SubscriberMetrics;
 use crate::outcome::Callback;
 
 /// What names a subscription. A factory that restarts on the same address and subscribes again
@@ -26,6 +27,7 @@ struct Active {
     /// Tells one subscription from the one that replaced it under the same key.
     generation: u64,
     stop: CancellationToken,
+    metrics: Arc<SubscriberMetrics>,
 }
 
 /// The registry of subscriptions. The lock is held for a map operation only, never across an
@@ -45,9 +47,21 @@ impl Subscriptions {
 
     /// Registers a subscription that `stop` ends, stopping any it replaces. Returns its
     /// generation, for [`Subscriptions::remove_ended`], and whether it replaced one.
-    pub fn insert(&self, key: SubscriptionKey, stop: CancellationToken) -> (u64, bool) {
+    pub fn insert(
+        &self,
+        key: SubscriptionKey,
+        stop: CancellationToken,
+        metrics: Arc<SubscriberMetrics>,
+    ) -> (u64, bool) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.lock().insert(key, Active { generation, stop });
+        let replaced = self.lock().insert(
+            key,
+            Active {
+                generation,
+                stop,
+                metrics,
+            },
+        );
         if let Some(old) = &replaced {
             old.stop.cancel();
         }
@@ -81,8 +95,17 @@ impl Subscriptions {
 
     /// The subscriptions in force, sorted by topic, factory and callback.
     pub fn keys(&self) -> Vec<SubscriptionKey> {
-        let mut keys: Vec<_> = self.lock().keys().cloned().collect();
-        keys.sort_by(|a, b| {
+        self.list().into_iter().map(|(key, _)| key).collect()
+    }
+
+    /// The subscriptions in force with their counters, sorted by topic, factory and callback.
+    pub fn list(&self) -> Vec<(SubscriptionKey, Arc<SubscriberMetrics>)> {
+        let mut keys: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(key, active)| (key.clone(), active.metrics.clone()))
+            .collect();
+        keys.sort_by(|(a, _), (b, _)| {
             (&a.topic, a.factory, a.callback.name()).cmp(&(&b.topic, b.factory, b.callback.name()))
         });
         keys

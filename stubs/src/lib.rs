@@ -153,6 +153,77 @@ pub struct DeadLetters {
     pub dropped: u64,
 }
 
+/// What the broker is doing: its topics and subscribers, as the `stats` RPC reports them.
+/// Field names are those of `broker stats --json` and `/api/stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BrokerStats {
+    /// Every topic, by name.
+    pub topics: Vec<TopicReport>,
+    /// Every subscription in force, by topic and address.
+    pub subscribers: Vec<SubscriberReport>,
+    /// Seconds since the broker started.
+    pub uptime_s: u64,
+}
+
+/// One topic's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicReport {
+    /// The topic's name.
+    pub name: String,
+    /// Ready jobs it holds before a publish waits.
+    pub capacity: u64,
+    /// Jobs waiting to be taken.
+    pub ready: u64,
+    /// Jobs taken and not yet settled.
+    pub in_flight: u64,
+    /// Jobs ever published.
+    pub published: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs failed with a job error.
+    pub failed: u64,
+    /// Times a job was put back after a failed call.
+    pub requeued: u64,
+    /// Dead letters kept now.
+    pub dead: u64,
+    /// Subscriptions in force.
+    pub subscribers: u64,
+    /// Jobs completed per second over the last 10 seconds.
+    pub rate_per_s: f64,
+    /// Time from publish to completion.
+    pub latency_us: Latency,
+}
+
+/// Percentiles of a latency, in microseconds; zero before the first completion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// The median.
+    pub p50: u64,
+    /// The 99th percentile.
+    pub p99: u64,
+}
+
+/// One subscription's figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberReport {
+    /// The topic.
+    pub topic: String,
+    /// The factory's address.
+    pub address: String,
+    /// The procedure called.
+    pub callback: String,
+    /// Calls allowed in flight.
+    pub prefetch: u32,
+    /// Calls in flight now.
+    pub in_flight: u64,
+    /// Jobs it completed.
+    pub completed: u64,
+    /// Jobs it failed with a job error.
+    pub failed: u64,
+    /// When it subscribed, in seconds since the Unix epoch.
+    pub connected_since_unix_s: u64,
+}
+
 /// Why the broker refused a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum BrokerError {
@@ -260,6 +331,8 @@ pub trait Broker {
     /// Whether the broker holds this subscription (topic, factory address, callback) now. A
     /// factory asks, to notice that the broker dropped it and to subscribe again.
     async fn is_subscribed(subscription: Subscription) -> Result<bool, BrokerError>;
+    /// What the broker is doing: topics, subscribers and their figures.
+    async fn stats() -> BrokerStats;
     /// The jobs of a topic that failed with a job error.
     async fn dead_letters(topic: String) -> Result<DeadLetters, BrokerError>;
 }

@@ -60,6 +60,7 @@ struct QueuedJob {
     id: JobId,
     job: Job,
     attempts: u32,
+    published_at: SystemTime,
 }
 
 impl Topic {
@@ -157,6 +158,7 @@ impl JobStore for MemoryStore {
                         id,
                         job,
                         attempts: 0,
+                        published_at: SystemTime::now(),
                     });
                     state.published += 1;
                     let room_left = state.ready.len() < topic.capacity;
@@ -198,6 +200,7 @@ impl JobStore for MemoryStore {
                         id: queued.id,
                         job: queued.job,
                         attempt: queued.attempts,
+                        published_at: queued.published_at,
                     });
                 }
             }
@@ -262,6 +265,16 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn topic_names(&self) -> Vec<String> {
+        let topics = self
+            .topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut names: Vec<String> = topics.keys().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
     async fn stats(&self, name: &str) -> Result<TopicStats, QueueError> {
         let topic = self.topic(name)?;
         let state = topic.lock();
@@ -273,6 +286,7 @@ impl JobStore for MemoryStore {
             completed: state.completed,
             failed: state.failed,
             requeued: state.requeued,
+            dead: state.dead_letters.len(),
         })
     }
 }

@@ -19,6 +19,7 @@ pub use rules::{
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use stubs::{DeadLetters, Job, JobError};
 
@@ -37,6 +38,8 @@ pub struct Delivery {
     pub job: Job,
     /// How many times the job has been taken, this time included.
     pub attempt: u32,
+    /// When the job was published, for the latency from publish to completion.
+    pub published_at: SystemTime,
 }
 
 /// What [`JobStore::create_topic`] did.
@@ -68,6 +71,8 @@ pub struct TopicStats {
     pub failed: u64,
     /// Times a job was put back after a failed delivery.
     pub requeued: u64,
+    /// Dead letters kept now.
+    pub dead: usize,
 }
 
 /// Why a store refused an operation.
@@ -133,6 +138,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Puts a delivery back at the head of its topic, whatever the capacity, so that a job
     /// is never lost nor blocked behind newer jobs because a factory failed.
     fn requeue(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The names of every topic, sorted.
+    fn topic_names(&self) -> impl Future<Output = Vec<String>> + Send;
 
     /// The counters of `topic`.
     fn stats(&self, topic: &str) -> impl Future<Output = Result<TopicStats, QueueError>> + Send;

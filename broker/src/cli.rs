@@ -1,7 +1,9 @@
 //! The `broker` program's command line.
 
-use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand};
+use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
 use crate::queue::DEFAULT_DEAD_LETTER_LIMIT;
@@ -9,17 +11,68 @@ use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
 
 /// The port the lab's broker listens on.
 pub const DEFAULT_PORT: u16 = 8030;
+/// The address of the lab's broker.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8030";
+
+const EXAMPLES: &str = "\
+Examples:
+  cargo run -p broker                                  # serve on 127.0.0.1:8030
+  cargo run -p broker -- --port 9000 --call-timeout 2s
+  cargo run -p broker -- --quiet                       # a count per second, not a line per job
+  PAIRBROKER_TOKEN=s3cret cargo run -p broker -- --bind 0.0.0.0
+  cargo run -p broker -- stats                         # what a running broker is doing
+  cargo run -p broker -- stats --watch                 # ... redrawn every second
+  cargo run -p broker -- stats --json";
 
 /// The pairbroker broker: miners publish jobs to topics, and each job is called back on exactly
 /// one subscribed factory.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "broker", version)]
+#[command(name = "broker", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Something other than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// How logs are written to standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// What the broker program can do besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Show what a running broker is doing: its topics and subscribers.
+    Stats(StatsArgs),
+}
+
+/// Options of `broker stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// The broker to ask.
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
+    pub broker: String,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second, like `top`, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// The broker's shared secret.
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<AccessToken>,
+}
+
+/// Options of the broker itself.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
     /// The TCP port to listen on.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
     /// The address to listen on. The default serves this machine only; `--bind 0.0.0.0` serves
-    /// other machines too, and anyone who can reach the port can then publish and subscribe.
+    /// other machines too, and anyone who can reach the port can then publish and subscribe
+    /// (set --token).
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bind: IpAddr,
     /// How long a factory may take to answer one call before its job goes back to its topic
@@ -33,6 +86,9 @@ pub struct Cli {
     /// (and counted) first.
     #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT)]
     pub dead_letter_limit: usize,
+    /// No line per job on standard output; a count of jobs per second is logged instead.
+    #[arg(long)]
+    pub quiet: bool,
     /// A shared secret that every miner and factory must give (and that the broker gives the
     /// factories it calls). Without it, anyone who can reach the port can use the broker.
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
@@ -48,7 +104,7 @@ pub struct Cli {
     pub max_requests_per_connection: usize,
 }
 
-impl Cli {
+impl ServeArgs {
     /// The address to listen on.
     pub fn listen_address(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port)

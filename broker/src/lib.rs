@@ -9,6 +9,7 @@
 //! - [`metrics`]: latency, rate and per-subscription counters, for `stats`.
 //! - [`outcome`]: what became of each job, and the lab's result lines.
 //! - [`service`] and [`server`]: the tarpc adapter and the TCP server.
+//! - [`stats`]: `broker stats`, the figures as a table or JSON.
 //! - [`cli`]: the command line of the `broker` program.
 
 pub mod cli;
@@ -19,8 +20,9 @@ pub mod queue;
 pub mod requests;
 pub mod server;
 pub mod service;
+pub mod stats;
 pub mod subscriptions;
 
-pub use outcome::{print_results, Callback, Observer, Outcome};
+pub use outcome::{count_results, print_results, Callback, Observer, Outcome};
 pub use requests::{Broker, Settings};
 pub use server::serve;

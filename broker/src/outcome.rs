@@ -1,6 +1,7 @@
 //! What became of each job a dispatcher delivered, and who hears of it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lab_console::Console;
@@ -131,6 +132,39 @@ pub fn print_results(console: Console) -> Observer {
         if !matches!(outcome, Outcome::Requeued { .. }) {
             console.line(format_args!("{outcome}"));
         }
+    })
+}
+
+/// For `--quiet`: no line per job, but a log line each second that saw jobs settled, with the
+/// count, so that a busy broker still shows it is working.
+pub fn count_results() -> Observer {
+    /// How often the count is logged.
+    const COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let observer_counts = counts.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(COUNT_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let completed = counts[0].swap(0, Ordering::Relaxed);
+            let failed = counts[1].swap(0, Ordering::Relaxed);
+            if completed + failed > 0 {
+                tracing::info!(completed, failed, "jobs in the last second");
+            }
+            // The observer is gone with the broker: stop counting.
+            if Arc::strong_count(&counts) == 1 {
+                return;
+            }
+        }
+    });
+    Arc::new(move |outcome| match outcome {
+        Outcome::Completed { .. } => {
+            observer_counts[0].fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Failed { .. } => {
+            observer_counts[1].fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Requeued { .. } => {}
     })
 }
 

@@ -10,6 +10,13 @@ use crate::{FactoryConfig, DEFAULT_BROKER, DEFAULT_BUFFER};
 /// The port the lab's factory listens on.
 pub const DEFAULT_PORT: u16 = 8050;
 
+const EXAMPLES: &str = "\
+Examples:
+  cargo run -p factory -- --port 8031                  # Multiply and Divide, pipeline on
+  cargo run -p factory -- --port 8032 --topics multiply --no-pipeline   # Part 1
+  cargo run -p factory -- --port 0 --prefetch 16       # a free port, 16 calls in flight
+  cargo run -p factory -- --broker 127.0.0.1:9000 --log-format json";
+
 /// A topic of the lab a factory can work on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LabTopic {
@@ -40,7 +47,7 @@ impl LabTopic {
 /// A pairbroker factory: serves Multiply and Divide, subscribes to the broker's `multiply` and
 /// `divide` topics, and publishes a new Divide job for every two Multiply results.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "factory", version)]
+#[command(name = "factory", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// The TCP port to serve on; 0 takes a free one (and subscribes with it).
     #[arg(long, default_value_t = DEFAULT_PORT)]
@@ -72,6 +79,9 @@ pub struct Cli {
     /// The broker's shared secret, given to it and required of it when it calls back.
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<AccessToken>,
+    /// How logs are written to standard error.
+    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
+    pub log_format: lab_console::LogFormat,
 }
 
 impl Cli {

@@ -69,7 +69,7 @@ pub enum FactoryError {
     #[error("cannot read the listening address: {0}")]
     Listener(#[source] std::io::Error),
     /// The broker cannot be reached.
-    #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
+    #[error("cannot reach broker at {address} ({cause}): is 'cargo run -p broker' running?", address = .0.address(), cause = .0.cause())]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time.
     #[error("{0}; start the broker again (cargo run -p broker), then this factory")]

@@ -8,12 +8,15 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    lab_console::init_logging();
+    lab_console::init_logging(cli.log_format);
     let address = cli.listen_address();
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("factory: cannot listen on {address}: {error} (is another factory there? try another --port)");
+            eprintln!(
+                "factory: cannot listen on {address} ({}): is another factory on that port? Choose another --port, or --port 0 for a free one",
+                error.kind()
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -13,9 +13,17 @@ pub const DEFAULT_BUFFER: u32 = 10;
 /// The pause between two jobs in the lab.
 pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+const EXAMPLES: &str = "\
+Examples:
+  cargo run -p miner                                   # a random Pair to multiply every second
+  cargo run -p miner -- --topic divide                 # Part 2a
+  cargo run -p miner -- --triplets                     # Part 3
+  cargo run -p miner -- --interval 0 --count 10000 --concurrency 8   # load
+  cargo run -p miner -- --seed 42 --count 5            # the same five jobs every time";
+
 /// A pairbroker miner: creates a topic and publishes random Pairs (or Triplets) to it.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "miner", version)]
+#[command(name = "miner", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// The broker's address.
     #[arg(long, default_value = DEFAULT_BROKER)]
@@ -54,6 +62,9 @@ pub struct Cli {
     /// The broker's shared secret.
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<AccessToken>,
+    /// How logs are written to standard error.
+    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
+    pub log_format: lab_console::LogFormat,
 }
 
 impl Cli {

@@ -54,7 +54,7 @@ pub struct MinerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MinerError {
     /// The broker cannot be reached.
-    #[error("cannot reach the broker: {0}; is it running (cargo run -p broker)?")]
+    #[error("cannot reach broker at {address} ({cause}): is 'cargo run -p broker' running?", address = .0.address(), cause = .0.cause())]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time, or stopped answering.
     #[error("lost the broker while trying to {action}: {error}; is it still running (cargo run -p broker)?")]

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    lab_console::init_logging();
+    lab_console::init_logging(cli.log_format);
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
     match miner::run(cli.config(), Console::plain(), shutdown).await {

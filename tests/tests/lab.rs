@@ -13,6 +13,7 @@ async fn the_lab_runs_end_to_end_and_the_pipeline_feeds_divide() {
         interval: std::time::Duration::from_millis(1).into(),
         count: Some(20),
         seed: Some(5),
+        log_format: lab_console::LogFormat::Text,
     };
     let summary = run(cli, Default::default()).await.expect("the lab runs");
     assert_eq!(summary.multiplied, 20);

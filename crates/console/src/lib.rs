@@ -14,14 +14,27 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-/// Sends logs to standard error, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, with its fields, for log collectors.
+    Json,
+}
+
+/// Sends logs to standard error in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, so that a program stops gracefully

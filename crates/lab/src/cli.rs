@@ -13,10 +13,18 @@ use crate::{factory_config, miner_config, start_miner, RunningBroker, RunningFac
 /// have been published.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
+const EXAMPLES: &str = "\
+Examples:
+  cargo run -p lab                                     # broker, two factories, a multiply miner
+  cargo run -p lab -- --divide-miner                   # Part 2a
+  cargo run -p lab -- --triplets                       # Part 3
+  cargo run -p lab -- --interval 10ms --count 100      # a short run that stops by itself
+  cargo run -p lab -- --port 0                         # when 8030 is taken";
+
 /// Runs the whole lab in one process: a broker, factories and a miner (Parts 1, 2a, 2b and 3),
 /// each line prefixed by the component that printed it. Ctrl-C stops it.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "lab", version)]
+#[command(name = "lab", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// The broker's port on 127.0.0.1; 0 takes a free one.
     #[arg(long, default_value_t = broker::cli::DEFAULT_PORT)]
@@ -42,6 +50,9 @@ pub struct Cli {
     /// Seed the miners' random jobs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How logs are written to standard error.
+    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
+    pub log_format: lab_console::LogFormat,
 }
 
 /// What the lab did.

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    lab_console::init_logging();
+    lab_console::init_logging(cli.log_format);
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
     match lab::cli::run(cli, shutdown).await {

@@ -78,6 +78,38 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// The address that could not be reached.
+    pub fn address(&self) -> &str {
+        match self {
+            ConnectError::Resolve { address, .. }
+            | ConnectError::Connect { address, .. }
+            | ConnectError::Handshake { address, .. }
+            | ConnectError::TimedOut { address, .. } => address,
+        }
+    }
+
+    /// Why, in a few words: `connection refused`, `no answer within 3s`, ...
+    pub fn cause(&self) -> String {
+        match self {
+            ConnectError::Resolve { source, .. } => format!("cannot resolve it: {source}"),
+            ConnectError::Connect { source, .. } => source.kind().to_string(),
+            ConnectError::Handshake { source, .. } => source.to_string(),
+            ConnectError::TimedOut { timeout, .. } => {
+                format!("no answer within {}", humantime_like(*timeout))
+            }
+        }
+    }
+}
+
+fn humantime_like(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
 /// Wraps one TCP stream into a length-delimited bincode transport.
 pub fn framed<Item, SinkItem>(stream: TcpStream) -> TcpTransport<Item, SinkItem>
 where

@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// (and counted) first.
     #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT)]
     pub dead_letter_limit: usize,
+    /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
+    #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
+    pub http: HttpSetting,
     /// No line per job on standard output; a count of jobs per second is logged instead.
     #[arg(long)]
     pub quiet: bool,
@@ -102,6 +105,25 @@ pub struct ServeArgs {
     /// Requests in flight at once on one connection.
     #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
     pub max_requests_per_connection: usize,
+}
+
+/// `--http`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpSetting(pub Option<SocketAddr>);
+
+impl std::str::FromStr for HttpSetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|address| Self(Some(address)))
+            .map_err(|_| {
+                format!("expected an address such as 127.0.0.1:8081, or off; not {text:?}")
+            })
+    }
 }
 
 impl ServeArgs {

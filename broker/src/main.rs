@@ -38,6 +38,19 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let http_listener = match args.http.0 {
+        Some(http) => match tokio::net::TcpListener::bind(http).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!(
+                    "broker: cannot listen for HTTP on {http} ({}): is another broker running? Choose another --http, or --http off",
+                    error.kind()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
     let observer = if args.quiet {
@@ -48,6 +61,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let store = MemoryStore::with_dead_letter_limit(args.dead_letter_limit);
     let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
     tracing::info!(%address, "broker listening");
+    if let Some(listener) = http_listener {
+        if let Ok(http) = listener.local_addr() {
+            tracing::info!("dashboard on http://{http}/ (metrics: /metrics, JSON: /api/stats)");
+        }
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = broker::http::serve(broker, listener, shutdown).await {
+                tracing::error!(%error, "the HTTP side stopped");
+            }
+        });
+    }
     broker::serve(broker, listener, shutdown).await;
     ExitCode::SUCCESS
 }

@@ -7,6 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{
+    exponential_buckets, Histogram as PrometheusHistogram,
+};
 use stubs::Latency;
 
 /// The longest latency the histograms tell apart: an hour, in microseconds. Longer ones are
@@ -35,6 +39,8 @@ pub struct TopicMetrics {
     /// Completions per second, one slot per second of the window plus the current one,
     /// each tagged with its second so that a stale slot is recognised and reset.
     completions: Mutex<[(u64, u64); RATE_WINDOW_S as usize + 1]>,
+    /// The same latencies, for Prometheus, in seconds.
+    prometheus_latency: PrometheusHistogram,
 }
 
 impl Default for TopicMetrics {
@@ -45,6 +51,7 @@ impl Default for TopicMetrics {
                     .expect("the bounds are constants that hdrhistogram accepts"),
             ),
             completions: Mutex::new([(0, 0); RATE_WINDOW_S as usize + 1]),
+            prometheus_latency: latency_buckets(),
         }
     }
 }
@@ -57,6 +64,7 @@ impl TopicMetrics {
             .duration_since(published_at)
             .map_or(0, |latency| latency.as_micros() as u64);
         lock(&self.latency_us).saturating_record(latency.max(1));
+        self.prometheus_latency.observe(latency as f64 / 1e6);
         let second = unix_seconds(now);
         let mut completions = lock(&self.completions);
         let slot = &mut completions[(second % (RATE_WINDOW_S + 1)) as usize];
@@ -90,10 +98,31 @@ impl TopicMetrics {
     }
 }
 
+/// The labels of a per-topic Prometheus metric.
+pub type TopicLabels = Vec<(String, String)>;
+
+/// The Prometheus latency histogram of every topic, in seconds.
+pub type LatencyHistograms = Family<TopicLabels, PrometheusHistogram, fn() -> PrometheusHistogram>;
+
+/// Buckets from 50 µs doubling to about 26 s.
+fn latency_buckets() -> PrometheusHistogram {
+    PrometheusHistogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
 /// The topics' metrics, made on first use.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     topics: Mutex<HashMap<Arc<str>, Arc<TopicMetrics>>>,
+    prometheus_latency: LatencyHistograms,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            topics: Mutex::default(),
+            prometheus_latency: Family::new_with_constructor(latency_buckets),
+        }
+    }
 }
 
 impl Metrics {
@@ -103,9 +132,20 @@ impl Metrics {
         if let Some(metrics) = topics.get(topic) {
             return metrics.clone();
         }
-        let metrics = Arc::new(TopicMetrics::default());
+        let metrics = Arc::new(TopicMetrics {
+            prometheus_latency: self
+                .prometheus_latency
+                .get_or_create(&vec![("topic".to_owned(), topic.to_owned())])
+                .clone(),
+            ..TopicMetrics::default()
+        });
         topics.insert(Arc::from(topic), metrics.clone());
         metrics
+    }
+
+    /// The latency histograms of every topic, for `/metrics`.
+    pub fn prometheus_latency(&self) -> LatencyHistograms {
+        self.prometheus_latency.clone()
     }
 }
 

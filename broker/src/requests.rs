@@ -269,6 +269,11 @@ impl<S: JobStore> Broker<S> {
         }
     }
 
+    /// The latency histograms of every topic, for `/metrics`.
+    pub fn latency_histograms(&self) -> crate::metrics::LatencyHistograms {
+        self.metrics.prometheus_latency()
+    }
+
     /// Whether the subscription is in force.
     pub async fn is_subscribed(&self, subscription: Subscription) -> Result<bool, BrokerError> {
         let (key, _) = self.check_subscription(&subscription).await?;

@@ -239,7 +239,7 @@ async fn miners_and_factories_carry_on_through_a_broker_restart() {
     let port = free_port();
     let port_arg = port.to_string();
     let broker_address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let first = Process::start("broker", &["--port", &port_arg]);
+    let first = Process::start("broker", &["--port", &port_arg, "--http", "off"]);
     let completions = "Factory.Multiply of ";
     // The factory cannot start before the broker listens; retry its start until then.
     let factory = loop {
@@ -270,7 +270,7 @@ async fn miners_and_factories_carry_on_through_a_broker_restart() {
     })
     .await;
     first.kill();
-    let second = Process::start("broker", &["--port", &port_arg]);
+    let second = Process::start("broker", &["--port", &port_arg, "--http", "off"]);
     eventually(
         "the restarted broker completes jobs: the factory and the miner are back",
         || second.count_lines(completions) >= 20,

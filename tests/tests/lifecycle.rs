@@ -72,7 +72,7 @@ async fn a_terminated_factory_unsubscribes_finishes_its_calls_flushes_its_pipeli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_broker_exits_0() {
     let port = free_port();
-    let mut broker = Process::start("broker", &["--port", &port.to_string()]);
+    let mut broker = Process::start("broker", &["--port", &port.to_string(), "--http", "off"]);
     let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let held = lab::wait_until(WAIT, async || {
         transport::connect_broker(

@@ -1,0 +1,82 @@
+//! The broker's HTTP side: `/api/stats`, `/metrics` and the dashboard page.
+
+use std::net::SocketAddr;
+
+use broker::Settings;
+use factory::cli::LabTopic::Multiply;
+use stubs::Pair;
+use system_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET; returns the body.
+async fn get(address: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_metrics_and_dashboard_are_served() {
+    let (broker, recorder) = start_broker(Settings::default()).await;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_address = http.local_addr().unwrap();
+    tokio::spawn(broker::http::serve(
+        broker.broker.clone(),
+        http,
+        Default::default(),
+    ));
+    let _factory = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply], false),
+    )
+    .await;
+    let client = client(broker.address).await;
+    for x in 0..50 {
+        publish(&client, "multiply", Pair { x, y: 2 }).await;
+    }
+    eventually("50 jobs are completed", || {
+        recorder.completed("multiply").len() == 50
+    })
+    .await;
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(http_address, "/api/stats").await).unwrap();
+    let topic = &stats["topics"][0];
+    assert_eq!(topic["name"], "multiply");
+    assert_eq!(
+        (topic["published"].as_u64(), topic["completed"].as_u64()),
+        (Some(50), Some(50))
+    );
+    assert_eq!(stats["subscribers"].as_array().map(Vec::len), Some(1));
+
+    let metrics = get(http_address, "/metrics").await;
+    for line in [
+        "pairbroker_jobs_published_total{topic=\"multiply\"} 50",
+        "pairbroker_jobs_completed_total{topic=\"multiply\"} 50",
+        "pairbroker_topic_capacity{topic=\"multiply\"} 10",
+        "pairbroker_job_latency_seconds_count{topic=\"multiply\"} 50",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("# TYPE pairbroker_job_latency_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pairbroker_subscriber_jobs_completed_total{"),
+        "{metrics}"
+    );
+
+    let page = get(http_address, "/").await;
+    assert!(page.contains("<title>pairbroker</title>") && page.contains("/api/stats"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no file fetched from elsewhere"
+    );
+}

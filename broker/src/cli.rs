@@ -7,7 +7,7 @@ use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
 use crate::queue::DEFAULT_DEAD_LETTER_LIMIT;
-use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT};
+use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_TOPICS};
 
 /// The port the lab's broker listens on.
 pub const DEFAULT_PORT: u16 = 8030;
@@ -77,15 +77,20 @@ pub struct ServeArgs {
     pub bind: IpAddr,
     /// How long a factory may take to answer one call before its job goes back to its topic
     /// and the subscription is dropped (e.g. `10s`, `500ms`).
-    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.into())]
+    /// From 1ms to 1h.
+    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.into(), value_parser = timeout_up_to_an_hour)]
     pub call_timeout: humantime::Duration,
-    /// How long `subscribe` waits to connect to a factory.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
+    /// How long `subscribe` waits to connect to a factory, from 1ms to 1h.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), value_parser = timeout_up_to_an_hour)]
     pub connect_timeout: humantime::Duration,
     /// How many failed jobs each topic keeps in its dead-letter list; older ones are dropped
     /// (and counted) first.
-    #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT)]
-    pub dead_letter_limit: usize,
+    /// From 0 to 10000, so that the list fits one reply.
+    #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT as u32, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub dead_letter_limit: u32,
+    /// How many topics the broker holds at most, from 1 to 4096.
+    #[arg(long, default_value_t = DEFAULT_MAX_TOPICS as u32, value_parser = clap::value_parser!(u32).range(1..=4_096))]
+    pub max_topics: u32,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
     #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
     pub http: HttpSetting,
@@ -97,14 +102,25 @@ pub struct ServeArgs {
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<AccessToken>,
     /// Connections held at once; more are closed at once.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
     /// Connections held at once from one IP address.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP)]
-    pub max_connections_per_ip: usize,
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections_per_ip: u32,
     /// Requests in flight at once on one connection.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
-    pub max_requests_per_connection: usize,
+    #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_requests_per_connection: u32,
+}
+
+/// A timeout from 1 ms to 1 h: shorter fails every call, longer overflows deadlines.
+fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
+    let duration: humantime::Duration = text.parse().map_err(|error| format!("{error}"))?;
+    let range = std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(3_600);
+    if range.contains(&duration) {
+        Ok(duration)
+    } else {
+        Err(format!("{text} is outside 1ms..=1h"))
+    }
 }
 
 /// `--http`: an address, or `off`.
@@ -139,10 +155,11 @@ impl ServeArgs {
             connect_timeout: self.connect_timeout.into(),
             admission: Admission {
                 token: self.token.clone().unwrap_or_default(),
-                max_connections: self.max_connections,
-                max_connections_per_ip: self.max_connections_per_ip,
-                max_requests_per_connection: self.max_requests_per_connection,
+                max_connections: self.max_connections as usize,
+                max_connections_per_ip: self.max_connections_per_ip as usize,
+                max_requests_per_connection: self.max_requests_per_connection as usize,
             },
+            max_topics: self.max_topics as usize,
         }
     }
 }

@@ -58,7 +58,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     } else {
         print_results(Console::plain())
     };
-    let store = MemoryStore::with_dead_letter_limit(args.dead_letter_limit);
+    let store = MemoryStore::with_dead_letter_limit(args.dead_letter_limit as usize);
     let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
     tracing::info!(%address, "broker listening");
     if let Some(listener) = http_listener {

@@ -29,6 +29,9 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// publisher before the publisher gives up on its own.
 pub const PUBLISH_REPLY_MARGIN: Duration = Duration::from_millis(50);
 
+/// How many topics a broker holds by default.
+pub const DEFAULT_MAX_TOPICS: usize = 1_024;
+
 /// The broker's tunable limits.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -38,6 +41,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Who may connect, and how many at once. Its token is also offered to factories.
     pub admission: Admission,
+    /// How many topics the broker holds at most, so that no client can grow its memory
+    /// without bound by creating topics.
+    pub max_topics: usize,
 }
 
 impl Default for Settings {
@@ -46,6 +52,7 @@ impl Default for Settings {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
             admission: Admission::default(),
+            max_topics: DEFAULT_MAX_TOPICS,
         }
     }
 }
@@ -90,6 +97,13 @@ impl<S: JobStore> Broker<S> {
         validate_topic_name(&request.topic)?;
         validate_buffer(request.buffer)?;
         let ChannelRequest { topic, buffer } = request;
+        if !self.store.has_topic(&topic).await
+            && self.store.topic_names().await.len() >= self.settings.max_topics
+        {
+            return Err(BrokerError::TooManyTopics {
+                limit: self.settings.max_topics as u32,
+            });
+        }
         let message = match self.store.create_topic(&topic, buffer as usize).await? {
             TopicCreation::Created => {
                 tracing::info!(%topic, buffer, "topic created");
@@ -230,7 +244,7 @@ impl<S: JobStore> Broker<S> {
             let Ok(stats) = self.store.stats(&name).await else {
                 continue;
             };
-            let metrics = self.metrics.topic(&name);
+            let metrics = self.metrics.existing(&name);
             topics.push(TopicReport {
                 capacity: stats.capacity as u64,
                 ready: stats.ready as u64,
@@ -244,8 +258,8 @@ impl<S: JobStore> Broker<S> {
                     .iter()
                     .filter(|(key, _)| *key.topic == *name)
                     .count() as u64,
-                rate_per_s: metrics.rate_per_s(),
-                latency_us: metrics.latency(),
+                rate_per_s: metrics.as_ref().map_or(0.0, |m| m.rate_per_s()),
+                latency_us: metrics.as_ref().map(|m| m.latency()).unwrap_or_default(),
                 name,
             });
         }

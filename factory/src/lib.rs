@@ -39,6 +39,9 @@ pub const DEFAULT_BUFFER: u32 = 10;
 /// its connections, and then for the pipeline to publish its last groups.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a stopping factory waits for the broker to take its unsubscribes.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a factory does.
 #[derive(Clone, Debug)]
 pub struct FactoryConfig {
@@ -172,6 +175,7 @@ pub async fn run(
                 let stop_connections = stop_connections.clone();
                 async move {
                     let requests = BaseChannel::with_defaults(transport::framed(stream))
+                        .max_concurrent_requests(transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION)
                         .execute(service.serve())
                         .for_each(|request| async {
                             tokio::spawn(request);
@@ -197,8 +201,13 @@ pub async fn run(
     };
 
     tracing::info!("stopping: unsubscribing and finishing the calls in flight");
-    if worked.is_ok() {
-        membership.leave().await;
+    // Bounded: with the broker gone, leaving would otherwise wait for it to come back.
+    if worked.is_ok()
+        && tokio::time::timeout(LEAVE_TIMEOUT, membership.leave())
+            .await
+            .is_err()
+    {
+        tracing::warn!("the broker did not answer the unsubscribes in time; stopping anyway");
     }
     stop_accepting.cancel();
     let _ = server.await;

@@ -51,7 +51,8 @@ pub struct Cli {
     #[arg(long)]
     pub seed: Option<u64>,
     /// How many publishers run at once, for load.
-    #[arg(long, default_value_t = 1)]
+    /// From 1 to 256, the requests one connection may have in flight at the broker.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// How long to wait for a connection to the broker.
     #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]

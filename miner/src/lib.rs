@@ -213,7 +213,9 @@ impl Publishers {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .next_job();
-            let job_id = self.publish(job).await?;
+            let Some(job_id) = self.publish(job).await? else {
+                return Ok(());
+            };
             self.published.fetch_add(1, Ordering::Relaxed);
             self.console.line(format_args!(
                 "published {job} to {} (job {job_id})",
@@ -224,13 +226,19 @@ impl Publishers {
 
     /// Publishes one job, waiting as long as the topic stays full: back-pressure, as a send
     /// on a full Go channel blocks. A lost broker is reconnected and the job published again.
-    async fn publish(&self, job: Job) -> Result<u64, MinerError> {
+    ///
+    /// Once shutdown is signalled, the publish in flight is let finish (so that every job the
+    /// broker accepted is reported) but not tried again: `None`, the job was not published.
+    async fn publish(&self, job: Job) -> Result<Option<u64>, MinerError> {
         let request = PublishRequest {
             topic: self.config.topic.clone(),
             job,
         };
         let action = || format!("publish to {:?}", self.config.topic);
         loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(None);
+            }
             let published = self
                 .broker
                 .call(|client| {
@@ -239,7 +247,7 @@ impl Publishers {
                 })
                 .await;
             match published {
-                Ok(Ok(published)) => return Ok(published.job_id),
+                Ok(Ok(published)) => return Ok(Some(published.job_id)),
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
                     tracing::info!(%topic, capacity, "topic full; still waiting for room");
                 }

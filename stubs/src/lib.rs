@@ -301,6 +301,12 @@ pub enum BrokerError {
         /// The callback.
         callback: String,
     },
+    /// The broker holds as many topics as it allows.
+    #[error("the broker holds {limit} topics, its limit; reuse one (or start the broker with a higher --max-topics)")]
+    TooManyTopics {
+        /// The broker's limit.
+        limit: u32,
+    },
     /// The broker is stopping and takes no new work.
     #[error("the broker is shutting down")]
     ShuttingDown,

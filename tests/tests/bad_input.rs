@@ -392,3 +392,23 @@ async fn a_miner_and_a_factory_without_a_broker_fail_with_a_clear_error() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn the_number_of_topics_is_capped() {
+    let settings = Settings {
+        max_topics: 2,
+        ..Settings::default()
+    };
+    let (broker, _) = start_broker(settings).await;
+    let client = client(broker.address).await;
+    create(&client, "one", 1).await.unwrap();
+    create(&client, "two", 1).await.unwrap();
+    assert_eq!(
+        create(&client, "three", 1).await,
+        Err(BrokerError::TooManyTopics { limit: 2 })
+    );
+    assert!(
+        create(&client, "one", 1).await.is_ok(),
+        "an existing topic is still fine"
+    );
+}

@@ -28,10 +28,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The largest frame either end accepts. Every message of the lab is well under a hundred
-/// bytes; the cap stops a length header from a broken or hostile peer from making us reserve
-/// memory for a frame that will never be useful.
-pub const MAX_FRAME_LENGTH: usize = 64 * 1024;
+/// The largest frame either end accepts. Requests are under a kilobyte; the largest replies,
+/// `stats` for the most topics a broker allows (4,096) and `dead_letters` for the longest list
+/// (10,000), stay under it. The cap stops a length header from a broken or hostile peer from
+/// making us reserve more than this per connection.
+pub const MAX_FRAME_LENGTH: usize = 2 * 1024 * 1024;
 
 /// How long a program waits for a TCP connection to the broker or to a factory by default.
 /// Loopback and LAN connections take microseconds; seconds mean nobody is listening.
@@ -309,9 +310,15 @@ pub async fn accept<H, F>(
         };
         let token = admission.token.clone();
         let handle = handle.clone();
+        let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slots = (slot, ip_slot);
-            if let Err(error) = handshake::check(&mut stream, &token).await {
+            // A peer still silent when the server stops must not hold the stop up.
+            let checked = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                checked = handshake::check(&mut stream, &token) => checked,
+            };
+            if let Err(error) = checked {
                 tracing::debug!(%peer, %error, "handshake failed; closing");
                 return;
             }

@@ -86,13 +86,43 @@ pub struct MinerReport {
     pub published: u64,
 }
 
+/// How the miner shows what it publishes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A line per job on a console.
+    Lines(Console),
+    /// A progress bar with rate and ETA, for `--count` on a terminal.
+    Progress(indicatif::ProgressBar),
+}
+
+impl Output {
+    /// A progress bar for `count` jobs on standard error.
+    pub fn progress_bar(count: u64) -> Self {
+        let bar = indicatif::ProgressBar::new(count);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} jobs  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self::Progress(bar)
+    }
+}
+
+impl From<Console> for Output {
+    fn from(console: Console) -> Self {
+        Self::Lines(console)
+    }
+}
+
 /// Creates the topic and publishes until the count is reached or `shutdown` is cancelled.
 /// Publishes in flight when `shutdown` comes are finished first.
 pub async fn run(
     config: MinerConfig,
-    console: Console,
+    output: impl Into<Output>,
     shutdown: CancellationToken,
 ) -> Result<MinerReport, MinerError> {
+    let output = output.into();
     if config.concurrency == 0 {
         return Err(MinerError::InvalidConfig(
             "--concurrency must be at least 1".into(),
@@ -113,7 +143,7 @@ pub async fn run(
     let shared = Arc::new(Publishers {
         broker,
         config,
-        console,
+        output,
         source: Mutex::new(source),
         claimed: AtomicU64::new(0),
         published: AtomicU64::new(0),
@@ -136,6 +166,9 @@ pub async fn run(
             shared.shutdown.cancel();
             first_error.get_or_insert(error);
         }
+    }
+    if let Output::Progress(bar) = &shared.output {
+        bar.finish();
     }
     match first_error {
         Some(error) => Err(error),
@@ -182,7 +215,7 @@ async fn create_channel(broker: &BrokerLink, config: &MinerConfig) -> Result<(),
 struct Publishers {
     broker: Arc<BrokerLink>,
     config: MinerConfig,
-    console: Console,
+    output: Output,
     source: Mutex<JobSource>,
     /// Jobs that publishers have started on, to stop at exactly `count`.
     claimed: AtomicU64,
@@ -217,10 +250,13 @@ impl Publishers {
                 return Ok(());
             };
             self.published.fetch_add(1, Ordering::Relaxed);
-            self.console.line(format_args!(
-                "published {job} to {} (job {job_id})",
-                self.config.topic
-            ));
+            match &self.output {
+                Output::Lines(console) => console.line(format_args!(
+                    "published {job} to {} (job {job_id})",
+                    self.config.topic
+                )),
+                Output::Progress(bar) => bar.inc(1),
+            }
         }
     }
 

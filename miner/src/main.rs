@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,7 +12,13 @@ async fn main() -> ExitCode {
     lab_console::init_logging(cli.log_format);
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
-    match miner::run(cli.config(), Console::plain(), shutdown).await {
+    // A progress bar where a person watches a run of known length; lines otherwise, so that
+    // a log or a pipe gets one line per job.
+    let output = match cli.count {
+        Some(count) if std::io::stdout().is_terminal() => miner::Output::progress_bar(count),
+        _ => miner::Output::Lines(Console::plain()),
+    };
+    match miner::run(cli.config(), output, shutdown).await {
         Ok(report) => {
             tracing::info!(published = report.published, "miner done");
             ExitCode::SUCCESS

@@ -61,8 +61,20 @@ fn broker_and_factory_say_plainly_that_their_port_is_taken() {
 }
 
 #[test]
+fn the_lab_says_plainly_that_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = run("lab", &["--port", &port]);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr_of(&output),
+        format!("lab: cannot listen on 127.0.0.1:{port} (address in use): is a broker already running? Stop it, or use --port 0")
+    );
+}
+
+#[test]
 fn every_program_has_examples_in_its_help() {
-    for name in ["broker", "factory", "miner"] {
+    for name in ["broker", "factory", "miner", "lab"] {
         let output = run(name, &["--help"]);
         assert!(output.status.success());
         let help = String::from_utf8_lossy(&output.stdout);

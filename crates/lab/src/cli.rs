@@ -69,8 +69,16 @@ pub struct LabSummary {
 /// Why the lab could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    /// A port could not be bound.
-    #[error("cannot listen: {0} (is a broker already running on that port? try --port 0)")]
+    /// The broker's port could not be bound.
+    #[error("cannot listen on 127.0.0.1:{port} ({cause}): is a broker already running? Stop it, or use --port 0", cause = .error.kind())]
+    BrokerPort {
+        /// The port asked for.
+        port: u16,
+        /// What the socket said.
+        error: std::io::Error,
+    },
+    /// A factory's port could not be bound.
+    #[error("cannot listen for a factory: {0}")]
     Listen(#[from] std::io::Error),
     /// A factory stopped with an error.
     #[error("a factory failed: {0}")]
@@ -87,7 +95,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<LabSummary, La
         Settings::default(),
         print_results(Console::prefixed("broker")),
     )
-    .await?;
+    .await
+    .map_err(|error| LabError::BrokerPort {
+        port: cli.port,
+        error,
+    })?;
     tracing::info!(address = %broker.address, "broker listening");
     let mut factories = Vec::new();
     for number in 1..=cli.factories {

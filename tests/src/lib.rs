@@ -103,6 +103,33 @@ pub fn assert_each_result_used_once(results: &[i64], operands: &[i64]) {
     }
 }
 
+/// Serves `broker`'s HTTP side on a free loopback port; returns its address.
+pub async fn serve_http(broker: &RunningBroker) -> SocketAddr {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let address = http.local_addr().expect("a bound address");
+    tokio::spawn(broker::http::serve(
+        broker.broker.clone(),
+        http,
+        Default::default(),
+    ));
+    address
+}
+
+/// A plain HTTP/1.1 GET of `path`; fails the test unless the answer is 200. Returns the body.
+pub async fn http_get(address: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
 /// Starts a broker on a free loopback port that records its outcomes.
 pub async fn start_broker(settings: Settings) -> (RunningBroker, Recorder) {
     let recorder = Recorder::default();

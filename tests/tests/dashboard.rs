@@ -8,7 +8,6 @@ use std::time::Duration;
 use broker::Settings;
 use factory::cli::LabTopic::Multiply;
 use system_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where Debian's package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -67,14 +66,8 @@ fn shown(dom: &str, topic: &str, field: &str) -> u64 {
 }
 
 async fn api_completed(address: std::net::SocketAddr) -> u64 {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request =
-        format!("GET /api/stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1;
-    let stats: serde_json::Value = serde_json::from_str(body).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(address, "/api/stats").await).unwrap();
     stats["topics"][0]["completed"].as_u64().unwrap()
 }
 

@@ -1,24 +1,9 @@
 //! The broker's HTTP side: `/api/stats`, `/metrics` and the dashboard page.
 
-use std::net::SocketAddr;
-
 use broker::Settings;
 use factory::cli::LabTopic::Multiply;
 use stubs::Pair;
 use system_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A plain HTTP/1.1 GET; returns the body.
-async fn get(address: SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_metrics_and_dashboard_are_served() {
@@ -46,7 +31,7 @@ async fn stats_metrics_and_dashboard_are_served() {
     .await;
 
     let stats: serde_json::Value =
-        serde_json::from_str(&get(http_address, "/api/stats").await).unwrap();
+        serde_json::from_str(&http_get(http_address, "/api/stats").await).unwrap();
     let topic = &stats["topics"][0];
     assert_eq!(topic["name"], "multiply");
     assert_eq!(
@@ -55,7 +40,7 @@ async fn stats_metrics_and_dashboard_are_served() {
     );
     assert_eq!(stats["subscribers"].as_array().map(Vec::len), Some(1));
 
-    let metrics = get(http_address, "/metrics").await;
+    let metrics = http_get(http_address, "/metrics").await;
     for line in [
         "pairbroker_jobs_published_total{topic=\"multiply\"} 50",
         "pairbroker_jobs_completed_total{topic=\"multiply\"} 50",
@@ -73,7 +58,7 @@ async fn stats_metrics_and_dashboard_are_served() {
         "{metrics}"
     );
 
-    let page = get(http_address, "/").await;
+    let page = http_get(http_address, "/").await;
     assert!(page.contains("<title>pairbroker</title>") && page.contains("/api/stats"));
     assert!(
         !page.contains("http://") && !page.contains("https://"),

@@ -11,8 +11,6 @@ use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_TOPICS};
 
 /// The port the lab's broker listens on.
 pub const DEFAULT_PORT: u16 = 8030;
-/// The address of the lab's broker.
-pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8030";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -51,7 +49,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct StatsArgs {
     /// The broker to ask.
-    #[arg(long, default_value = DEFAULT_ADDRESS)]
+    #[arg(long, default_value = lab_console::DEFAULT_BROKER)]
     pub broker: String,
     /// Print one JSON object instead of tables.
     #[arg(long)]

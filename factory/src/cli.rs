@@ -3,9 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
-use transport::AccessToken;
 
-use crate::{FactoryConfig, DEFAULT_BROKER, DEFAULT_BUFFER};
+use crate::{FactoryConfig, DEFAULT_BUFFER};
 
 /// The port the lab's factory listens on.
 pub const DEFAULT_PORT: u16 = 8050;
@@ -55,9 +54,9 @@ pub struct Cli {
     /// The address to serve on, which is also the address given to the broker.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub ip: IpAddr,
-    /// The broker's address.
-    #[arg(long, default_value = DEFAULT_BROKER)]
-    pub broker: String,
+    /// How to reach the broker.
+    #[command(flatten)]
+    pub broker: lab_console::BrokerArgs,
     /// The topics to work on.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LabTopic::Multiply, LabTopic::Divide])]
     pub topics: Vec<LabTopic>,
@@ -70,15 +69,6 @@ pub struct Cli {
     /// Do not publish Divide jobs from Multiply results (Parts 1 and 2a).
     #[arg(long)]
     pub no_pipeline: bool,
-    /// How long to wait for a connection to the broker.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
-    pub connect_timeout: humantime::Duration,
-    /// How long to keep reconnecting to a broker that went away before exiting with an error.
-    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
-    pub give_up_after: humantime::Duration,
-    /// The broker's shared secret, given to it and required of it when it calls back.
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
-    pub token: Option<AccessToken>,
     /// How logs are written to standard error.
     #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
     pub log_format: lab_console::LogFormat,
@@ -93,15 +83,15 @@ impl Cli {
     /// What the factory does, apart from where it listens.
     pub fn config(&self) -> FactoryConfig {
         FactoryConfig {
-            broker: self.broker.clone(),
+            broker: self.broker.broker.clone(),
             ip: self.ip,
             topics: self.topics.clone(),
             prefetch: self.prefetch,
             buffer: self.buffer,
             pipeline: !self.no_pipeline,
-            connect_timeout: self.connect_timeout.into(),
-            give_up_after: self.give_up_after.into(),
-            token: self.token.clone().unwrap_or_default(),
+            connect_timeout: self.broker.connect_timeout.into(),
+            give_up_after: self.broker.give_up_after.into(),
+            token: self.broker.token.clone().unwrap_or_default(),
         }
     }
 }

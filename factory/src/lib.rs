@@ -31,8 +31,6 @@ use crate::cli::LabTopic;
 use crate::membership::Membership;
 use crate::service::FactoryService;
 
-/// The broker of the lab.
-pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
 /// The buffer of the topics a factory creates, as the lab's miner does.
 pub const DEFAULT_BUFFER: u32 = 10;
 /// How long a stopping factory waits for the broker to finish its calls in flight and close

@@ -1,13 +1,10 @@
 //! The `miner` program's command line.
 
 use clap::Parser;
-use transport::AccessToken;
 
 use crate::jobs::{DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
 use crate::MinerConfig;
 
-/// The broker of the lab.
-pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
 /// The buffer of the topic the lab's miner creates.
 pub const DEFAULT_BUFFER: u32 = 10;
 /// The pause between two jobs in the lab.
@@ -25,9 +22,9 @@ Examples:
 #[derive(Debug, Clone, Parser)]
 #[command(name = "miner", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The broker's address.
-    #[arg(long, default_value = DEFAULT_BROKER)]
-    pub broker: String,
+    /// How to reach the broker.
+    #[command(flatten)]
+    pub broker: lab_console::BrokerArgs,
     /// The topic to publish to.
     #[arg(long, default_value = stubs::MULTIPLY_TOPIC)]
     pub topic: String,
@@ -54,15 +51,6 @@ pub struct Cli {
     /// From 1 to 256, the requests one connection may have in flight at the broker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
-    /// How long to wait for a connection to the broker.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
-    pub connect_timeout: humantime::Duration,
-    /// How long to keep reconnecting to a broker that went away before exiting with an error.
-    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
-    pub give_up_after: humantime::Duration,
-    /// The broker's shared secret.
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
-    pub token: Option<AccessToken>,
     /// How logs are written to standard error.
     #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
     pub log_format: lab_console::LogFormat,
@@ -77,7 +65,7 @@ impl Cli {
             DEFAULT_MAX_PAIR
         };
         MinerConfig {
-            broker: self.broker.clone(),
+            broker: self.broker.broker.clone(),
             topic: self.topic.clone(),
             buffer: self.buffer,
             interval: self.interval.into(),
@@ -86,9 +74,9 @@ impl Cli {
             max: self.max.unwrap_or(default_max),
             seed: self.seed,
             concurrency: self.concurrency,
-            connect_timeout: self.connect_timeout.into(),
-            give_up_after: self.give_up_after.into(),
-            token: self.token.clone().unwrap_or_default(),
+            connect_timeout: self.broker.connect_timeout.into(),
+            give_up_after: self.broker.give_up_after.into(),
+            token: self.broker.token.clone().unwrap_or_default(),
         }
     }
 }

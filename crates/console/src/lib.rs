@@ -106,3 +106,23 @@ impl Console {
         };
     }
 }
+
+/// The address of the lab's broker.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
+
+/// How a miner or a factory reaches its broker: the same options on both.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// The broker's address.
+    #[arg(long, default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// How long to wait for a connection to the broker.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
+    pub connect_timeout: humantime::Duration,
+    /// How long to keep reconnecting to a broker that went away before exiting with an error.
+    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
+    pub give_up_after: humantime::Duration,
+    /// The broker's shared secret (a factory also requires it of the broker's calls).
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<transport::AccessToken>,
+}

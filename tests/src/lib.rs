@@ -15,7 +15,7 @@ use factory::cli::LabTopic;
 use factory::FactoryConfig;
 use lab::{RunningBroker, RunningFactory};
 use lab_console::Console;
-use stubs::{BrokerClient, Job, PublishRequest};
+use stubs::{BrokerClient, BrokerError, Job, PublishRequest};
 
 /// How long a test waits for a condition before it fails. Generous, because CI's two cores may
 /// be busy compiling; a passing test returns as soon as the condition holds.
@@ -150,8 +150,13 @@ pub async fn client(address: SocketAddr) -> BrokerClient {
     .expect("connect to the test broker")
 }
 
-/// Publishes `job` to `topic` and returns its identifier, failing the test on any error.
-pub async fn publish(client: &BrokerClient, topic: &str, job: impl Into<Job>) -> JobId {
+/// Publishes `job` to `topic`: the job's identifier, or the broker's refusal. Fails the test if
+/// the broker does not answer.
+pub async fn try_publish(
+    client: &BrokerClient,
+    topic: &str,
+    job: impl Into<Job>,
+) -> Result<JobId, BrokerError> {
     let request = PublishRequest {
         topic: topic.to_owned(),
         job: job.into(),
@@ -160,8 +165,14 @@ pub async fn publish(client: &BrokerClient, topic: &str, job: impl Into<Job>) ->
         .publish(tarpc::context::current(), request)
         .await
         .expect("the broker answers")
+        .map(|published| published.job_id)
+}
+
+/// Publishes `job` to `topic` and returns its identifier, failing the test on any error.
+pub async fn publish(client: &BrokerClient, topic: &str, job: impl Into<Job>) -> JobId {
+    try_publish(client, topic, job)
+        .await
         .expect("the broker accepts the job")
-        .job_id
 }
 
 /// A factory configuration for tests: the given topics, quiet, with or without the pipeline.

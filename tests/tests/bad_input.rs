@@ -21,18 +21,6 @@ async fn create(client: &BrokerClient, topic: &str, buffer: u32) -> Result<Strin
         .map(|report| report.message)
 }
 
-async fn try_publish(client: &BrokerClient, topic: &str, job: Pair) -> Result<u64, BrokerError> {
-    let request = PublishRequest {
-        topic: topic.to_owned(),
-        job: job.into(),
-    };
-    client
-        .publish(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .map(|published| published.job_id)
-}
-
 async fn subscribe(
     client: &BrokerClient,
     topic: &str,

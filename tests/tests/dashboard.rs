@@ -74,13 +74,7 @@ async fn api_completed(address: std::net::SocketAddr) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_numbers_that_match_the_api() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_address = http.local_addr().unwrap();
-    tokio::spawn(broker::http::serve(
-        broker.broker.clone(),
-        http,
-        Default::default(),
-    ));
+    let http_address = serve_http(&broker).await;
     let _factory = start_factory(
         &broker,
         0,

@@ -8,13 +8,7 @@ use system_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_metrics_and_dashboard_are_served() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_address = http.local_addr().unwrap();
-    tokio::spawn(broker::http::serve(
-        broker.broker.clone(),
-        http,
-        Default::default(),
-    ));
+    let http_address = serve_http(&broker).await;
     let _factory = start_factory(
         &broker,
         0,

@@ -69,6 +69,9 @@ pub struct Cli {
     /// Do not publish Divide jobs from Multiply results (Parts 1 and 2a).
     #[arg(long)]
     pub no_pipeline: bool,
+    /// Print nothing per job: for load, where a line per job costs more than the job.
+    #[arg(long)]
+    pub quiet: bool,
     /// How logs are written to standard error.
     #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
     pub log_format: lab_console::LogFormat,

@@ -22,7 +22,12 @@ async fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
-    match factory::run(cli.config(), listener, Console::plain(), shutdown).await {
+    let console = if cli.quiet {
+        Console::quiet()
+    } else {
+        Console::plain()
+    };
+    match factory::run(cli.config(), listener, console, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("factory: {error}");

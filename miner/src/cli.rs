@@ -16,6 +16,7 @@ Examples:
   cargo run -p miner -- --topic divide                 # Part 2a
   cargo run -p miner -- --triplets                     # Part 3
   cargo run -p miner -- --interval 0 --count 10000 --concurrency 8   # load
+  cargo run -p miner -- --rate 5000 --concurrency 16 --quiet          # 5,000 jobs/s, no output
   cargo run -p miner -- --seed 42 --count 5            # the same five jobs every time";
 
 /// A pairbroker miner: creates a topic and publishes random Pairs (or Triplets) to it.
@@ -35,6 +36,10 @@ pub struct Cli {
     /// the broker takes them.
     #[arg(long, default_value_t = DEFAULT_INTERVAL.into())]
     pub interval: humantime::Duration,
+    /// Publish this many jobs per second in all, on a fixed schedule shared by the publishers
+    /// (raise --concurrency so that they keep up); replaces --interval.
+    #[arg(long, conflicts_with = "interval", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
     /// How many jobs to publish in all; without it, publish until stopped.
     #[arg(long)]
     pub count: Option<u64>,
@@ -51,6 +56,9 @@ pub struct Cli {
     /// From 1 to 256, the requests one connection may have in flight at the broker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
+    /// Print nothing per job (a summary at the end still goes to the log).
+    #[arg(long)]
+    pub quiet: bool,
     /// How logs are written to standard error.
     #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
     pub log_format: lab_console::LogFormat,
@@ -69,6 +77,7 @@ impl Cli {
             topic: self.topic.clone(),
             buffer: self.buffer,
             interval: self.interval.into(),
+            rate: self.rate,
             count: self.count,
             triplets: self.triplets,
             max: self.max.unwrap_or(default_max),

@@ -11,7 +11,7 @@ pub mod jobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lab_console::Console;
 use stubs::{BrokerError, ChannelRequest, Job, PublishRequest};
@@ -32,6 +32,9 @@ pub struct MinerConfig {
     pub buffer: u32,
     /// The pause between two publishes of one publisher; zero publishes as fast as it can.
     pub interval: Duration,
+    /// Jobs per second for all publishers together, on a fixed schedule; `None` leaves the
+    /// pace to `interval`.
+    pub rate: Option<u32>,
     /// How many jobs to publish in all; `None` publishes until stopped.
     pub count: Option<u64>,
     /// Publish Triplets instead of Pairs.
@@ -93,6 +96,8 @@ pub enum Output {
     Lines(Console),
     /// A progress bar with rate and ETA, for `--count` on a terminal.
     Progress(indicatif::ProgressBar),
+    /// Nothing per job: for load, where even a buffered line per job costs more than a publish.
+    Quiet,
 }
 
 impl Output {
@@ -128,6 +133,9 @@ pub async fn run(
             "--concurrency must be at least 1".into(),
         ));
     }
+    if config.rate == Some(0) {
+        return Err(MinerError::InvalidConfig("--rate must be at least 1".into()));
+    }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
     let broker = BrokerLink::connect(
@@ -142,6 +150,9 @@ pub async fn run(
 
     let shared = Arc::new(Publishers {
         broker,
+        schedule: config
+            .rate
+            .map(|rate| (Instant::now(), Duration::from_secs(1) / rate)),
         config,
         output,
         source: Mutex::new(source),
@@ -216,6 +227,8 @@ struct Publishers {
     broker: Arc<BrokerLink>,
     config: MinerConfig,
     output: Output,
+    /// With `rate`: when the first job is due, and the time between two jobs.
+    schedule: Option<(Instant, Duration)>,
     source: Mutex<JobSource>,
     /// Jobs that publishers have started on, to stop at exactly `count`.
     claimed: AtomicU64,
@@ -241,6 +254,15 @@ impl Publishers {
             if self.config.count.is_some_and(|count| claimed >= count) {
                 return Ok(());
             }
+            if let Some((first, period)) = self.schedule {
+                // Job k is due at first + k periods whichever publisher sends it, so a late job
+                // is sent at once and the average rate holds even with a coarse timer.
+                let due = first + period.saturating_mul(claimed.min(u32::MAX as u64) as u32);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
             let job = self
                 .source
                 .lock()
@@ -256,6 +278,7 @@ impl Publishers {
                     self.config.topic
                 )),
                 Output::Progress(bar) => bar.inc(1),
+                Output::Quiet => {}
             }
         }
     }

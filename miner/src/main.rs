@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     // A progress bar where a person watches a run of known length; lines otherwise, so that
     // a log or a pipe gets one line per job.
     let output = match cli.count {
+        _ if cli.quiet => miner::Output::Quiet,
         Some(count) if std::io::stdout().is_terminal() => miner::Output::progress_bar(count),
         _ => miner::Output::Lines(Console::plain()),
     };

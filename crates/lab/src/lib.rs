@@ -119,6 +119,7 @@ pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
         topic: topic.to_owned(),
         buffer: miner::cli::DEFAULT_BUFFER,
         interval: miner::cli::DEFAULT_INTERVAL,
+        rate: None,
         count: None,
         triplets: false,
         max: miner::jobs::DEFAULT_MAX_PAIR,

@@ -1,0 +1,17 @@
+//! pairbroker's benchmark runner: the real `broker`, `factory` and `miner` programs started
+//! as separate processes on loopback, driven through issue 5's workloads, timed by the broker's
+//! own counters, and reported as one line per workload plus SVG charts.
+//!
+//! - [`machine`]: CPU time and memory of processes, and how busy the machine is, from `/proc`.
+//! - [`processes`]: building and starting the programs.
+//! - [`workloads`]: one run of a flow of jobs, and its figures.
+//! - [`suite`]: the workloads W1, W2, W3, M and S, repeated and reduced to medians.
+//! - [`charts`]: the S curve and W3's latency histogram as SVG.
+//! - [`cli`]: the `bench` program's command line and report.
+
+pub mod charts;
+pub mod cli;
+pub mod machine;
+pub mod processes;
+pub mod suite;
+pub mod workloads;

@@ -1,0 +1,135 @@
+//! The programs under test, built and started as separate processes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use crate::machine::{self, Usage};
+
+/// The `broker`, `factory` and `miner` programs, built with the runner's own profile.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl Programs {
+    /// Builds the three programs with the profile this runner was built with (`--release` for
+    /// real figures) and finds them beside the runner. Their standard error goes to `logs`.
+    pub fn build(logs: &Path) -> anyhow::Result<Self> {
+        let runner = std::env::current_exe().context("cannot find the runner's own path")?;
+        let dir = runner
+            .parent()
+            .context("the runner has no directory")?
+            .to_path_buf();
+        let release = !cfg!(debug_assertions);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "broker", "-p", "factory", "-p", "miner"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .context("cannot run cargo to build the programs")?;
+        if !status.success() {
+            bail!("building broker, factory and miner failed ({status})");
+        }
+        std::fs::create_dir_all(logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        Ok(Self {
+            dir,
+            logs: logs.to_path_buf(),
+        })
+    }
+
+    /// Whether the programs are release builds, the only ones whose figures mean anything.
+    pub fn release(&self) -> bool {
+        !cfg!(debug_assertions)
+    }
+
+    /// Starts `program` with `args`; its standard output is dropped and its standard error
+    /// kept in the log folder under `label`.
+    pub fn start(&self, program: &str, label: &str, args: &[String]) -> anyhow::Result<Process> {
+        let path = self.dir.join(program);
+        let log_path = self.logs.join(format!("{label}.log"));
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = Command::new(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        Ok(Process {
+            label: label.to_owned(),
+            child,
+            log_path,
+            last_usage: Usage::default(),
+        })
+    }
+}
+
+/// A running program, killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    label: String,
+    child: Child,
+    log_path: PathBuf,
+    last_usage: Usage,
+}
+
+impl Process {
+    /// The name it was started under.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Its CPU time and memory now, or the last figures read while it ran.
+    pub fn usage(&mut self) -> Usage {
+        if let Some(usage) = machine::usage(self.child.id()) {
+            // A process that has exited but is not yet reaped keeps its CPU time but no memory.
+            self.last_usage = Usage {
+                cpu_s: usage.cpu_s.max(self.last_usage.cpu_s),
+                rss_bytes: usage.rss_bytes,
+                peak_rss_bytes: usage.peak_rss_bytes.max(self.last_usage.peak_rss_bytes),
+            };
+        }
+        self.last_usage
+    }
+
+    /// Fails with the end of its log if it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!(
+                "{} exited ({status}); the end of its log:\n{}",
+                self.label,
+                self.log_tail()
+            ),
+            Err(error) => bail!("cannot check on {}: {error}", self.label),
+        }
+    }
+
+    /// Whether it exited successfully, without waiting.
+    pub fn exited_successfully(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(status)) if status.success())
+    }
+
+    /// The last lines of its standard error.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

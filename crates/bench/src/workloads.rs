@@ -1,0 +1,343 @@
+//! The workloads: a broker, factories and one miner as separate processes on loopback, and the
+//! figures of one run.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use stubs::{BrokerClient, BrokerStats, TopicReport};
+
+use crate::machine::{self, Usage};
+use crate::processes::{Process, Programs};
+
+/// The topic every workload uses.
+pub const TOPIC: &str = stubs::MULTIPLY_TOPIC;
+
+/// How long one run may take before the runner gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+/// How often the runner asks the broker for its figures while jobs flow.
+const POLL: Duration = Duration::from_millis(5);
+/// How often the runner reads the processes' CPU time and memory.
+const SAMPLE: Duration = Duration::from_millis(50);
+
+/// One run's shape: how jobs flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The topic's buffer.
+    pub buffer: u32,
+    /// The miner's concurrent publishers.
+    pub publishers: u32,
+    /// Factories subscribed; zero leaves every job queued.
+    pub factories: u32,
+    /// Calls in flight per factory.
+    pub prefetch: u32,
+    /// Jobs published in all.
+    pub jobs: u64,
+    /// Jobs per second for the miner, or as fast as it can.
+    pub rate: Option<u32>,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFigures {
+    /// From the miner's start until the last job was completed (or, with no factories, queued).
+    pub elapsed: Duration,
+    /// Jobs counted at the end.
+    pub jobs: u64,
+    /// Publish to completion, from the broker's histogram, in microseconds.
+    pub p50_us: u64,
+    /// Publish to completion, 99th percentile, in microseconds.
+    pub p99_us: u64,
+    /// The broker's CPU time and memory at the end.
+    pub broker: Usage,
+    /// The factories' CPU time, all together.
+    pub factories_cpu_s: f64,
+    /// The miner's CPU time.
+    pub miner_cpu_s: f64,
+    /// How busy the machine was just before the run, from 0 to 1.
+    pub busy_before: f64,
+    /// The broker's latency histogram: (upper bound in seconds, jobs in the bucket), when asked.
+    pub latency_buckets: Vec<(f64, u64)>,
+}
+
+impl RunFigures {
+    /// Jobs per second over the run.
+    pub fn jobs_per_s(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The processes of one run, stopped when dropped.
+struct Run {
+    broker: Process,
+    factories: Vec<Process>,
+    miner: Option<Process>,
+}
+
+impl Run {
+    fn sample(&mut self) {
+        self.broker.usage();
+        for factory in &mut self.factories {
+            factory.usage();
+        }
+        if let Some(miner) = &mut self.miner {
+            miner.usage();
+        }
+    }
+
+    /// Fails if a process died; the miner may end, successfully, once it has published all.
+    fn check(&mut self) -> anyhow::Result<()> {
+        self.broker.check_running()?;
+        for factory in &mut self.factories {
+            factory.check_running()?;
+        }
+        if let Some(miner) = &mut self.miner {
+            if !miner.exited_successfully() {
+                miner.check_running()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Runs `flow` once, after waiting up to `idle_wait` for an idle machine: starts a broker (with its HTTP side when `histogram` asks for the latency
+/// buckets), the factories, then the miner, and waits for every job.
+pub async fn run(
+    programs: &Programs,
+    flow: Flow,
+    histogram: bool,
+    idle_wait: Duration,
+) -> anyhow::Result<RunFigures> {
+    let busy_before =
+        tokio::task::spawn_blocking(move || machine::wait_until_idle(idle_wait)).await?;
+    let broker_address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let http_address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let mut broker_args = vec![
+        "--port".to_owned(),
+        broker_address.port().to_string(),
+        "--quiet".to_owned(),
+        "--http".to_owned(),
+    ];
+    broker_args.push(if histogram {
+        http_address.to_string()
+    } else {
+        "off".to_owned()
+    });
+    let broker = programs.start("broker", "broker", &broker_args)?;
+    let mut run = Run {
+        broker,
+        factories: Vec::new(),
+        miner: None,
+    };
+    let client = connect(&broker_address, &mut run).await?;
+
+    for index in 0..flow.factories {
+        let args = [
+            "--port",
+            "0",
+            "--broker",
+            &broker_address.to_string(),
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+            "--prefetch",
+            &flow.prefetch.to_string(),
+            "--buffer",
+            &flow.buffer.to_string(),
+            "--quiet",
+        ];
+        run.factories.push(programs.start(
+            "factory",
+            &format!("factory-{index}"),
+            &args.map(str::to_owned),
+        )?);
+    }
+    wait_for(&client, &mut run, Duration::from_secs(30), "the factories to subscribe", |stats| {
+        stats.subscribers.len() as u32 == flow.factories
+    })
+    .await?;
+
+    let mut miner_args: Vec<String> = [
+        "--broker",
+        &broker_address.to_string(),
+        "--topic",
+        TOPIC,
+        "--buffer",
+        &flow.buffer.to_string(),
+        "--concurrency",
+        &flow.publishers.to_string(),
+        "--count",
+        &flow.jobs.to_string(),
+        "--quiet",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    match flow.rate {
+        Some(rate) => miner_args.extend(["--rate".to_owned(), rate.to_string()]),
+        None => miner_args.extend(["--interval".to_owned(), "0".to_owned()]),
+    }
+    let started = Instant::now();
+    run.miner = Some(programs.start("miner", "miner", &miner_args)?);
+    let done = |topic: &TopicReport| {
+        if flow.factories == 0 {
+            topic.ready >= flow.jobs
+        } else {
+            topic.completed >= flow.jobs
+        }
+    };
+    let stats = wait_for(&client, &mut run, RUN_LIMIT, "every job", |stats| {
+        topic_of(stats).is_some_and(done)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    run.sample();
+    let topic = topic_of(&stats).context("the topic is gone")?;
+    let latency_buckets = if histogram {
+        latency_buckets(http_address).await?
+    } else {
+        Vec::new()
+    };
+    let mut factories_cpu_s = 0.0;
+    for factory in &mut run.factories {
+        factories_cpu_s += factory.usage().cpu_s;
+    }
+    Ok(RunFigures {
+        elapsed,
+        jobs: if flow.factories == 0 {
+            topic.ready
+        } else {
+            topic.completed
+        },
+        p50_us: topic.latency_us.p50,
+        p99_us: topic.latency_us.p99,
+        broker: run.broker.usage(),
+        factories_cpu_s,
+        miner_cpu_s: run.miner.as_mut().map_or(0.0, |miner| miner.usage().cpu_s),
+        busy_before,
+        latency_buckets,
+    })
+}
+
+fn topic_of(stats: &BrokerStats) -> Option<&TopicReport> {
+    stats.topics.iter().find(|topic| topic.name == TOPIC)
+}
+
+/// Connects to the broker once it listens.
+async fn connect(address: &SocketAddr, run: &mut Run) -> anyhow::Result<BrokerClient> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match transport::connect_broker(
+            &address.to_string(),
+            Duration::from_secs(1),
+            &transport::AccessToken::none(),
+        )
+        .await
+        {
+            Ok(client) => return Ok(client),
+            Err(error) if Instant::now() >= deadline => {
+                bail!("the broker did not start listening: {error}")
+            }
+            Err(_) => {
+                run.broker.check_running()?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Asks the broker for its figures until `done` holds, checking that every process lives.
+async fn wait_for(
+    client: &BrokerClient,
+    run: &mut Run,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&BrokerStats) -> bool,
+) -> anyhow::Result<BrokerStats> {
+    let started = Instant::now();
+    let mut sampled = started;
+    loop {
+        let stats = client
+            .stats(tarpc::context::current())
+            .await
+            .context("the broker stopped answering")?;
+        if done(&stats) {
+            return Ok(stats);
+        }
+        if sampled.elapsed() >= SAMPLE {
+            run.sample();
+            run.check()?;
+            sampled = Instant::now();
+        }
+        if started.elapsed() >= limit {
+            bail!("gave up waiting for {what} after {limit:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The broker's latency histogram from its `/metrics`: jobs per bucket, not cumulative.
+async fn latency_buckets(http: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http)
+        .await
+        .with_context(|| format!("cannot reach the broker's HTTP side at {http}"))?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(parse_latency_buckets(&response, TOPIC))
+}
+
+/// Reads the `job_latency_seconds` buckets of `topic` out of a Prometheus text exposition and
+/// turns cumulative counts into counts per bucket; the `+Inf` bucket is left out.
+pub fn parse_latency_buckets(exposition: &str, topic: &str) -> Vec<(f64, u64)> {
+    let label = format!("topic=\"{topic}\"");
+    let mut cumulative: Vec<(f64, u64)> = exposition
+        .lines()
+        .filter(|line| line.contains("job_latency_seconds_bucket{") && line.contains(&label))
+        .filter_map(|line| {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?;
+            let count = line.rsplit(' ').next()?.parse::<u64>().ok()?;
+            Some((le.parse::<f64>().ok()?, count))
+        })
+        .filter(|(le, _)| le.is_finite())
+        .collect();
+    cumulative.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut below = 0;
+    cumulative
+        .into_iter()
+        .map(|(le, count)| {
+            let in_bucket = count.saturating_sub(below);
+            below = count;
+            (le, in_bucket)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_buckets_become_counts_per_bucket() {
+        let exposition = "\
+# TYPE pairbroker_job_latency_seconds histogram
+pairbroker_job_latency_seconds_sum{topic=\"multiply\"} 0.5
+pairbroker_job_latency_seconds_bucket{le=\"0.00002\",topic=\"multiply\"} 0
+pairbroker_job_latency_seconds_bucket{le=\"0.00003\",topic=\"multiply\"} 4
+pairbroker_job_latency_seconds_bucket{le=\"0.000045\",topic=\"multiply\"} 10
+pairbroker_job_latency_seconds_bucket{le=\"+Inf\",topic=\"multiply\"} 11
+pairbroker_job_latency_seconds_bucket{le=\"0.00003\",topic=\"divide\"} 99
+";
+        assert_eq!(
+            parse_latency_buckets(exposition, "multiply"),
+            vec![(0.00002, 0), (0.00003, 4), (0.000045, 6)]
+        );
+    }
+}

@@ -32,8 +32,8 @@ pub struct MinerConfig {
     pub buffer: u32,
     /// The pause between two publishes of one publisher; zero publishes as fast as it can.
     pub interval: Duration,
-    /// Jobs per second for all publishers together, on a fixed schedule; `None` leaves the
-    /// pace to `interval`.
+    /// Jobs per second for all publishers together, on a fixed schedule that replaces
+    /// `interval`; `None` leaves the pace to `interval`.
     pub rate: Option<u32>,
     /// How many jobs to publish in all; `None` publishes until stopped.
     pub count: Option<u64>,
@@ -241,7 +241,7 @@ impl Publishers {
         let mut ticks = tokio::time::interval(self.config.interval.max(Duration::from_nanos(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if !self.config.interval.is_zero() {
+            if self.schedule.is_none() && !self.config.interval.is_zero() {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return Ok(()),
                     _ = ticks.tick() => {}

@@ -1,14 +1,17 @@
 //! tarpc over TCP, set up the same way by every pairbroker program.
 //!
-//! - [`framed`]: a bincode transport over one TCP stream, with [`MAX_FRAME_LENGTH`] on both ends.
+//! - [`framed`]: a bincode transport over one TCP stream, with [`MAX_FRAME_LENGTH`] on both ends,
+//!   whose flushes are [`coalesce`]d.
 //! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
 //! - [`accept`]: accept connections until shutdown and hand each to a connection handler.
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
 
+pub mod coalesce;
 pub mod handshake;
 pub mod link;
 
+pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, HandshakeError};
 pub use link::{BrokerLink, LinkError};
 
@@ -38,9 +41,9 @@ pub const MAX_FRAME_LENGTH: usize = 2 * 1024 * 1024;
 /// Loopback and LAN connections take microseconds; seconds mean nobody is listening.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A tarpc transport over TCP with bincode messages.
+/// A tarpc transport over TCP with bincode messages, flushes coalesced.
 pub type TcpTransport<Item, SinkItem> =
-    Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>;
+    Coalescing<Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>>;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +128,10 @@ where
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_LENGTH)
         .new_codec();
-    tarpc::serde_transport::new(Framed::new(stream, codec), Bincode::default())
+    Coalescing::new(tarpc::serde_transport::new(
+        Framed::new(stream, codec),
+        Bincode::default(),
+    ))
 }
 
 /// Resolves `address` (`host:port`) to its first socket address.

@@ -5,7 +5,7 @@ use factory::cli::Cli;
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     lab_console::init_logging(cli.log_format);

@@ -6,7 +6,7 @@ use lab_console::Console;
 use miner::cli::Cli;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     lab_console::init_logging(cli.log_format);

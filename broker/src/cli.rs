@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// Connections held at once from one IP address.
     #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_connections_per_ip: u32,
+    /// Threads that serve requests and dispatch jobs. One is fastest while the miners and
+    /// factories share the machine (measured, issue 5); more pay off when the broker has cores
+    /// of its own. From 1 to 256.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     /// Requests in flight at once on one connection.
     #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_requests_per_connection: u32,

@@ -52,6 +52,10 @@ pub struct Cli {
     /// target/bench-smoke with --smoke].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run the broker, factory and miner found in this folder instead of building them: to
+    /// compare two builds (e.g. a copy of target/release from another commit).
+    #[arg(long)]
+    pub programs: Option<PathBuf>,
 }
 
 impl Cli {
@@ -94,7 +98,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let logs = std::env::temp_dir().join(format!("pairbroker-bench-{}", std::process::id()));
-    let programs = Programs::build(&logs)?;
+    let programs = match &cli.programs {
+        Some(dir) => Programs::prebuilt(dir, &logs)?,
+        None => Programs::build(&logs)?,
+    };
     let scale = cli.scale();
     let machine = crate::machine::describe();
     println!("machine: {machine}");

@@ -45,6 +45,21 @@ impl Programs {
         })
     }
 
+    /// The programs already built in `dir`, e.g. another commit's, to compare two builds.
+    pub fn prebuilt(dir: &Path, logs: &Path) -> anyhow::Result<Self> {
+        for program in ["broker", "factory", "miner"] {
+            if !dir.join(program).is_file() {
+                bail!("{} has no '{program}' program", dir.display());
+            }
+        }
+        std::fs::create_dir_all(logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            logs: logs.to_path_buf(),
+        })
+    }
+
     /// Whether the programs are release builds, the only ones whose figures mean anything.
     pub fn release(&self) -> bool {
         !cfg!(debug_assertions)

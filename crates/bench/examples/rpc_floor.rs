@@ -6,6 +6,9 @@
 //! - `framed`: the same frames with a request id, matched by hand, no RPC layer: the reader
 //!   replies to every frame that has arrived, then flushes once.
 //!
+//! Both ends run on tokio's current-thread runtime and the tarpc server runs a connection's
+//! calls side by side in its task, as the broker and factory do.
+//!
 //! Run: `cargo run --release -p bench --example rpc_floor -- [CALLS] [IN_FLIGHT]`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -42,9 +45,7 @@ async fn serve(kind: &str, listener: TcpListener) {
                 tokio::spawn(
                     BaseChannel::with_defaults(transport::framed(stream))
                         .execute(EchoServer.serve())
-                        .for_each(|request| async {
-                            tokio::spawn(request);
-                        }),
+                        .for_each_concurrent(None, |call| call),
                 );
             }
             _ => {
@@ -114,7 +115,8 @@ async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
     }
 }
 
-#[tokio::main]
+// One thread per process, as the broker, factory and miner run by default.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {

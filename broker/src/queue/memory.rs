@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::Notify;
 
+use super::compact::{CompactQueue, QueuedJob};
 use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
 
 /// How many dead letters a topic keeps by default: enough to see what went wrong, small enough
@@ -45,7 +46,7 @@ struct Topic {
 
 #[derive(Debug, Default)]
 struct TopicState {
-    ready: VecDeque<QueuedJob>,
+    ready: CompactQueue,
     in_flight: HashMap<JobId, QueuedJob>,
     published: u64,
     completed: u64,
@@ -55,13 +56,6 @@ struct TopicState {
     dead_letters_dropped: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct QueuedJob {
-    id: JobId,
-    job: Job,
-    attempts: u32,
-    published_at: SystemTime,
-}
 
 impl Topic {
     fn lock(&self) -> MutexGuard<'_, TopicState> {
@@ -154,7 +148,7 @@ impl JobStore for MemoryStore {
                 let mut state = topic.lock();
                 if state.ready.len() < topic.capacity {
                     let id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
-                    state.ready.push_back(QueuedJob {
+                    state.ready.push_back(&QueuedJob {
                         id,
                         job,
                         attempts: 0,
@@ -258,7 +252,7 @@ impl JobStore for MemoryStore {
     async fn requeue(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic)?;
         let (job, mut state) = topic.settle(delivery)?;
-        state.ready.push_front(job);
+        state.ready.push_front(&job);
         state.requeued += 1;
         drop(state);
         topic.job_ready.notify_one();

@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod behaviour;
+mod compact;
 mod memory;
 mod rules;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport,
-    SubscriberReport, Subscription, TopicReport,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishBatch, PublishRequest, Published,
+    PublishedBatch, StatusReport, SubscriberReport, Subscription, TopicReport, MAX_PUBLISH_BATCH,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,6 +143,45 @@ impl<S: JobStore> Broker<S> {
                 topic: request.topic,
             }),
         }
+    }
+
+    /// Appends the jobs of `batch` in order, each as [`Broker::publish`] would, all by `deadline`:
+    /// a batch that meets a full topic waits for room job by job, and the jobs still waiting
+    /// at the deadline are left out, with `TopicFull`.
+    pub async fn publish_batch(
+        &self,
+        batch: PublishBatch,
+        deadline: Instant,
+    ) -> Result<PublishedBatch, BrokerError> {
+        validate_topic_name(&batch.topic)?;
+        if batch.jobs.len() > MAX_PUBLISH_BATCH {
+            return Err(BrokerError::BatchTooLarge {
+                jobs: batch.jobs.len().min(u32::MAX as usize) as u32,
+                max: MAX_PUBLISH_BATCH as u32,
+            });
+        }
+        let mut job_ids = Vec::with_capacity(batch.jobs.len());
+        for job in batch.jobs {
+            let request = PublishRequest {
+                topic: batch.topic.clone(),
+                job,
+            };
+            match self.publish(request, deadline).await {
+                Ok(Published { job_id }) => job_ids.push(job_id),
+                // Nothing stored: the same answer a single publish would give.
+                Err(error) if job_ids.is_empty() => return Err(error),
+                Err(error) => {
+                    return Ok(PublishedBatch {
+                        job_ids,
+                        error: Some(error),
+                    })
+                }
+            }
+        }
+        Ok(PublishedBatch {
+            job_ids,
+            error: None,
+        })
     }
 
     /// Checks a subscription, connects to its factory and starts its dispatcher, replacing

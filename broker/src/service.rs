@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishRequest, Published, StatusReport,
-    Subscription,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishBatch, PublishRequest, Published,
+    PublishedBatch, StatusReport, Subscription,
 };
 use tarpc::context::Context;
 
@@ -46,6 +46,14 @@ impl<S: JobStore> stubs::Broker for BrokerService<S> {
         request: PublishRequest,
     ) -> Result<Published, BrokerError> {
         self.broker.publish(request, context.deadline).await
+    }
+
+    async fn publish_batch(
+        self,
+        context: Context,
+        batch: PublishBatch,
+    ) -> Result<PublishedBatch, BrokerError> {
+        self.broker.publish_batch(batch, context.deadline).await
     }
 
     async fn subscribe(

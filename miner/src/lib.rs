@@ -1,11 +1,13 @@
 //! A pairbroker miner: creates a topic and publishes random jobs to it.
 //!
 //! - [`jobs`]: the random Pairs and Triplets, reproducible from a seed.
+//! - [`batching`]: the publishers' jobs sent to the broker together, a batch per call.
 //! - [`cli`]: the command line of the `miner` program.
 //!
 //! [`run`] publishes from `concurrency` publishers at once until the count is reached or
 //! shutdown is signalled.
 
+pub mod batching;
 pub mod cli;
 pub mod jobs;
 
@@ -14,11 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lab_console::Console;
-use stubs::{BrokerError, ChannelRequest, Job, PublishRequest};
+use stubs::{BrokerError, ChannelRequest, Job};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
 use transport::{AccessToken, BrokerLink, ConnectError, LinkError};
 
+use crate::batching::Batcher;
 use crate::jobs::JobSource;
 
 /// What a miner does.
@@ -64,9 +67,9 @@ pub enum MinerError {
     BrokerLost {
         /// What the miner asked for.
         action: String,
-        /// What went wrong.
+        /// What went wrong (shared by the jobs of a batch).
         #[source]
-        error: LinkError,
+        error: Arc<LinkError>,
     },
     /// The broker refused a request.
     #[error("the broker refused to {action}: {error}")]
@@ -134,7 +137,9 @@ pub async fn run(
         ));
     }
     if config.rate == Some(0) {
-        return Err(MinerError::InvalidConfig("--rate must be at least 1".into()));
+        return Err(MinerError::InvalidConfig(
+            "--rate must be at least 1".into(),
+        ));
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
@@ -148,8 +153,10 @@ pub async fn run(
     .map_err(MinerError::BrokerUnreachable)?;
     create_channel(&broker, &config).await?;
 
+    let (batcher, batcher_task) = Batcher::spawn(broker.clone(), config.topic.clone());
     let shared = Arc::new(Publishers {
         broker,
+        batcher,
         schedule: config
             .rate
             .map(|rate| (Instant::now(), Duration::from_secs(1) / rate)),
@@ -181,11 +188,13 @@ pub async fn run(
     if let Output::Progress(bar) = &shared.output {
         bar.finish();
     }
+    let published = shared.published.load(Ordering::Relaxed);
+    // Every publisher has its answer: the batcher ends once its last handle is dropped.
+    drop(shared);
+    let _ = batcher_task.await;
     match first_error {
         Some(error) => Err(error),
-        None => Ok(MinerReport {
-            published: shared.published.load(Ordering::Relaxed),
-        }),
+        None => Ok(MinerReport { published }),
     }
 }
 
@@ -218,13 +227,14 @@ async fn create_channel(broker: &BrokerLink, config: &MinerConfig) -> Result<(),
         }),
         Err(error) => Err(MinerError::BrokerLost {
             action: action(),
-            error,
+            error: Arc::new(error),
         }),
     }
 }
 
 struct Publishers {
     broker: Arc<BrokerLink>,
+    batcher: Batcher,
     config: MinerConfig,
     output: Output,
     /// With `rate`: when the first job is due, and the time between two jobs.
@@ -289,24 +299,13 @@ impl Publishers {
     /// Once shutdown is signalled, the publish in flight is let finish (so that every job the
     /// broker accepted is reported) but not tried again: `None`, the job was not published.
     async fn publish(&self, job: Job) -> Result<Option<u64>, MinerError> {
-        let request = PublishRequest {
-            topic: self.config.topic.clone(),
-            job,
-        };
         let action = || format!("publish to {:?}", self.config.topic);
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
             }
-            let published = self
-                .broker
-                .call(|client| {
-                    let request = request.clone();
-                    async move { client.publish(tarpc::context::current(), request).await }
-                })
-                .await;
-            match published {
-                Ok(Ok(published)) => return Ok(Some(published.job_id)),
+            match self.batcher.publish(job).await {
+                Ok(Ok(job_id)) => return Ok(Some(job_id)),
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
                     tracing::info!(%topic, capacity, "topic full; still waiting for room");
                 }
@@ -316,7 +315,7 @@ impl Publishers {
                 }
                 // The broker may have enqueued the job and answered late: publishing again
                 // risks a duplicate, never a loss (at least once).
-                Err(LinkError::Rpc(RpcError::DeadlineExceeded)) => {
+                Err(error) if matches!(*error, LinkError::Rpc(RpcError::DeadlineExceeded)) => {
                     tracing::warn!("publish got no answer in time; publishing again");
                 }
                 Ok(Err(error)) => {

@@ -23,6 +23,8 @@ pub const MULTIPLY_TOPIC: &str = "multiply";
 pub const DIVIDE_TOPIC: &str = "divide";
 /// How many calls a subscription keeps in flight when the factory does not say: one, as in the lab.
 pub const DEFAULT_PREFETCH: u32 = 1;
+/// The most jobs one `publish_batch` carries.
+pub const MAX_PUBLISH_BATCH: usize = 1_024;
 
 /// Two integers: the lab's original job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -125,6 +127,26 @@ pub struct StatusReport {
 pub struct Published {
     /// The identifier the broker gave the job; it names the job in the broker's output and logs.
     pub job_id: u64,
+}
+
+/// Jobs for one topic, published in one call (`publish_batch`), in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishBatch {
+    /// The topic.
+    pub topic: String,
+    /// The jobs, at most [`MAX_PUBLISH_BATCH`].
+    pub jobs: Vec<Job>,
+}
+
+/// The broker's answer to a batch: its first `job_ids.len()` jobs are stored, in order, with
+/// these ids; the others are not, because of `error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedBatch {
+    /// The ids of the jobs stored, one per job from the start of the batch.
+    pub job_ids: Vec<u64>,
+    /// Why the rest of the batch was not stored (e.g. the topic stayed full); `None` when
+    /// every job was.
+    pub error: Option<BrokerError>,
 }
 
 /// A job that failed with a job error, kept by the broker instead of being retried.
@@ -310,6 +332,14 @@ pub enum BrokerError {
     /// The broker is stopping and takes no new work.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A batch holds more jobs than one call may carry.
+    #[error("a batch of {jobs} jobs is over the limit of {max}; split it")]
+    BatchTooLarge {
+        /// Jobs in the batch.
+        jobs: u32,
+        /// The most a batch may hold.
+        max: u32,
+    },
 }
 
 /// Why a factory could not compute a job. The broker does not retry such a job.
@@ -341,6 +371,11 @@ pub trait Broker {
     async fn stats() -> BrokerStats;
     /// The jobs of a topic that failed with a job error.
     async fn dead_letters(topic: String) -> Result<DeadLetters, BrokerError>;
+    // Last, so that the requests before it keep their numbers on the wire: a client built
+    // before it was added still talks to this broker.
+    /// Appends jobs to a topic in order, each as `publish` would, in one call: what a publisher
+    /// with many jobs in flight sends instead of a call per job.
+    async fn publish_batch(batch: PublishBatch) -> Result<PublishedBatch, BrokerError>;
 }
 
 /// A factory: the worker the broker calls back.

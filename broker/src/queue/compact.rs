@@ -199,9 +199,34 @@ mod tests {
     fn jobs_come_out_in_order_and_unchanged_even_at_the_extremes() {
         let jobs = [
             job(0, Pair { x: 3, y: 4 }.into(), 0),
-            job(u64::MAX, Pair { x: i64::MIN, y: i64::MAX }.into(), u32::MAX),
-            job(7, Triplet { x: -1, y: 0, z: 999_999 }.into(), 2),
-            job(1 << 40, Pair { x: -999_999_999, y: 999_999_999 }.into(), 1),
+            job(
+                u64::MAX,
+                Pair {
+                    x: i64::MIN,
+                    y: i64::MAX,
+                }
+                .into(),
+                u32::MAX,
+            ),
+            job(
+                7,
+                Triplet {
+                    x: -1,
+                    y: 0,
+                    z: 999_999,
+                }
+                .into(),
+                2,
+            ),
+            job(
+                1 << 40,
+                Pair {
+                    x: -999_999_999,
+                    y: 999_999_999,
+                }
+                .into(),
+                1,
+            ),
         ];
         let mut queue = CompactQueue::default();
         for queued in &jobs {
@@ -251,6 +276,10 @@ mod tests {
         let per_job = queue.bytes.len() as f64 / 100_000.0;
         assert!(per_job <= 22.0, "{per_job} bytes a job");
         while queue.pop_front().is_some() {}
-        assert!(queue.bytes.capacity() <= KEEP_SPARE_BYTES, "{}", queue.bytes.capacity());
+        assert!(
+            queue.bytes.capacity() <= KEEP_SPARE_BYTES,
+            "{}",
+            queue.bytes.capacity()
+        );
     }
 }

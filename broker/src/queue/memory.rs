@@ -56,7 +56,6 @@ struct TopicState {
     dead_letters_dropped: u64,
 }
 
-
 impl Topic {
     fn lock(&self) -> MutexGuard<'_, TopicState> {
         // A panic while the lock was held cannot leave the state half-changed (every change is

@@ -73,13 +73,18 @@ async fn serve(kind: &str, listener: TcpListener) {
 
 async fn drive_tarpc(address: SocketAddr, calls: u64, in_flight: u64) {
     let stream = TcpStream::connect(address).await.unwrap();
-    let client = EchoClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn();
+    let client =
+        EchoClient::new(tarpc::client::Config::default(), transport::framed(stream)).spawn();
     let mut callers = tokio::task::JoinSet::new();
     for caller in 0..in_flight {
         let client = client.clone();
         callers.spawn(async move {
             for call in (caller..calls).step_by(in_flight as usize) {
-                let job: Job = Pair { x: call as i64, y: 2 }.into();
+                let job: Job = Pair {
+                    x: call as i64,
+                    y: 2,
+                }
+                .into();
                 let echoed = client.echo(tarpc::context::current(), job).await.unwrap();
                 assert_eq!(echoed, job);
             }
@@ -95,7 +100,16 @@ async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
     let mut sent = 0u64;
     let mut received = 0u64;
     while sent < in_flight.min(calls) {
-        sink.feed((sent, Pair { x: sent as i64, y: 2 }.into())).await.unwrap();
+        sink.feed((
+            sent,
+            Pair {
+                x: sent as i64,
+                y: 2,
+            }
+            .into(),
+        ))
+        .await
+        .unwrap();
         sent += 1;
     }
     sink.flush().await.unwrap();
@@ -107,7 +121,16 @@ async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
             assert_eq!(job, Pair { x: id as i64, y: 2 }.into());
             received += 1;
             if sent < calls {
-                sink.feed((sent, Pair { x: sent as i64, y: 2 }.into())).await.unwrap();
+                sink.feed((
+                    sent,
+                    Pair {
+                        x: sent as i64,
+                        y: 2,
+                    }
+                    .into(),
+                ))
+                .await
+                .unwrap();
                 sent += 1;
             }
         }

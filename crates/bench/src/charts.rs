@@ -13,11 +13,19 @@ const INK: RGBColor = RGBColor(33, 102, 172);
 /// Draws jobs per second against the number of factories.
 pub fn scaling(path: &Path, points: &[(u32, f64)]) -> anyhow::Result<()> {
     let top = points.iter().map(|&(_, rate)| rate).fold(1.0, f64::max) * 1.15;
-    let right = points.iter().map(|&(factories, _)| factories).max().unwrap_or(1) as f64 + 0.5;
+    let right = points
+        .iter()
+        .map(|&(factories, _)| factories)
+        .max()
+        .unwrap_or(1) as f64
+        + 0.5;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("S: W2 throughput by number of factories", ("sans-serif", 22))
+        .caption(
+            "S: W2 throughput by number of factories",
+            ("sans-serif", 22),
+        )
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(84)
@@ -54,7 +62,13 @@ pub fn latency(path: &Path, title: &str, buckets: &[(f64, u64)]) -> anyhow::Resu
         .rposition(|&(_, jobs)| jobs > 0)
         .unwrap_or(buckets.len().saturating_sub(1));
     let shown = &buckets[first.saturating_sub(1)..=(last + 1).min(buckets.len().saturating_sub(1))];
-    let top = shown.iter().map(|&(_, jobs)| jobs).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let top = shown
+        .iter()
+        .map(|&(_, jobs)| jobs)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)

@@ -60,7 +60,11 @@ pub struct Cli {
 
 impl Cli {
     fn scale(&self) -> Scale {
-        let scale = if self.smoke { Scale::SMOKE } else { Scale::FULL };
+        let scale = if self.smoke {
+            Scale::SMOKE
+        } else {
+            Scale::FULL
+        };
         Scale {
             runs: self.runs.unwrap_or(scale.runs),
             ..scale
@@ -107,7 +111,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     println!("machine: {machine}");
     println!(
         "programs: {} build; program logs in {}",
-        if programs.release() { "release" } else { "debug (figures are not comparable)" },
+        if programs.release() {
+            "release"
+        } else {
+            "debug (figures are not comparable)"
+        },
         logs.display()
     );
     let mut measured = Vec::new();
@@ -133,7 +141,10 @@ fn write_charts(out: &std::path::Path, measured: &[Measured]) -> anyhow::Result<
         charts::scaling(&path, &scaling)?;
         println!("chart: {}", path.display());
     }
-    if let Some(latency) = measured.iter().find(|result| result.workload == Workload::W3) {
+    if let Some(latency) = measured
+        .iter()
+        .find(|result| result.workload == Workload::W3)
+    {
         // The run with the median p99 stands for the workload.
         let mut runs: Vec<_> = latency.runs.iter().collect();
         runs.sort_by_key(|run| run.p99_us);
@@ -171,7 +182,11 @@ fn report(machine: &str, scale: Scale, release: bool, measured: &[Measured]) -> 
     let _ = writeln!(
         text,
         "- build: {}; medians of {} run(s) per row",
-        if release { "release" } else { "debug (not comparable)" },
+        if release {
+            "release"
+        } else {
+            "debug (not comparable)"
+        },
         scale.runs
     );
     let _ = writeln!(text, "- command: `cargo run --release -p bench -- all`\n");

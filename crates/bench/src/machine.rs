@@ -96,7 +96,9 @@ pub fn describe() -> String {
         .lines()
         .find_map(|line| line.strip_prefix("model name"))
         .and_then(|rest| rest.split_once(':'))
-        .map_or("unknown CPU".to_owned(), |(_, model)| model.trim().to_owned());
+        .map_or("unknown CPU".to_owned(), |(_, model)| {
+            model.trim().to_owned()
+        });
     let cpus = std::thread::available_parallelism().map_or(0, |cpus| cpus.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_gib = status_kib(&meminfo, "MemTotal:") as f64 / (1024.0 * 1024.0);

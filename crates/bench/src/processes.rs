@@ -27,7 +27,9 @@ impl Programs {
         let release = !cfg!(debug_assertions);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "broker", "-p", "factory", "-p", "miner"]);
+        build.args([
+            "build", "--quiet", "-p", "broker", "-p", "factory", "-p", "miner",
+        ]);
         if release {
             build.arg("--release");
         }

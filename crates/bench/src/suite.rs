@@ -222,11 +222,7 @@ impl Measured {
             .map(|run| run.busy_before)
             .fold(0.0, f64::max);
         if busiest >= 0.10 {
-            let _ = write!(
-                line,
-                " | machine {:.0}% busy before a run",
-                busiest * 100.0
-            );
+            let _ = write!(line, " | machine {:.0}% busy before a run", busiest * 100.0);
         }
         line
     }
@@ -259,7 +255,8 @@ pub async fn measure(
     for flow in workload.flows(scale) {
         let mut runs = Vec::new();
         for _ in 0..scale.runs {
-            let figures = workloads::run(programs, flow, workload == Workload::W3, scale.idle_wait).await?;
+            let figures =
+                workloads::run(programs, flow, workload == Workload::W3, scale.idle_wait).await?;
             runs.push(figures);
             // Let the sockets of the last run close before the next one starts.
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -158,9 +158,13 @@ pub async fn run(
             &args.map(str::to_owned),
         )?);
     }
-    wait_for(&client, &mut run, Duration::from_secs(30), "the factories to subscribe", |stats| {
-        stats.subscribers.len() as u32 == flow.factories
-    })
+    wait_for(
+        &client,
+        &mut run,
+        Duration::from_secs(30),
+        "the factories to subscribe",
+        |stats| stats.subscribers.len() as u32 == flow.factories,
+    )
     .await?;
 
     let mut miner_args: Vec<String> = [

@@ -28,7 +28,11 @@ fn a_smoke_run_measures_every_workload_and_draws_both_charts() {
     assert!(line_of("W2 ")[0].contains("jobs/s"), "{stdout}");
     assert!(line_of("W3 ")[0].contains("p99"), "{stdout}");
     assert!(line_of("M ")[0].contains("broker RSS"), "{stdout}");
-    assert_eq!(line_of("S ").len(), 4, "one line per factory count: {stdout}");
+    assert_eq!(
+        line_of("S ").len(),
+        4,
+        "one line per factory count: {stdout}"
+    );
 
     let report = std::fs::read_to_string(out.path().join("latest.md")).unwrap();
     assert_eq!(report.matches("\n| S |").count(), 4, "{report}");

@@ -270,7 +270,11 @@ async fn miners_and_factories_carry_on_through_a_broker_restart() {
     })
     .await;
     first.kill();
-    let second = Process::start("broker", &["--port", &port_arg, "--http", "off"]);
+    // The second broker runs on two threads (--threads): the same jobs, another runtime.
+    let second = Process::start(
+        "broker",
+        &["--port", &port_arg, "--http", "off", "--threads", "2"],
+    );
     eventually(
         "the restarted broker completes jobs: the factory and the miner are back",
         || second.count_lines(completions) >= 20,

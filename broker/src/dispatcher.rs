@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use stubs::{FactoryClient, Job, JobError, JobReport};
 use tarpc::client::RpcError;
 use tokio::sync::Semaphore;
@@ -88,10 +89,24 @@ impl<S: JobStore> Dispatcher<S> {
                     Err(error) => break DispatcherEnd::Store(error),
                 },
             };
+            // The jobs that are ready now, up to the free slots, go in the same call: under
+            // load one call carries many jobs, and a call costs both ends far more than a job
+            // (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes nothing.
+            let mut deliveries = vec![delivery];
+            let mut batch_slots = vec![slot];
+            while let Ok(slot) = slots.clone().try_acquire_owned() {
+                match this.store.take(&this.topic).now_or_never() {
+                    Some(Ok(delivery)) => {
+                        deliveries.push(delivery);
+                        batch_slots.push(slot);
+                    }
+                    _ => break,
+                }
+            }
             let shared = shared.clone();
             calls.spawn(async move {
-                shared.deliver(delivery).await;
-                drop(slot);
+                shared.deliver(deliveries).await;
+                drop(batch_slots);
             });
         };
         calls.close();
@@ -109,12 +124,15 @@ impl<S: JobStore> Dispatcher<S> {
 }
 
 impl<S: JobStore> Shared<S> {
-    async fn deliver(&self, delivery: Delivery) {
+    /// Calls the factory once with `deliveries` (in one `multiply_batch` or `divide_batch` call
+    /// when there are several) and settles each.
+    async fn deliver(&self, deliveries: Vec<Delivery>) {
         let this = &self.dispatcher;
+        let jobs: Vec<Job> = deliveries.iter().map(|delivery| delivery.job).collect();
         tracing::debug!(
             topic = %this.topic,
-            job_id = delivery.id,
-            attempt = delivery.attempt,
+            first_job_id = deliveries[0].id,
+            jobs = jobs.len(),
             factory = %this.factory,
             callback = %this.callback,
             "calling the factory"
@@ -124,19 +142,73 @@ impl<S: JobStore> Shared<S> {
         let mut context = tarpc::context::current();
         context.deadline = Instant::now() + this.call_timeout;
         let counters = &this.subscriber_metrics;
-        counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let reply = tokio::time::timeout(this.call_timeout, self.call(context, delivery.job)).await;
-        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let reply = match reply {
-            Ok(reply) => reply.map_err(|error| describe_rpc_error(&error)),
+        let count = jobs.len() as u64;
+        counters.in_flight.fetch_add(count, Ordering::Relaxed);
+        let reply = tokio::time::timeout(this.call_timeout, self.call(context, jobs)).await;
+        counters.in_flight.fetch_sub(count, Ordering::Relaxed);
+        let replies = match reply {
+            Ok(Ok(replies)) if replies.len() == deliveries.len() => Ok(replies),
+            Ok(Ok(replies)) => Err(format!(
+                "the factory answered {} results for {} jobs",
+                replies.len(),
+                deliveries.len()
+            )),
+            Ok(Err(error)) => Err(describe_rpc_error(&error)),
             Err(_) => Err(format!("no reply within {:?}", this.call_timeout)),
         };
-        let (settled, outcome) = match reply {
-            Ok(Ok(JobReport { result })) => {
+        match replies {
+            Ok(replies) => {
+                for (delivery, reply) in deliveries.iter().zip(replies) {
+                    self.settle(delivery, reply).await;
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    topic = %this.topic,
+                    first_job_id = deliveries[0].id,
+                    jobs = deliveries.len(),
+                    factory = %this.factory,
+                    callback = %this.callback,
+                    %reason,
+                    "call failed; the jobs go back to their topic and the subscription ends"
+                );
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get_or_insert_with(|| reason.clone());
+                this.stop.cancel();
+                // Last taken, first put back: the topic's head ends up in the order it had.
+                for delivery in deliveries.iter().rev() {
+                    let requeued = this.store.requeue(delivery).await;
+                    self.report(
+                        requeued,
+                        delivery,
+                        Outcome::Requeued {
+                            topic: this.topic.clone(),
+                            job_id: delivery.id,
+                            callback: this.callback,
+                            job: delivery.job,
+                            reason: reason.clone(),
+                            factory: this.factory.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Settles a job the factory answered: completed, or dead-lettered with its job error.
+    async fn settle(&self, delivery: &Delivery, reply: Result<JobReport, JobError>) {
+        let this = &self.dispatcher;
+        let counters = &this.subscriber_metrics;
+        match reply {
+            Ok(JobReport { result }) => {
                 counters.completed.fetch_add(1, Ordering::Relaxed);
                 this.topic_metrics.record_completion(delivery.published_at);
-                (
-                    this.store.complete(&delivery).await,
+                let completed = this.store.complete(delivery).await;
+                self.report(
+                    completed,
+                    delivery,
                     Outcome::Completed {
                         topic: this.topic.clone(),
                         job_id: delivery.id,
@@ -145,14 +217,14 @@ impl<S: JobStore> Shared<S> {
                         result,
                         factory: this.factory.clone(),
                     },
-                )
+                );
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                (
-                    this.store
-                        .dead_letter(&delivery, error, &this.factory)
-                        .await,
+                let dead = this.store.dead_letter(delivery, error, &this.factory).await;
+                self.report(
+                    dead,
+                    delivery,
                     Outcome::Failed {
                         topic: this.topic.clone(),
                         job_id: delivery.id,
@@ -161,51 +233,31 @@ impl<S: JobStore> Shared<S> {
                         error,
                         factory: this.factory.clone(),
                     },
-                )
-            }
-            Err(reason) => {
-                tracing::warn!(
-                    topic = %this.topic,
-                    job_id = delivery.id,
-                    factory = %this.factory,
-                    callback = %this.callback,
-                    %reason,
-                    "call failed; the job goes back to its topic and the subscription ends"
                 );
-                self.failure
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .get_or_insert_with(|| reason.clone());
-                this.stop.cancel();
-                (
-                    this.store.requeue(&delivery).await,
-                    Outcome::Requeued {
-                        topic: this.topic.clone(),
-                        job_id: delivery.id,
-                        callback: this.callback,
-                        job: delivery.job,
-                        reason,
-                        factory: this.factory.clone(),
-                    },
-                )
             }
-        };
+        }
+    }
+
+    fn report(&self, settled: Result<(), QueueError>, delivery: &Delivery, outcome: Outcome) {
         if let Err(error) = settled {
             // Only one dispatcher holds a delivery, so this means a bug, not a race.
             tracing::error!(%error, job_id = delivery.id, "cannot settle a delivery");
         }
-        (this.observer)(&outcome);
+        (self.dispatcher.observer)(&outcome);
     }
 
+    /// One call for `jobs`: the lab's single-job procedure for one job, its batch form for more.
     async fn call(
         &self,
         context: tarpc::context::Context,
-        job: Job,
-    ) -> Result<Result<JobReport, JobError>, RpcError> {
+        jobs: Vec<Job>,
+    ) -> Result<Vec<Result<JobReport, JobError>>, RpcError> {
         let this = &self.dispatcher;
-        match this.callback {
-            Callback::Multiply => this.client.multiply(context, job).await,
-            Callback::Divide => this.client.divide(context, job).await,
+        match (this.callback, jobs.as_slice()) {
+            (Callback::Multiply, &[job]) => Ok(vec![this.client.multiply(context, job).await?]),
+            (Callback::Divide, &[job]) => Ok(vec![this.client.divide(context, job).await?]),
+            (Callback::Multiply, _) => this.client.multiply_batch(context, jobs).await,
+            (Callback::Divide, _) => this.client.divide_batch(context, jobs).await,
         }
     }
 }
@@ -221,4 +273,114 @@ fn describe_rpc_error(error: &RpcError) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{SubscriberMetrics, TopicMetrics};
+    use crate::queue::MemoryStore;
+    use futures::StreamExt;
+    use stubs::{Factory, Pair};
+    use tarpc::server::{BaseChannel, Channel};
+
+    /// A factory that records the size of each call and answers none in time.
+    #[derive(Clone)]
+    struct SlowFactory {
+        calls: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl SlowFactory {
+        async fn hang(&self, jobs: usize) {
+            self.calls.lock().unwrap().push(jobs);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+
+    impl Factory for SlowFactory {
+        async fn multiply(self, _: tarpc::context::Context, _: Job) -> Result<JobReport, JobError> {
+            self.hang(1).await;
+            Err(JobError::Overflow)
+        }
+        async fn divide(self, _: tarpc::context::Context, _: Job) -> Result<JobReport, JobError> {
+            self.hang(1).await;
+            Err(JobError::Overflow)
+        }
+        async fn multiply_batch(
+            self,
+            _: tarpc::context::Context,
+            jobs: Vec<Job>,
+        ) -> Vec<Result<JobReport, JobError>> {
+            self.hang(jobs.len()).await;
+            Vec::new()
+        }
+        async fn divide_batch(
+            self,
+            _: tarpc::context::Context,
+            jobs: Vec<Job>,
+        ) -> Vec<Result<JobReport, JobError>> {
+            self.hang(jobs.len()).await;
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_jobs_go_in_one_call_and_a_failed_call_puts_them_all_back_in_order() {
+        let store = Arc::new(MemoryStore::new());
+        store.create_topic("t", 100).await.unwrap();
+        let mut ids = Vec::new();
+        for x in 0..5 {
+            ids.push(store.publish("t", Pair { x, y: 1 }.into()).await.unwrap());
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let factory = SlowFactory {
+            calls: Arc::default(),
+        };
+        let server = factory.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            BaseChannel::with_defaults(transport::framed(stream))
+                .execute(server.serve())
+                .for_each_concurrent(None, |call| call)
+                .await;
+        });
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let client = FactoryClient::new(Default::default(), transport::framed(stream)).spawn();
+
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            topic: Arc::from("t"),
+            callback: Callback::Multiply,
+            factory: Arc::from(address.to_string()),
+            client,
+            prefetch: 8,
+            call_timeout: Duration::from_millis(200),
+            observer: Arc::new(|_| {}),
+            stop: CancellationToken::new(),
+            topic_metrics: Arc::new(TopicMetrics::default()),
+            subscriber_metrics: Arc::new(SubscriberMetrics::new(8)),
+        };
+        let end = dispatcher.run().await;
+        assert!(
+            matches!(&end, DispatcherEnd::FactoryFailed(reason) if reason.contains("no reply")),
+            "{end:?}"
+        );
+        assert_eq!(
+            *factory.calls.lock().unwrap(),
+            vec![5],
+            "one call for the five jobs"
+        );
+
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!((stats.ready, stats.in_flight, stats.requeued), (5, 0, 5));
+        let mut again = Vec::new();
+        for _ in 0..5 {
+            let delivery = store.take("t").await.unwrap();
+            assert_eq!(delivery.attempt, 2);
+            again.push(delivery.id);
+        }
+        assert_eq!(again, ids, "back at the head in the order they had");
+    }
 }

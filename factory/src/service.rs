@@ -32,8 +32,8 @@ impl FactoryService {
     }
 }
 
-impl stubs::Factory for FactoryService {
-    async fn multiply(self, _: Context, job: Job) -> Result<JobReport, JobError> {
+impl FactoryService {
+    async fn multiply_one(&self, job: Job) -> Result<JobReport, JobError> {
         let result = arithmetic::multiply(job);
         self.print('*', job, result);
         if let (Ok(value), Some(pipeline)) = (result, &self.pipeline) {
@@ -46,9 +46,31 @@ impl stubs::Factory for FactoryService {
         result.map(|result| JobReport { result })
     }
 
-    async fn divide(self, _: Context, job: Job) -> Result<JobReport, JobError> {
+    fn divide_one(&self, job: Job) -> Result<JobReport, JobError> {
         let result = arithmetic::divide(job);
         self.print('/', job, result);
         result.map(|result| JobReport { result })
+    }
+}
+
+impl stubs::Factory for FactoryService {
+    async fn multiply(self, _: Context, job: Job) -> Result<JobReport, JobError> {
+        self.multiply_one(job).await
+    }
+
+    async fn divide(self, _: Context, job: Job) -> Result<JobReport, JobError> {
+        self.divide_one(job)
+    }
+
+    async fn multiply_batch(self, _: Context, jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>> {
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            results.push(self.multiply_one(job).await);
+        }
+        results
+    }
+
+    async fn divide_batch(self, _: Context, jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>> {
+        jobs.into_iter().map(|job| self.divide_one(job)).collect()
     }
 }

@@ -385,4 +385,10 @@ pub trait Factory {
     async fn multiply(job: Job) -> Result<JobReport, JobError>;
     /// `x / y`, or `(x / y) / z`, truncating toward zero.
     async fn divide(job: Job) -> Result<JobReport, JobError>;
+    /// `multiply` of each job, answered in order, in one call: what the broker sends when more
+    /// than one job is ready for this factory. (After the lab's procedures, so that theirs keep
+    /// their numbers on the wire.)
+    async fn multiply_batch(jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>>;
+    /// `divide` of each job, answered in order, in one call.
+    async fn divide_batch(jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>>;
 }

@@ -1,5 +1,5 @@
-//! Publishing many jobs at once: the `publish_batch` request, the miner's batcher over it, and
-//! the miner's `--rate` schedule.
+//! Many jobs at once: the `publish_batch` request, the miner's batcher over it, the broker's
+//! batched calls to factories, and the miner's `--rate` schedule.
 
 use std::time::{Duration, Instant};
 
@@ -66,12 +66,11 @@ async fn a_batch_is_stored_in_order_and_each_job_is_delivered_once() {
     );
     assert_eq!(broker.topic_stats("multiply").await.unwrap().ready, 6);
 
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    // With room for eight calls, the factory is sent the ready jobs in batches, and each
+    // result still lands on its own job.
+    let mut config = factory_config(broker.address, &[Multiply], false);
+    config.prefetch = 8;
+    let _factory = start_factory(&broker, 0, config).await;
     eventually("the six jobs are completed", || {
         recorder.completed("multiply").len() == 6
     })
@@ -128,7 +127,13 @@ async fn bad_batches_get_typed_errors_and_the_broker_keeps_serving() {
     create(&client, "multiply", 10).await;
     let second = Duration::from_secs(1);
     assert_eq!(
-        publish_batch(&client, "multiply", pairs(MAX_PUBLISH_BATCH as i64 + 1), second).await,
+        publish_batch(
+            &client,
+            "multiply",
+            pairs(MAX_PUBLISH_BATCH as i64 + 1),
+            second
+        )
+        .await,
         Err(BrokerError::BatchTooLarge {
             jobs: MAX_PUBLISH_BATCH as u32 + 1,
             max: MAX_PUBLISH_BATCH as u32

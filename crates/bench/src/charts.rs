@@ -76,9 +76,13 @@ pub fn latency(path: &Path, title: &str, buckets: &[(f64, u64)]) -> anyhow::Resu
         .margin(16)
         .x_label_area_size(54)
         .y_label_area_size(84)
-        .build_cartesian_2d(0f64..shown.len() as f64, 0f64..top)?;
+        .build_cartesian_2d(-0.5f64..shown.len() as f64 - 0.5, 0f64..top)?;
+    // Bars stand on whole numbers, so that each label sits under its bar.
     let label = |x: &f64| {
-        let index = x.floor() as usize;
+        if x.round() < 0.0 {
+            return String::new();
+        }
+        let index = x.round() as usize;
         shown
             .get(index)
             .map(|&(upper, _)| format!("≤{:.0}", upper * 1e6))
@@ -90,12 +94,12 @@ pub fn latency(path: &Path, title: &str, buckets: &[(f64, u64)]) -> anyhow::Resu
         .x_desc("publish to completion, µs (bucket upper bound)")
         .y_desc("jobs")
         .x_labels(shown.len())
-        .x_label_formatter(&|x| label(&(x + 0.5)))
+        .x_label_formatter(&label)
         .y_label_formatter(&|y| thousands(*y))
         .draw()?;
     chart.draw_series(shown.iter().enumerate().map(|(index, &(_, jobs))| {
         let x = index as f64;
-        Rectangle::new([(x + 0.1, 0.0), (x + 0.9, jobs as f64)], INK.filled())
+        Rectangle::new([(x - 0.4, 0.0), (x + 0.4, jobs as f64)], INK.filled())
     }))?;
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -93,6 +93,11 @@ async fn drive_tarpc(address: SocketAddr, calls: u64, in_flight: u64) {
     while callers.join_next().await.is_some() {}
 }
 
+/// Call `id` of the hand-made protocol: its id and a job to echo.
+fn request(id: u64) -> (u64, Job) {
+    (id, Pair { x: id as i64, y: 2 }.into())
+}
+
 async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
     let stream = TcpStream::connect(address).await.unwrap();
     let framed: Framed = transport::framed(stream);
@@ -100,16 +105,7 @@ async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
     let mut sent = 0u64;
     let mut received = 0u64;
     while sent < in_flight.min(calls) {
-        sink.feed((
-            sent,
-            Pair {
-                x: sent as i64,
-                y: 2,
-            }
-            .into(),
-        ))
-        .await
-        .unwrap();
+        sink.feed(request(sent)).await.unwrap();
         sent += 1;
     }
     sink.flush().await.unwrap();
@@ -118,19 +114,10 @@ async fn drive_framed(address: SocketAddr, calls: u64, in_flight: u64) {
         let batch = batches.next().await.expect("the server answers every call");
         for reply in batch {
             let (id, job) = reply.unwrap();
-            assert_eq!(job, Pair { x: id as i64, y: 2 }.into());
+            assert_eq!((id, job), request(id));
             received += 1;
             if sent < calls {
-                sink.feed((
-                    sent,
-                    Pair {
-                        x: sent as i64,
-                        y: 2,
-                    }
-                    .into(),
-                ))
-                .await
-                .unwrap();
+                sink.feed(request(sent)).await.unwrap();
                 sent += 1;
             }
         }

@@ -29,8 +29,10 @@ pub struct Dispatcher<S> {
     pub factory: Arc<str>,
     /// The connection to the factory.
     pub client: FactoryClient,
-    /// How many calls may be in flight at once.
+    /// How many jobs may be in flight at once.
     pub prefetch: u32,
+    /// Whether the factory takes several jobs in one call (see [`accepts_batches`]).
+    pub batches: bool,
     /// How long a call may take before the job is put back.
     pub call_timeout: Duration,
     /// Hears of every outcome.
@@ -94,7 +96,10 @@ impl<S: JobStore> Dispatcher<S> {
             // (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes nothing.
             let mut deliveries = vec![delivery];
             let mut batch_slots = vec![slot];
-            while let Ok(slot) = slots.clone().try_acquire_owned() {
+            while this.batches && !this.stop.is_cancelled() {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
                 match this.store.take(&this.topic).now_or_never() {
                     Some(Ok(delivery)) => {
                         deliveries.push(delivery);
@@ -262,6 +267,20 @@ impl<S: JobStore> Shared<S> {
     }
 }
 
+/// Whether the factory behind `client` takes batched calls for `callback`. A factory built
+/// before they existed cannot read one and closes the connection, so the question is an empty
+/// batch, answered in no time by a factory that can; after a `false`, the connection may be
+/// closed and the caller should make a new one.
+pub async fn accepts_batches(client: &FactoryClient, callback: Callback, within: Duration) -> bool {
+    let mut context = tarpc::context::current();
+    context.deadline = Instant::now() + within;
+    let answer = match callback {
+        Callback::Multiply => client.multiply_batch(context, Vec::new()).await,
+        Callback::Divide => client.divide_batch(context, Vec::new()).await,
+    };
+    matches!(answer, Ok(results) if results.is_empty())
+}
+
 /// Names a transport failure in a sentence, with its cause.
 fn describe_rpc_error(error: &RpcError) -> String {
     use std::error::Error;
@@ -356,6 +375,7 @@ mod tests {
             factory: Arc::from(address.to_string()),
             client,
             prefetch: 8,
+            batches: true,
             call_timeout: Duration::from_millis(200),
             observer: Arc::new(|_| {}),
             stop: CancellationToken::new(),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use transport::{Admission, ConnectError};
 
-use crate::dispatcher::{Dispatcher, DispatcherEnd};
+use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd};
 use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::{Callback, Observer};
 use crate::queue::{
@@ -195,16 +195,26 @@ impl<S: JobStore> Broker<S> {
             return Err(BrokerError::ShuttingDown);
         }
         let address = subscription.factory_address;
-        let client = transport::connect_factory(
-            &key.factory.to_string(),
-            self.settings.connect_timeout,
-            &self.settings.admission.token,
-        )
-        .await
-        .map_err(|error| BrokerError::Unreachable {
-            address: address.clone(),
-            reason: error.to_string(),
-        })?;
+        let connect = || async {
+            transport::connect_factory(
+                &key.factory.to_string(),
+                self.settings.connect_timeout,
+                &self.settings.admission.token,
+            )
+            .await
+            .map_err(|error| BrokerError::Unreachable {
+                address: address.clone(),
+                reason: error.to_string(),
+            })
+        };
+        let mut client = connect().await?;
+        let batches = prefetch > 1
+            && accepts_batches(&client, key.callback, self.settings.connect_timeout).await;
+        if prefetch > 1 && !batches {
+            tracing::info!(factory = %key.factory, callback = %key.callback, "the factory takes no batched calls; calling it one job at a time");
+            // It may have closed the connection on the question.
+            client = connect().await?;
+        }
         let stop = self.shutdown.child_token();
         let subscriber_metrics = Arc::new(SubscriberMetrics::new(prefetch));
         let (generation, replaced) =
@@ -217,6 +227,7 @@ impl<S: JobStore> Broker<S> {
             factory: Arc::from(key.factory.to_string()),
             client,
             prefetch,
+            batches,
             call_timeout: self.settings.call_timeout,
             observer: self.observer.clone(),
             stop,

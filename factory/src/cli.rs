@@ -13,7 +13,7 @@ const EXAMPLES: &str = "\
 Examples:
   cargo run -p factory -- --port 8031                  # Multiply and Divide, pipeline on
   cargo run -p factory -- --port 8032 --topics multiply --no-pipeline   # Part 1
-  cargo run -p factory -- --port 0 --prefetch 16       # a free port, 16 calls in flight
+  cargo run -p factory -- --port 0 --prefetch 16       # a free port, 16 jobs in flight
   cargo run -p factory -- --broker 127.0.0.1:9000 --log-format json";
 
 /// A topic of the lab a factory can work on.
@@ -60,7 +60,8 @@ pub struct Cli {
     /// The topics to work on.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LabTopic::Multiply, LabTopic::Divide])]
     pub topics: Vec<LabTopic>,
-    /// How many calls the broker keeps in flight to this factory per topic.
+    /// How many jobs the broker keeps in flight to this factory per topic; jobs that are ready
+    /// together travel in one call.
     #[arg(long, default_value_t = stubs::DEFAULT_PREFETCH)]
     pub prefetch: u32,
     /// The buffer of the topics this factory creates if they do not exist yet.

@@ -49,7 +49,7 @@ pub struct FactoryConfig {
     pub ip: IpAddr,
     /// The topics to work on.
     pub topics: Vec<LabTopic>,
-    /// Calls in flight per subscription.
+    /// Jobs in flight per subscription.
     pub prefetch: u32,
     /// The buffer of the topics created.
     pub buffer: u32,

@@ -53,7 +53,7 @@ pub struct Cli {
     #[arg(long)]
     pub seed: Option<u64>,
     /// How many publishers run at once, for load.
-    /// From 1 to 256, the requests one connection may have in flight at the broker.
+    /// From 1 to 256. Their jobs travel to the broker together, in batches.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// Print nothing per job (a summary at the end still goes to the log).

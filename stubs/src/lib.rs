@@ -104,7 +104,8 @@ pub struct Subscription {
     pub factory_address: String,
     /// Which procedure to call: [`MULTIPLY`] or [`DIVIDE`].
     pub callback: String,
-    /// How many calls the broker keeps in flight to this factory at once.
+    /// How many jobs the broker keeps in flight to this factory at once (sent in as few calls
+    /// as are ready together).
     pub prefetch: u32,
 }
 
@@ -387,7 +388,8 @@ pub trait Factory {
     async fn divide(job: Job) -> Result<JobReport, JobError>;
     /// `multiply` of each job, answered in order, in one call: what the broker sends when more
     /// than one job is ready for this factory. (After the lab's procedures, so that theirs keep
-    /// their numbers on the wire.)
+    /// their numbers on the wire; the broker asks with an empty batch before it sends any, and
+    /// calls a factory that cannot answer one job at a time.)
     async fn multiply_batch(jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>>;
     /// `divide` of each job, answered in order, in one call.
     async fn divide_batch(jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>>;

@@ -213,3 +213,87 @@ async fn a_rate_spreads_the_jobs_over_time() {
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     assert_eq!(broker.topic_stats("rated").await.unwrap().published, 41);
 }
+
+/// The Factory service as the lab defines it, before batched calls existed.
+#[tarpc::service]
+trait LabFactory {
+    async fn multiply(job: Job) -> Result<stubs::JobReport, stubs::JobError>;
+    async fn divide(job: Job) -> Result<stubs::JobReport, stubs::JobError>;
+}
+
+#[derive(Clone)]
+struct LabOnlyFactory;
+
+impl LabFactory for LabOnlyFactory {
+    async fn multiply(
+        self,
+        _: tarpc::context::Context,
+        job: Job,
+    ) -> Result<stubs::JobReport, stubs::JobError> {
+        match job {
+            Job::Pair(Pair { x, y }) => Ok(stubs::JobReport { result: x * y }),
+            Job::Triplet(Triplet { x, y, z }) => Ok(stubs::JobReport { result: x * y * z }),
+        }
+    }
+
+    async fn divide(
+        self,
+        _: tarpc::context::Context,
+        _: Job,
+    ) -> Result<stubs::JobReport, stubs::JobError> {
+        Err(stubs::JobError::DivideByZero)
+    }
+}
+
+#[tokio::test]
+async fn a_factory_without_batched_calls_is_called_one_job_at_a_time() {
+    use futures::StreamExt;
+    use tarpc::server::{BaseChannel, Channel};
+
+    let (broker, recorder) = start_broker(Settings::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let factory_address = listener.local_addr().unwrap();
+    tokio::spawn(transport::accept(
+        listener,
+        transport::Admission::default(),
+        CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+        |stream, _| async move {
+            BaseChannel::with_defaults(transport::framed(stream))
+                .execute(LabOnlyFactory.serve())
+                .for_each_concurrent(None, |call| call)
+                .await;
+        },
+    ));
+
+    let client = client(broker.address).await;
+    create(&client, "multiply", 100).await;
+    let published = publish_batch(&client, "multiply", pairs(20), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(published.job_ids.len(), 20);
+    let subscription = stubs::Subscription {
+        topic: "multiply".into(),
+        factory_address: factory_address.to_string(),
+        callback: stubs::MULTIPLY.into(),
+        prefetch: 8,
+    };
+    client
+        .subscribe(tarpc::context::current(), subscription)
+        .await
+        .unwrap()
+        .expect("the subscription is taken");
+    eventually("the twenty jobs are completed", || {
+        recorder.completed("multiply").len() == 20
+    })
+    .await;
+    let stats = broker.topic_stats("multiply").await.unwrap();
+    assert_eq!((stats.completed, stats.requeued), (20, 0), "no call failed");
+    let mut results: Vec<i64> = recorder
+        .completed("multiply")
+        .iter()
+        .map(|completion| completion.result)
+        .collect();
+    results.sort();
+    assert_eq!(results, (0..20).map(|x| x * 2).collect::<Vec<i64>>());
+}

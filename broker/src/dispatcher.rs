@@ -182,11 +182,11 @@ impl<S: JobStore> Shared<S> {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .get_or_insert_with(|| reason.clone());
                 this.stop.cancel();
-                // Last taken, first put back: the topic's head ends up in the order it had.
-                for delivery in deliveries.iter().rev() {
-                    let requeued = this.store.requeue(delivery).await;
+                // Back at the head in one step, in the order they were taken.
+                let requeued = this.store.requeue_all(&deliveries).await;
+                for delivery in &deliveries {
                     self.report(
-                        requeued,
+                        requeued.clone(),
                         delivery,
                         Outcome::Requeued {
                             topic: this.topic.clone(),

@@ -123,6 +123,37 @@ pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl J
     assert_eq!(store.take("t").await.unwrap().job, job(2));
 }
 
+pub async fn the_jobs_of_a_failed_call_go_back_together_in_their_order(store: impl JobStore) {
+    store.create_topic("t", 10).await.unwrap();
+    for x in 0..4 {
+        store.publish("t", job(x)).await.unwrap();
+    }
+    let taken = [
+        store.take("t").await.unwrap(),
+        store.take("t").await.unwrap(),
+        store.take("t").await.unwrap(),
+    ];
+    let completed = taken[0].clone();
+    store.complete(&completed).await.unwrap();
+    // One of them no longer in flight: none goes back.
+    assert!(matches!(
+        store.requeue_all(&taken).await,
+        Err(QueueError::NotInFlight { .. })
+    ));
+    assert_eq!(store.stats("t").await.unwrap().in_flight, 2);
+    store.requeue_all(&taken[1..]).await.unwrap();
+    let jobs: Vec<Job> = [
+        store.take("t").await.unwrap(),
+        store.take("t").await.unwrap(),
+        store.take("t").await.unwrap(),
+    ]
+    .iter()
+    .map(|delivery| delivery.job)
+    .collect();
+    assert_eq!(jobs, vec![job(1), job(2), job(3)]);
+    assert_eq!(store.stats("t").await.unwrap().requeued, 2);
+}
+
 pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     store.create_topic("t", 4).await.unwrap();
     for x in 0..3 {
@@ -216,6 +247,10 @@ macro_rules! store_behaviour_tests {
             #[tokio::test(start_paused = true)]
             async fn a_requeued_job_goes_to_the_head_whatever_the_capacity() {
                 b::a_requeued_job_goes_to_the_head_whatever_the_capacity($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn the_jobs_of_a_failed_call_go_back_together_in_their_order() {
+                b::the_jobs_of_a_failed_call_go_back_together_in_their_order($make).await
             }
             #[tokio::test(start_paused = true)]
             async fn a_delivery_is_settled_once() {

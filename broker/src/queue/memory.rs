@@ -249,10 +249,29 @@ impl JobStore for MemoryStore {
     }
 
     async fn requeue(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        let topic = self.topic(&delivery.topic)?;
-        let (job, mut state) = topic.settle(delivery)?;
-        state.ready.push_front(&job);
-        state.requeued += 1;
+        self.requeue_all(std::slice::from_ref(delivery)).await
+    }
+
+    async fn requeue_all(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
+        let Some(first) = deliveries.first() else {
+            return Ok(());
+        };
+        let topic = self.topic(&first.topic)?;
+        let mut state = topic.lock();
+        if let Some(missing) = deliveries.iter().find(|delivery| {
+            *delivery.topic != *topic.name || !state.in_flight.contains_key(&delivery.id)
+        }) {
+            return Err(QueueError::NotInFlight {
+                topic: missing.topic.to_string(),
+                id: missing.id,
+            });
+        }
+        for delivery in deliveries.iter().rev() {
+            if let Some(job) = state.in_flight.remove(&delivery.id) {
+                state.ready.push_front(&job);
+                state.requeued += 1;
+            }
+        }
         drop(state);
         topic.job_ready.notify_one();
         Ok(())

@@ -140,6 +140,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// is never lost nor blocked behind newer jobs because a factory failed.
     fn requeue(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// Puts the deliveries of one topic back at its head in one step, in the order given (the
+    /// first ends at the head), so that no take comes between them: the jobs of one failed
+    /// call return as they were taken. None is put back unless all are in flight.
+    fn requeue_all(
+        &self,
+        deliveries: &[Delivery],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
     /// The names of every topic, sorted.
     fn topic_names(&self) -> impl Future<Output = Vec<String>> + Send;
 

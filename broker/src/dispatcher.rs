@@ -95,15 +95,15 @@ impl<S: JobStore> Dispatcher<S> {
             // load one call carries many jobs, and a call costs both ends far more than a job
             // (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes nothing.
             let mut deliveries = vec![delivery];
-            let mut batch_slots = vec![slot];
+            let mut slot = slot;
             while this.batches && !this.stop.is_cancelled() {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let Ok(next_slot) = slots.clone().try_acquire_owned() else {
                     break;
                 };
                 match this.store.take(&this.topic).now_or_never() {
                     Some(Ok(delivery)) => {
                         deliveries.push(delivery);
-                        batch_slots.push(slot);
+                        slot.merge(next_slot);
                     }
                     _ => break,
                 }
@@ -111,7 +111,7 @@ impl<S: JobStore> Dispatcher<S> {
             let shared = shared.clone();
             calls.spawn(async move {
                 shared.deliver(deliveries).await;
-                drop(batch_slots);
+                drop(slot);
             });
         };
         calls.close();

@@ -349,6 +349,39 @@ async fn unsubscribe_stops_dispatching_and_resubscribing_replaces_the_old_subscr
 }
 
 #[tokio::test]
+async fn a_miner_whose_broker_goes_away_for_good_gives_up_with_a_clear_error() {
+    let (broker, _) = start_broker(Settings::default()).await;
+    let mut config = lab::miner_config(broker.address, "multiply");
+    config.interval = Duration::ZERO;
+    config.concurrency = 32;
+    // No factory: the topic fills, and the batcher's four calls all wait for room.
+    config.buffer = 10;
+    config.give_up_after = Duration::from_secs(1);
+    let miner = lab::start_miner(config, lab_console::Console::quiet(), Default::default());
+    eventually_async("the topic is full", async || {
+        broker
+            .topic_stats("multiply")
+            .await
+            .is_some_and(|stats| stats.ready == 10)
+    })
+    .await;
+    broker.stop().await;
+    let stopped = Instant::now();
+    let error = miner
+        .await
+        .unwrap()
+        .expect_err("the broker does not come back");
+    let waited = stopped.elapsed();
+    assert!(
+        matches!(error, miner::MinerError::BrokerLost { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("is it still running"), "{error}");
+    // About one --give-up-after (1 s) of redialling.
+    assert!(waited < Duration::from_millis(2_500), "{waited:?}");
+}
+
+#[tokio::test]
 async fn a_miner_and_a_factory_without_a_broker_fail_with_a_clear_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -28,9 +28,9 @@ pub enum LinkError {
     Gone {
         /// The broker's address.
         address: String,
-        /// The last dial's error.
+        /// The last dial's error (shared by every caller that was waiting on that connection).
         #[source]
-        source: ConnectError,
+        source: Arc<ConnectError>,
     },
     /// The call failed for another reason (e.g. its deadline passed).
     #[error(transparent)]
@@ -48,6 +48,9 @@ pub struct BrokerLink {
     current: Mutex<(u64, BrokerClient)>,
     /// Held while dialling: one dial at a time.
     dialling: tokio::sync::Mutex<()>,
+    /// The generation whose reconnect gave up, and its last error: the other callers that saw
+    /// that connection fail give up at once rather than each spending `give_up_after` again.
+    gave_up: Mutex<Option<(u64, Arc<ConnectError>)>>,
 }
 
 /// Whether a call failed because the connection itself is gone.
@@ -75,6 +78,7 @@ impl BrokerLink {
             token,
             current: Mutex::new((0, client)),
             dialling: tokio::sync::Mutex::new(()),
+            gave_up: Mutex::new(None),
         }))
     }
 
@@ -115,6 +119,20 @@ impl BrokerLink {
         if self.current().0 != generation {
             return Ok(());
         }
+        let gone = |source| LinkError::Gone {
+            address: self.address.clone(),
+            source,
+        };
+        let gave_up = self
+            .gave_up
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some((given_up, source)) = gave_up {
+            if given_up == generation {
+                return Err(gone(source));
+            }
+        }
         let backoff = ExponentialBuilder::default()
             .with_min_delay(RECONNECT_MIN_DELAY)
             .with_max_delay(RECONNECT_MAX_DELAY)
@@ -127,9 +145,14 @@ impl BrokerLink {
                 tracing::info!(broker = %self.address, %error, ?pause, "broker not back yet");
             })
             .await
-            .map_err(|source| LinkError::Gone {
-                address: self.address.clone(),
-                source,
+            .map_err(|source| {
+                let source = Arc::new(source);
+                *self
+                    .gave_up
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some((generation, source.clone()));
+                gone(source)
             })?;
         tracing::info!(broker = %self.address, "reconnected to the broker");
         *self
@@ -137,5 +160,96 @@ impl BrokerLink {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = (generation + 1, client);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{accept, Admission};
+    use std::time::Instant;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    #[tokio::test]
+    async fn callers_that_lost_the_same_connection_give_up_together() {
+        // A server that takes the handshake, then holds each connection until it stops.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let server = tokio::spawn(accept(
+            listener,
+            Admission::default(),
+            stop.clone(),
+            connections.clone(),
+            {
+                let stop = stop.clone();
+                move |mut stream, _| {
+                    let stop = stop.clone();
+                    async move {
+                        let mut buffer = [0u8; 1024];
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = async { while stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {} } => {}
+                        }
+                    }
+                }
+            },
+        ));
+        let link = BrokerLink::connect(
+            &address.to_string(),
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+            AccessToken::none(),
+        )
+        .await
+        .unwrap();
+        // Four calls waiting on the server, which never answers.
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let result = link
+                        .call(|client| async move { client.stats(tarpc::context::current()).await })
+                        .await;
+                    (result, Instant::now())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The server goes away; in its place, one that notes each dial and hangs up at once.
+        stop.cancel();
+        server.await.unwrap();
+        connections.close();
+        connections.wait().await;
+        let impostor = tokio::net::TcpListener::bind(address).await.unwrap();
+        let dials = Arc::new(Mutex::new(Vec::new()));
+        let noted = dials.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = impostor.accept().await {
+                noted.lock().unwrap().push(Instant::now());
+                drop(stream);
+            }
+        });
+
+        let mut first_gone = None::<Instant>;
+        for call in calls {
+            let (result, at) = call.await.unwrap();
+            let error = result.expect_err("the broker is gone");
+            assert!(matches!(error, LinkError::Gone { .. }), "{error:?}");
+            first_gone = Some(first_gone.map_or(at, |first| first.min(at)));
+        }
+        let first_gone = first_gone.unwrap();
+        let dials = dials.lock().unwrap().clone();
+        assert!(!dials.is_empty(), "the link dialled again");
+        // Once one caller has given up, the others give up with it instead of dialling anew.
+        assert!(
+            dials.iter().all(|dial| *dial <= first_gone),
+            "{} of {} dials came after the first caller gave up",
+            dials.iter().filter(|dial| **dial > first_gone).count(),
+            dials.len()
+        );
     }
 }

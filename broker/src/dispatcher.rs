@@ -349,7 +349,16 @@ mod tests {
         store.create_topic("t", 100).await.unwrap();
         let mut ids = Vec::new();
         for x in 0..5 {
-            ids.push(store.publish("t", Pair { x, y: 1 }.into()).await.unwrap());
+            ids.push(
+                store
+                    .publish(
+                        "t",
+                        Pair { x, y: 1 }.into(),
+                        tokio::time::Instant::now() + Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap(),
+            );
         }
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

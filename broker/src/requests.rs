@@ -130,19 +130,12 @@ impl<S: JobStore> Broker<S> {
         let reply_by = deadline
             .checked_sub(PUBLISH_REPLY_MARGIN)
             .unwrap_or(deadline);
-        let publish = self.store.publish(&request.topic, request.job);
-        match tokio::time::timeout_at(reply_by.into(), publish).await {
-            Ok(Ok(job_id)) => {
-                tracing::debug!(topic = %request.topic, job_id, job = ?request.job, "published");
-                Ok(Published { job_id })
-            }
-            Ok(Err(error)) => Err(error.into()),
-            // The store's publish is cancel-safe: timed out, it enqueued nothing.
-            Err(_) => Err(BrokerError::TopicFull {
-                capacity: self.topic_stats(&request.topic).await?.capacity as u32,
-                topic: request.topic,
-            }),
-        }
+        let job_id = self
+            .store
+            .publish(&request.topic, request.job, reply_by.into())
+            .await?;
+        tracing::debug!(topic = %request.topic, job_id, job = ?request.job, "published");
+        Ok(Published { job_id })
     }
 
     /// Appends the jobs of `batch` in order, each as [`Broker::publish`] would, all by `deadline`:
@@ -406,6 +399,10 @@ impl From<QueueError> for BrokerError {
     fn from(error: QueueError) -> Self {
         match error {
             QueueError::NoSuchTopic(topic) => BrokerError::NoSuchTopic { topic },
+            QueueError::Full { topic, capacity } => BrokerError::TopicFull {
+                topic,
+                capacity: capacity.min(u32::MAX as usize) as u32,
+            },
             // Requests never settle deliveries; only dispatchers do, and they log this.
             QueueError::NotInFlight { topic, .. } => BrokerError::NoSuchTopic { topic },
         }

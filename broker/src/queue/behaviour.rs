@@ -16,6 +16,11 @@ fn job(x: i64) -> Job {
 /// Longer than any store needs to act, short in paused test time.
 const PATIENCE: Duration = Duration::from_secs(1);
 
+/// A publish deadline no test reaches.
+fn later() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3_600)
+}
+
 pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStore) {
     assert_eq!(store.create_topic("t", 3).await, Ok(TopicCreation::Created));
     assert_eq!(
@@ -30,7 +35,7 @@ pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStor
 pub async fn a_missing_topic_is_reported(store: impl JobStore) {
     let missing = Err(QueueError::NoSuchTopic("none".into()));
     assert_eq!(
-        store.publish("none", job(1)).await,
+        store.publish("none", job(1), later()).await,
         missing.clone().map(|_: ()| 0)
     );
     assert_eq!(store.take("none").await.map(|_| ()), missing.clone());
@@ -41,7 +46,7 @@ pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
     store.create_topic("t", 10).await.unwrap();
     let mut ids = Vec::new();
     for x in 0..5 {
-        ids.push(store.publish("t", job(x)).await.unwrap());
+        ids.push(store.publish("t", job(x), later()).await.unwrap());
     }
     for (x, id) in ids.into_iter().enumerate() {
         let delivery = store.take("t").await.unwrap();
@@ -66,10 +71,10 @@ pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
 pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store: impl JobStore) {
     let store = Arc::new(store);
     store.create_topic("t", 1).await.unwrap();
-    store.publish("t", job(1)).await.unwrap();
+    store.publish("t", job(1), later()).await.unwrap();
     let waiting = tokio::spawn({
         let store = store.clone();
-        async move { store.publish("t", job(2)).await }
+        async move { store.publish("t", job(2), later()).await }
     });
     tokio::time::sleep(PATIENCE).await;
     assert!(
@@ -84,8 +89,8 @@ pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store
 
 pub async fn a_cancelled_publish_leaves_no_job(store: impl JobStore) {
     store.create_topic("t", 1).await.unwrap();
-    store.publish("t", job(1)).await.unwrap();
-    let timed_out = tokio::time::timeout(PATIENCE, store.publish("t", job(2))).await;
+    store.publish("t", job(1), later()).await.unwrap();
+    let timed_out = tokio::time::timeout(PATIENCE, store.publish("t", job(2), later())).await;
     assert!(timed_out.is_err());
     let stats = store.stats("t").await.unwrap();
     assert_eq!((stats.ready, stats.published), (1, 1));
@@ -100,17 +105,40 @@ pub async fn a_cancelled_take_takes_nothing(store: impl JobStore) {
     assert!(tokio::time::timeout(PATIENCE, store.take("t"))
         .await
         .is_err());
-    store.publish("t", job(7)).await.unwrap();
+    store.publish("t", job(7), later()).await.unwrap();
     let stats = store.stats("t").await.unwrap();
     assert_eq!((stats.ready, stats.in_flight), (1, 0));
     assert_eq!(store.take("t").await.unwrap().job, job(7));
 }
 
+pub async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing(
+    store: impl JobStore,
+) {
+    store.create_topic("t", 1).await.unwrap();
+    store.publish("t", job(1), later()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let refused = store.publish("t", job(2), started + PATIENCE).await;
+    assert_eq!(
+        refused,
+        Err(QueueError::Full {
+            topic: "t".into(),
+            capacity: 1
+        })
+    );
+    assert!(started.elapsed() >= PATIENCE, "it waited for room first");
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!((stats.ready, stats.published), (1, 1), "no phantom job");
+    // With room, the same deadline is no obstacle.
+    store.take("t").await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    assert!(store.publish("t", job(3), deadline).await.is_ok());
+}
+
 pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl JobStore) {
     store.create_topic("t", 1).await.unwrap();
-    store.publish("t", job(1)).await.unwrap();
+    store.publish("t", job(1), later()).await.unwrap();
     let first = store.take("t").await.unwrap();
-    store.publish("t", job(2)).await.unwrap();
+    store.publish("t", job(2), later()).await.unwrap();
     store.requeue(&first).await.unwrap();
     let stats = store.stats("t").await.unwrap();
     assert_eq!(
@@ -126,7 +154,7 @@ pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl J
 pub async fn the_jobs_of_a_failed_call_go_back_together_in_their_order(store: impl JobStore) {
     store.create_topic("t", 10).await.unwrap();
     for x in 0..4 {
-        store.publish("t", job(x)).await.unwrap();
+        store.publish("t", job(x), later()).await.unwrap();
     }
     let taken = [
         store.take("t").await.unwrap(),
@@ -157,7 +185,7 @@ pub async fn the_jobs_of_a_failed_call_go_back_together_in_their_order(store: im
 pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     store.create_topic("t", 4).await.unwrap();
     for x in 0..3 {
-        store.publish("t", job(x)).await.unwrap();
+        store.publish("t", job(x), later()).await.unwrap();
     }
     let done = store.take("t").await.unwrap();
     let failed = store.take("t").await.unwrap();
@@ -205,7 +233,7 @@ pub async fn each_job_goes_to_exactly_one_of_many_takers(store: impl JobStore) {
     }
     let mut published = HashSet::new();
     for x in 0..JOBS {
-        published.insert(store.publish("t", job(x as i64)).await.unwrap());
+        published.insert(store.publish("t", job(x as i64), later()).await.unwrap());
     }
     let mut taken = Vec::new();
     while let Some(ids) = takers.join_next().await {
@@ -243,6 +271,11 @@ macro_rules! store_behaviour_tests {
             #[tokio::test(start_paused = true)]
             async fn a_cancelled_take_takes_nothing() {
                 b::a_cancelled_take_takes_nothing($make).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing() {
+                b::a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing($make)
+                    .await
             }
             #[tokio::test(start_paused = true)]
             async fn a_requeued_job_goes_to_the_head_whatever_the_capacity() {

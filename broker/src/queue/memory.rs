@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::compact::{CompactQueue, QueuedJob};
 use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
@@ -136,7 +137,7 @@ impl JobStore for MemoryStore {
         self.topic(name).is_ok()
     }
 
-    async fn publish(&self, name: &str, job: Job) -> Result<JobId, QueueError> {
+    async fn publish(&self, name: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
         let topic = self.topic(name)?;
         loop {
             // Registered before the check, so that room made between the check and the
@@ -164,7 +165,13 @@ impl JobStore for MemoryStore {
                     return Ok(id);
                 }
             }
-            room.await;
+            // Cancel-safe: a wait that times out, or is dropped, has stored nothing.
+            if tokio::time::timeout_at(room_by, room).await.is_err() {
+                return Err(QueueError::Full {
+                    topic: topic.name.to_string(),
+                    capacity: topic.capacity,
+                });
+            }
         }
     }
 
@@ -313,7 +320,14 @@ mod tests {
         let store = MemoryStore::with_dead_letter_limit(2);
         store.create_topic("t", 10).await.unwrap();
         for x in 0..3 {
-            store.publish("t", Pair { x, y: 0 }.into()).await.unwrap();
+            store
+                .publish(
+                    "t",
+                    Pair { x, y: 0 }.into(),
+                    Instant::now() + std::time::Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
             let delivery = store.take("t").await.unwrap();
             store
                 .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:8050")

@@ -22,6 +22,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::time::Instant;
+
 use stubs::{DeadLetters, Job, JobError};
 
 /// The identifier a store gives a published job, unique within that store.
@@ -82,6 +84,14 @@ pub enum QueueError {
     /// The topic has not been created.
     #[error("no such topic: {0:?}")]
     NoSuchTopic(String),
+    /// The topic stayed full until the publisher's deadline.
+    #[error("topic {topic:?} stayed full (capacity {capacity})")]
+    Full {
+        /// The topic.
+        topic: String,
+        /// Its capacity.
+        capacity: usize,
+    },
     /// The delivery is not in flight (already settled, or never taken from this store).
     #[error("job {id} is not in flight on topic {topic:?}")]
     NotInFlight {
@@ -108,11 +118,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// Whether `topic` exists.
     fn has_topic(&self, topic: &str) -> impl Future<Output = bool> + Send;
 
-    /// Appends `job` to `topic`, waiting while the topic holds `capacity` ready jobs.
+    /// Appends `job` to `topic`, waiting while the topic holds `capacity` ready jobs, but not
+    /// past `room_by`: then [`QueueError::Full`], and nothing is stored. The store owns this
+    /// deadline, rather than its caller cancelling the wait, because a store that must write
+    /// the job somewhere once there is room (a disk, another engine) can then refuse cleanly
+    /// while it waits and still finish a write it has begun.
     fn publish(
         &self,
         topic: &str,
         job: Job,
+        room_by: Instant,
     ) -> impl Future<Output = Result<JobId, QueueError>> + Send;
 
     /// Takes the job at the head of `topic`, waiting while there is none.

@@ -399,6 +399,7 @@ impl From<QueueError> for BrokerError {
     fn from(error: QueueError) -> Self {
         match error {
             QueueError::NoSuchTopic(topic) => BrokerError::NoSuchTopic { topic },
+            QueueError::Storage(reason) => BrokerError::StorageFailed { reason },
             QueueError::Full { topic, capacity } => BrokerError::TopicFull {
                 topic,
                 capacity: capacity.min(u32::MAX as usize) as u32,

@@ -341,6 +341,13 @@ pub enum BrokerError {
         /// The most a batch may hold.
         max: u32,
     },
+    /// The broker could not keep the job on disk (disk full, data dir read-only): the job was
+    /// not acknowledged.
+    #[error("the broker could not store the job: {reason}")]
+    StorageFailed {
+        /// What the store said.
+        reason: String,
+    },
 }
 
 /// Why a factory could not compute a job. The broker does not retry such a job.

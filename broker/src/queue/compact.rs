@@ -94,6 +94,57 @@ impl CompactQueue {
     }
 }
 
+/// A job as one record, for a store that keeps it elsewhere (a disk).
+pub fn to_record(job: &QueuedJob) -> Vec<u8> {
+    let mut record = [0u8; MAX_RECORD];
+    let length = encode(job, &mut record);
+    record[..length].to_vec()
+}
+
+/// Reads a record written by [`to_record`]; `None` if it is cut short or malformed, as a record
+/// read back from a disk may be.
+pub fn from_record(record: &[u8]) -> Option<QueuedJob> {
+    let mut bytes = record.iter();
+    let mut varint = || {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = *bytes.next()?;
+            if shift == 63 && byte > 1 {
+                return None;
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    };
+    let tag = varint()?;
+    let id = varint()?;
+    let attempts = u32::try_from(varint()?).ok()?;
+    let published_at = UNIX_EPOCH.checked_add(Duration::from_micros(varint()?))?;
+    let x = unzigzag(varint()?);
+    let y = unzigzag(varint()?);
+    let job = match tag {
+        0 => Job::Pair(Pair { x, y }),
+        1 => Job::Triplet(Triplet {
+            x,
+            y,
+            z: unzigzag(varint()?),
+        }),
+        _ => return None,
+    };
+    if bytes.next().is_some() {
+        return None;
+    }
+    Some(QueuedJob {
+        id,
+        job,
+        attempts,
+        published_at,
+    })
+}
+
 fn encode(job: &QueuedJob, out: &mut [u8; MAX_RECORD]) -> usize {
     let mut at = 0;
     let mut put = |value: u64| {

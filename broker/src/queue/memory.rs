@@ -96,6 +96,39 @@ impl MemoryStore {
         }
     }
 
+    /// Puts a job recovered from elsewhere (a disk) at the back of its topic, with its id and
+    /// attempts, whatever the capacity; later jobs get larger ids.
+    pub(crate) fn restore(&self, name: &str, queued: QueuedJob) -> Result<(), QueueError> {
+        let topic = self.topic(name)?;
+        self.next_job_id
+            .fetch_max(queued.id.saturating_add(1), Ordering::Relaxed);
+        let mut state = topic.lock();
+        state.ready.push_back(&queued);
+        state.published += 1;
+        drop(state);
+        topic.job_ready.notify_one();
+        Ok(())
+    }
+
+    /// Adds a dead letter recovered from elsewhere to its topic's list.
+    pub(crate) fn restore_dead_letter(
+        &self,
+        name: &str,
+        letter: DeadLetter,
+    ) -> Result<(), QueueError> {
+        let topic = self.topic(name)?;
+        let mut state = topic.lock();
+        state.failed += 1;
+        if state.dead_letters.len() == self.dead_letter_limit {
+            state.dead_letters.pop_front();
+            state.dead_letters_dropped += 1;
+        }
+        if self.dead_letter_limit > 0 {
+            state.dead_letters.push_back(letter);
+        }
+        Ok(())
+    }
+
     fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
         let topics = self
             .topics

@@ -9,9 +9,11 @@
 #[cfg(test)]
 mod behaviour;
 mod compact;
+mod disk;
 mod memory;
 mod rules;
 
+pub use disk::{DiskError, DiskStore, Fsync};
 pub use memory::{MemoryStore, DEFAULT_DEAD_LETTER_LIMIT};
 pub use rules::{
     validate_buffer, validate_prefetch, validate_topic_name, MAX_BUFFER, MAX_PREFETCH,
@@ -84,6 +86,9 @@ pub enum QueueError {
     /// The topic has not been created.
     #[error("no such topic: {0:?}")]
     NoSuchTopic(String),
+    /// The store could not keep the change (a disk full or gone read-only).
+    #[error("storage failed: {0}")]
+    Storage(String),
     /// The topic stayed full until the publisher's deadline.
     #[error("topic {topic:?} stayed full (capacity {capacity})")]
     Full {

@@ -245,51 +245,51 @@ pub async fn each_job_goes_to_exactly_one_of_many_takers(store: impl JobStore) {
 
 /// Runs every behaviour above against the store that `$make` builds, in paused time.
 macro_rules! store_behaviour_tests {
-    ($module:ident, $make:expr) => {
+    ($module:ident, paused: $paused:tt, $make:expr) => {
         mod $module {
             use crate::queue::behaviour as b;
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn creating_a_topic_twice_keeps_the_first_capacity() {
                 b::creating_a_topic_twice_keeps_the_first_capacity($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_missing_topic_is_reported() {
                 b::a_missing_topic_is_reported($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn jobs_are_taken_in_publish_order() {
                 b::jobs_are_taken_in_publish_order($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken() {
                 b::a_publish_waits_for_room_and_goes_through_when_a_job_is_taken($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_cancelled_publish_leaves_no_job() {
                 b::a_cancelled_publish_leaves_no_job($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_cancelled_take_takes_nothing() {
                 b::a_cancelled_take_takes_nothing($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing() {
                 b::a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing($make)
                     .await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_requeued_job_goes_to_the_head_whatever_the_capacity() {
                 b::a_requeued_job_goes_to_the_head_whatever_the_capacity($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn the_jobs_of_a_failed_call_go_back_together_in_their_order() {
                 b::the_jobs_of_a_failed_call_go_back_together_in_their_order($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn a_delivery_is_settled_once() {
                 b::a_delivery_is_settled_once($make).await
             }
-            #[tokio::test(start_paused = true)]
+            #[tokio::test(start_paused = $paused)]
             async fn each_job_goes_to_exactly_one_of_many_takers() {
                 b::each_job_goes_to_exactly_one_of_many_takers($make).await
             }
@@ -297,4 +297,11 @@ macro_rules! store_behaviour_tests {
     };
 }
 
-store_behaviour_tests!(memory_store, crate::queue::MemoryStore::new());
+store_behaviour_tests!(memory_store, paused: true, crate::queue::MemoryStore::new());
+// On real time: the disk store's writes finish on a thread of their own, which paused time
+// would not wait for.
+store_behaviour_tests!(
+    disk_store,
+    paused: false,
+    crate::queue::disk::tests::scratch_store().await
+);

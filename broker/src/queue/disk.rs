@@ -382,10 +382,21 @@ impl JobStore for DiskStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
     use stubs::Pair;
+
+    /// A store in a fresh folder under the system's temporary folder, left there: the behaviour
+    /// tests take the store by value and cannot hold the folder's guard.
+    pub(crate) async fn scratch_store() -> DiskStore {
+        let dir = tempfile::Builder::new()
+            .prefix("pairbroker-disk-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        DiskStore::open(&dir, Fsync::Always, 10).await.unwrap()
+    }
 
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(60)

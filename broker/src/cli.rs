@@ -1,12 +1,13 @@
 //! The `broker` program's command line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
-use crate::queue::DEFAULT_DEAD_LETTER_LIMIT;
+use crate::queue::{Fsync, DEFAULT_DEAD_LETTER_LIMIT};
 use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_TOPICS};
 
 /// The port the lab's broker listens on.
@@ -89,6 +90,16 @@ pub struct ServeArgs {
     /// How many topics the broker holds at most, from 1 to 4096.
     #[arg(long, default_value_t = DEFAULT_MAX_TOPICS as u32, value_parser = clap::value_parser!(u32).range(1..=4_096))]
     pub max_topics: u32,
+    /// Keep topics, jobs and dead letters on disk in DIR (created if missing), so that a broker
+    /// restarted on it, after a crash too, still holds every job it acknowledged. Without it,
+    /// jobs live in the broker's memory only. One broker at a time may use a DIR.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir, when writes are synced to the disk: `always` before a publish is
+    /// acknowledged (nothing acknowledged is lost, even in a power cut); `never`, left to the
+    /// operating system (a broker crash loses nothing, a power cut may lose acknowledged jobs).
+    #[arg(long, value_enum, default_value_t = FsyncSetting::Always)]
+    pub fsync: FsyncSetting,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
     #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
     pub http: HttpSetting,
@@ -123,6 +134,24 @@ fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
         Ok(duration)
     } else {
         Err(format!("{text} is outside 1ms..=1h"))
+    }
+}
+
+/// `--fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncSetting {
+    /// Sync before acknowledging.
+    Always,
+    /// Leave syncing to the operating system.
+    Never,
+}
+
+impl From<FsyncSetting> for Fsync {
+    fn from(setting: FsyncSetting) -> Self {
+        match setting {
+            FsyncSetting::Always => Fsync::Always,
+            FsyncSetting::Never => Fsync::Never,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use broker::cli::{Cli, Command, ServeArgs};
-use broker::queue::MemoryStore;
+use broker::queue::{DiskStore, JobStore, MemoryStore};
 use broker::{count_results, print_results, Broker};
 use clap::Parser;
 use lab_console::Console;
@@ -74,6 +74,32 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
         None => None,
     };
+    let dead_letter_limit = args.dead_letter_limit as usize;
+    match args.data_dir.clone() {
+        None => {
+            let store = MemoryStore::with_dead_letter_limit(dead_letter_limit);
+            serve_with(store, args, listener, http_listener).await
+        }
+        Some(dir) => match DiskStore::open(&dir, args.fsync.into(), dead_letter_limit).await {
+            Ok(store) => {
+                tracing::info!(data_dir = %dir.display(), "jobs are kept on disk");
+                serve_with(store, args, listener, http_listener).await
+            }
+            Err(error) => {
+                eprintln!("broker: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve_with<S: JobStore>(
+    store: S,
+    args: ServeArgs,
+    listener: tokio::net::TcpListener,
+    http_listener: Option<tokio::net::TcpListener>,
+) -> ExitCode {
+    let address = args.listen_address();
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());
     let observer = if args.quiet {
@@ -81,7 +107,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
     } else {
         print_results(Console::plain())
     };
-    let store = MemoryStore::with_dead_letter_limit(args.dead_letter_limit as usize);
     let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
     tracing::info!(%address, "broker listening");
     if let Some(listener) = http_listener {

@@ -6,7 +6,8 @@
 //! arrive while a transaction commits go into the next one (group commit), and a publish is
 //! answered only once the transaction that holds its job is on disk.
 //!
-//! WORK IN PROGRESS (branch wip/issue-6-disk-store): not wired to the command line yet.
+//! After a restart every stored job is ready again, in the order of its id: a job that was in
+//! flight when the broker stopped is not told apart from one that was waiting.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

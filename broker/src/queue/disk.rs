@@ -84,6 +84,9 @@ struct Write {
 pub struct DiskStore {
     memory: MemoryStore,
     writes: mpsc::Sender<Write>,
+    /// A test's scratch folder, removed with the store.
+    #[cfg(test)]
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -123,7 +126,12 @@ impl DiskStore {
             .name("pairbroker-disk".into())
             .spawn(move || write_loop(db, pending, fsync))
             .map_err(|error| unusable(dir, error))?;
-        Ok(Self { memory, writes })
+        Ok(Self {
+            memory,
+            writes,
+            #[cfg(test)]
+            scratch: None,
+        })
     }
 
     /// Sends a change to the writer and waits until it is on disk.
@@ -388,15 +396,14 @@ pub(crate) mod tests {
     use std::time::Duration;
     use stubs::Pair;
 
-    /// A store in a fresh folder under the system's temporary folder, left there: the behaviour
-    /// tests take the store by value and cannot hold the folder's guard.
+    /// A store in a fresh temporary folder, removed with the store.
     pub(crate) async fn scratch_store() -> DiskStore {
-        let dir = tempfile::Builder::new()
-            .prefix("pairbroker-disk-test-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        DiskStore::open(&dir, Fsync::Always, 10).await.unwrap()
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        store.scratch = Some(dir);
+        store
     }
 
     fn later() -> Instant {

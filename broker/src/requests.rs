@@ -153,28 +153,21 @@ impl<S: JobStore> Broker<S> {
                 max: MAX_PUBLISH_BATCH as u32,
             });
         }
-        let mut job_ids = Vec::with_capacity(batch.jobs.len());
-        for job in batch.jobs {
-            let request = PublishRequest {
-                topic: batch.topic.clone(),
-                job,
-            };
-            match self.publish(request, deadline).await {
-                Ok(Published { job_id }) => job_ids.push(job_id),
-                // Nothing stored: the same answer a single publish would give.
-                Err(error) if job_ids.is_empty() => return Err(error),
-                Err(error) => {
-                    return Ok(PublishedBatch {
-                        job_ids,
-                        error: Some(error),
-                    })
-                }
-            }
+        let reply_by = deadline
+            .checked_sub(PUBLISH_REPLY_MARGIN)
+            .unwrap_or(deadline);
+        let (job_ids, error) = self
+            .store
+            .publish_many(&batch.topic, batch.jobs, reply_by.into())
+            .await;
+        match error {
+            // Nothing stored: the same answer a single publish would give.
+            Some(error) if job_ids.is_empty() => Err(error.into()),
+            error => Ok(PublishedBatch {
+                job_ids,
+                error: error.map(BrokerError::from),
+            }),
         }
-        Ok(PublishedBatch {
-            job_ids,
-            error: None,
-        })
     }
 
     /// Checks a subscription, connects to its factory and starts its dispatcher, replacing

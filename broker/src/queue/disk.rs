@@ -331,6 +331,65 @@ impl JobStore for DiskStore {
         Ok(id)
     }
 
+    async fn publish_many(
+        &self,
+        topic: &str,
+        jobs: Vec<Job>,
+        room_by: Instant,
+    ) -> (Vec<JobId>, Option<QueueError>) {
+        // Into the queue one by one, as there is room; onto the disk together, in one commit
+        // unless room ran out part-way.
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut written = Vec::with_capacity(jobs.len());
+        let mut refused = None;
+        for job in jobs {
+            match self.memory.publish(topic, job, room_by).await {
+                Ok(id) => {
+                    let record = to_record(&QueuedJob {
+                        id,
+                        job,
+                        attempts: 0,
+                        published_at: SystemTime::now(),
+                    });
+                    let (done, on_disk) = oneshot::channel();
+                    let change = Change::Job {
+                        topic: topic.to_owned(),
+                        id,
+                        record,
+                    };
+                    if self
+                        .writes
+                        .send(Write {
+                            change,
+                            done: Some(done),
+                        })
+                        .is_err()
+                    {
+                        refused = Some(QueueError::Storage("the disk writer has stopped".into()));
+                        break;
+                    }
+                    ids.push(id);
+                    written.push(on_disk);
+                }
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        // Acknowledged only as far as the disk took them, in order.
+        for (stored, on_disk) in written.into_iter().enumerate() {
+            let outcome = on_disk
+                .await
+                .unwrap_or_else(|_| Err("the disk writer has stopped".into()));
+            if let Err(reason) = outcome {
+                ids.truncate(stored);
+                return (ids, Some(QueueError::Storage(reason)));
+            }
+        }
+        (ids, refused)
+    }
+
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
         self.memory.take(topic).await
     }

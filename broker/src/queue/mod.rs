@@ -135,6 +135,27 @@ pub trait JobStore: Send + Sync + 'static {
         room_by: Instant,
     ) -> impl Future<Output = Result<JobId, QueueError>> + Send;
 
+    /// Publishes `jobs` in order, each as [`JobStore::publish`] would, all by `room_by`: the ids
+    /// of those stored, from the first, and why the rest were not. A store that writes jobs
+    /// somewhere writes them together.
+    fn publish_many(
+        &self,
+        topic: &str,
+        jobs: Vec<Job>,
+        room_by: Instant,
+    ) -> impl Future<Output = (Vec<JobId>, Option<QueueError>)> + Send {
+        async move {
+            let mut ids = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match self.publish(topic, job, room_by).await {
+                    Ok(id) => ids.push(id),
+                    Err(error) => return (ids, Some(error)),
+                }
+            }
+            (ids, None)
+        }
+    }
+
     /// Takes the job at the head of `topic`, waiting while there is none.
     fn take(&self, topic: &str) -> impl Future<Output = Result<Delivery, QueueError>> + Send;
 

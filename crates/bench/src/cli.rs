@@ -13,6 +13,7 @@ use crate::suite::{self, Measured, Scale, Workload};
 const EXAMPLES: &str = "\
 Examples:
   cargo run --release -p bench -- all          # every workload, 3 runs each; writes docs/bench/
+  cargo run --release -p bench -- w2d md       # the durable ones: the broker with --data-dir
   cargo run --release -p bench -- w2 --runs 5  # W2 only, median of 5
   cargo run -p bench -- all --smoke            # a few hundred jobs each, to check the runner";
 
@@ -31,6 +32,10 @@ pub enum Target {
     M,
     /// S scaling: W2 with 1, 2, 4 and 8 factories.
     S,
+    /// W2 durable: W2 with the broker's jobs on disk (`--data-dir`, fsync always).
+    W2d,
+    /// M durable: M with the broker's jobs on disk.
+    Md,
 }
 
 /// pairbroker's benchmark runner: starts the real broker, factory and miner programs (built
@@ -85,6 +90,8 @@ impl Cli {
                     Target::W3 => *workload == Workload::W3,
                     Target::M => *workload == Workload::M,
                     Target::S => *workload == Workload::S,
+                    Target::W2d => *workload == Workload::W2Durable,
+                    Target::Md => *workload == Workload::MDurable,
                 })
             })
             .collect()
@@ -171,6 +178,8 @@ fn target(workload: Workload) -> &'static str {
         Workload::W3 => "p50 ≤ 100 µs, p99 ≤ 250 µs",
         Workload::M => "≤ 40 MiB",
         Workload::S => "",
+        Workload::W2Durable => "≥ 100,000 jobs/s",
+        Workload::MDurable => "≤ 100 bytes a job on disk",
     }
 }
 
@@ -202,7 +211,9 @@ fn report(machine: &str, scale: Scale, release: bool, measured: &[Measured]) -> 
             .iter()
             .map(|run| match result.workload {
                 Workload::W3 => format!("{}/{}", run.p50_us, run.p99_us),
-                Workload::M => format!("{:.1} MiB", run.broker.rss_bytes as f64 / 1048576.0),
+                Workload::M | Workload::MDurable => {
+                    format!("{:.1} MiB", run.broker.rss_bytes as f64 / 1048576.0)
+                }
                 _ => suite::thousands(run.jobs_per_s()),
             })
             .collect();

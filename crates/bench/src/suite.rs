@@ -62,6 +62,10 @@ pub enum Workload {
     M,
     /// S: W2 with 1, 2, 4 and 8 factories.
     S,
+    /// W2 with the broker's jobs on disk (`--data-dir`, fsync always).
+    W2Durable,
+    /// M with the broker's jobs on disk: memory, and bytes a job on disk.
+    MDurable,
 }
 
 /// The factory counts of the S curve.
@@ -69,12 +73,14 @@ pub const SCALING_FACTORIES: [u32; 4] = [1, 2, 4, 8];
 
 impl Workload {
     /// Every workload, in the order `all` runs them.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 7] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
         Workload::M,
         Workload::S,
+        Workload::W2Durable,
+        Workload::MDurable,
     ];
 
     /// The flows of one run of this workload (S has one per factory count).
@@ -86,6 +92,7 @@ impl Workload {
             prefetch: 16,
             jobs: scale.concurrent_jobs,
             rate: None,
+            durable: false,
         };
         match self {
             Workload::W1 => vec![Flow {
@@ -95,6 +102,7 @@ impl Workload {
                 prefetch: 1,
                 jobs: scale.faithful_jobs,
                 rate: None,
+                durable: false,
             }],
             Workload::W2 => vec![concurrent(4)],
             Workload::W3 => vec![Flow {
@@ -105,6 +113,7 @@ impl Workload {
                 prefetch: 16,
                 jobs: u64::from(scale.latency_rate) * u64::from(scale.latency_seconds),
                 rate: Some(scale.latency_rate),
+                durable: false,
             }],
             Workload::M => vec![Flow {
                 buffer: scale.memory_jobs.min(u64::from(u32::MAX)) as u32,
@@ -113,8 +122,18 @@ impl Workload {
                 prefetch: 1,
                 jobs: scale.memory_jobs,
                 rate: None,
+                durable: false,
             }],
             Workload::S => SCALING_FACTORIES.into_iter().map(concurrent).collect(),
+            Workload::W2Durable => vec![Flow {
+                durable: true,
+                ..concurrent(4)
+            }],
+            Workload::MDurable => {
+                let mut flows = Workload::M.flows(scale);
+                flows[0].durable = true;
+                flows
+            }
         }
     }
 
@@ -126,6 +145,8 @@ impl Workload {
             Workload::W3 => "W3",
             Workload::M => "M",
             Workload::S => "S",
+            Workload::W2Durable => "W2d",
+            Workload::MDurable => "Md",
         }
     }
 }
@@ -184,6 +205,11 @@ impl Measured {
                 format!("p50 {p50:.0} µs, p99 {p99:.0} µs")
             }
             Workload::M => format!("broker RSS {:.1} MiB", self.broker_rss_mib().0),
+            Workload::MDurable => format!(
+                "broker RSS {:.1} MiB, {:.0} bytes a job on disk",
+                self.broker_rss_mib().0,
+                self.median_of(|run| run.data_bytes as f64 / run.jobs.max(1) as f64)
+            ),
             _ => format!("{} jobs/s", thousands(self.jobs_per_s())),
         }
     }
@@ -196,7 +222,7 @@ impl Measured {
             .iter()
             .map(|run| match self.workload {
                 Workload::W3 => format!("{}/{}", run.p50_us, run.p99_us),
-                Workload::M => format!("{:.1}", mib(run.broker.rss_bytes)),
+                Workload::M | Workload::MDurable => format!("{:.1}", mib(run.broker.rss_bytes)),
                 _ => thousands(run.jobs_per_s()),
             })
             .collect();

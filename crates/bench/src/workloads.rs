@@ -35,6 +35,8 @@ pub struct Flow {
     pub jobs: u64,
     /// Jobs per second for the miner, or as fast as it can.
     pub rate: Option<u32>,
+    /// Whether the broker keeps its jobs on disk (`--data-dir`, fsync always).
+    pub durable: bool,
 }
 
 /// What one run measured.
@@ -58,6 +60,8 @@ pub struct RunFigures {
     pub busy_before: f64,
     /// The broker's latency histogram: (upper bound in seconds, jobs in the bucket), when asked.
     pub latency_buckets: Vec<(f64, u64)>,
+    /// Bytes in the broker's data dir at the end, for a durable flow.
+    pub data_bytes: u64,
 }
 
 impl RunFigures {
@@ -129,6 +133,15 @@ pub async fn run(
     } else {
         "off".to_owned()
     });
+    let data_dir = std::env::temp_dir().join(format!(
+        "pairbroker-bench-data-{}-{}",
+        std::process::id(),
+        broker_address.port()
+    ));
+    if flow.durable {
+        broker_args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
+    }
+    let data = DataDir(flow.durable.then(|| data_dir.clone()));
     let broker = programs.start("broker", "broker", &broker_args)?;
     let mut run = Run {
         broker,
@@ -211,7 +224,9 @@ pub async fn run(
     for factory in &mut run.factories {
         factories_cpu_s += factory.usage().cpu_s;
     }
+    let data_bytes = data.0.as_deref().map_or(0, dir_bytes);
     Ok(RunFigures {
+        data_bytes,
         elapsed,
         jobs: if flow.factories == 0 {
             topic.ready
@@ -226,6 +241,33 @@ pub async fn run(
         busy_before,
         latency_buckets,
     })
+}
+
+/// A run's data dir, removed when the run ends.
+struct DataDir(Option<std::path::PathBuf>);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Bytes in the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn topic_of(stats: &BrokerStats) -> Option<&TopicReport> {

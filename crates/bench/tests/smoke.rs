@@ -33,6 +33,11 @@ fn a_smoke_run_measures_every_workload_and_draws_both_charts() {
         4,
         "one line per factory count: {stdout}"
     );
+    assert!(line_of("W2d ")[0].contains("jobs/s"), "{stdout}");
+    assert!(
+        line_of("Md ")[0].contains("bytes a job on disk"),
+        "{stdout}"
+    );
 
     let report = std::fs::read_to_string(out.path().join("latest.md")).unwrap();
     assert_eq!(report.matches("\n| S |").count(), 4, "{report}");

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
@@ -96,9 +96,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// With --data-dir, when writes are synced to the disk: `always` before a publish is
-    /// acknowledged (nothing acknowledged is lost, even in a power cut); `never`, left to the
-    /// operating system (a broker crash loses nothing, a power cut may lose acknowledged jobs).
-    #[arg(long, value_enum, default_value_t = FsyncSetting::Always)]
+    /// acknowledged (nothing acknowledged is lost, even in a power cut); a duration such as
+    /// `100ms`, at least that often (a power cut may lose what was acknowledged in the last
+    /// interval); `never`, left to the operating system (a broker crash loses nothing, a power
+    /// cut may lose acknowledged jobs).
+    #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
     pub fsync: FsyncSetting,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
     #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
@@ -137,21 +139,29 @@ fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
     }
 }
 
-/// `--fsync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FsyncSetting {
-    /// Sync before acknowledging.
-    Always,
-    /// Leave syncing to the operating system.
-    Never,
+/// `--fsync`: `always`, `never`, or an interval from 1ms to 1h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsyncSetting(pub Fsync);
+
+impl std::str::FromStr for FsyncSetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(Self(Fsync::Always)),
+            "never" => Ok(Self(Fsync::Never)),
+            interval => timeout_up_to_an_hour(interval)
+                .map(|every| Self(Fsync::Interval(every.into())))
+                .map_err(|_| {
+                    format!("{text} is not 'always', 'never' nor a duration from 1ms to 1h")
+                }),
+        }
+    }
 }
 
 impl From<FsyncSetting> for Fsync {
     fn from(setting: FsyncSetting) -> Self {
-        match setting {
-            FsyncSetting::Always => Fsync::Always,
-            FsyncSetting::Never => Fsync::Never,
-        }
+        setting.0
     }
 }
 
@@ -193,5 +203,28 @@ impl ServeArgs {
             },
             max_topics: self.max_topics as usize,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fsync_is_always_never_or_an_interval() {
+        let parse = |text: &str| text.parse::<FsyncSetting>().map(Fsync::from);
+        assert_eq!(parse("always"), Ok(Fsync::Always));
+        assert_eq!(parse("never"), Ok(Fsync::Never));
+        assert_eq!(
+            parse("100ms"),
+            Ok(Fsync::Interval(Duration::from_millis(100)))
+        );
+        for wrong in ["sometimes", "0ms", "2h", ""] {
+            let error = parse(wrong).unwrap_err();
+            assert!(error.contains("'always', 'never'"), "{wrong:?}: {error}");
+        }
+        let cli = Cli::try_parse_from(["broker", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(Fsync::from(cli.serve.fsync), Fsync::Always);
     }
 }

@@ -33,6 +33,9 @@ const MAX_GROUP: usize = 4_096;
 pub enum Fsync {
     /// Before any publish it holds is answered: nothing acknowledged is lost, even on power loss.
     Always,
+    /// At least this often, and before the broker stops: a power cut may lose the publishes
+    /// acknowledged in the last interval; a broker crash loses nothing the kernel has.
+    Interval(std::time::Duration),
     /// Never by us; the operating system writes when it likes. A broker crash loses nothing the
     /// kernel has; a power cut may lose acknowledged jobs.
     Never,
@@ -196,7 +199,28 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<(), String> {
 }
 
 fn write_loop(db: redb::Database, pending: mpsc::Receiver<Write>, fsync: Fsync) {
-    while let Ok(first) = pending.recv() {
+    let mut last_sync = std::time::Instant::now();
+    let mut unsynced = false;
+    loop {
+        let first = match fsync {
+            Fsync::Interval(every) if unsynced => {
+                match pending.recv_timeout(every.saturating_sub(last_sync.elapsed())) {
+                    Ok(write) => write,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(error) = sync(&db) {
+                            tracing::error!(%error, "cannot sync the data dir");
+                        }
+                        (last_sync, unsynced) = (std::time::Instant::now(), false);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            _ => match pending.recv() {
+                Ok(write) => write,
+                Err(_) => break,
+            },
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match pending.try_recv() {
@@ -204,24 +228,47 @@ fn write_loop(db: redb::Database, pending: mpsc::Receiver<Write>, fsync: Fsync) 
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &group, fsync).map_err(|error| {
+        let durable = match fsync {
+            Fsync::Always => true,
+            Fsync::Never => false,
+            Fsync::Interval(every) => last_sync.elapsed() >= every,
+        };
+        let result = commit(&db, &group, durable).map_err(|error| {
             tracing::error!(%error, "cannot write to the data dir");
             error
         });
+        if durable {
+            (last_sync, unsynced) = (std::time::Instant::now(), false);
+        } else {
+            unsynced = matches!(fsync, Fsync::Interval(_));
+        }
         for write in group {
             if let Some(done) = write.done {
                 let _ = done.send(result.clone());
             }
         }
     }
+    // The store is gone (the broker stops): what is not synced yet is synced now.
+    if unsynced {
+        if let Err(error) = sync(&db) {
+            tracing::error!(%error, "cannot sync the data dir");
+        }
+    }
 }
 
-fn commit(db: &redb::Database, group: &[Write], fsync: Fsync) -> Result<(), String> {
+/// Makes every commit so far durable: an empty transaction, synced.
+fn sync(db: &redb::Database) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|error| error.to_string())?;
+    txn.commit().map_err(|error| error.to_string())
+}
+
+fn commit(db: &redb::Database, group: &[Write], durable: bool) -> Result<(), String> {
     let text = |error: &dyn std::fmt::Display| error.to_string();
     let mut txn = db.begin_write().map_err(|e| text(&e))?;
-    txn.set_durability(match fsync {
-        Fsync::Always => redb::Durability::Immediate,
-        Fsync::Never => redb::Durability::None,
+    txn.set_durability(if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
     })
     .map_err(|e| text(&e))?;
     {
@@ -528,6 +575,27 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(next > first_ids[3]);
+    }
+
+    #[tokio::test]
+    async fn with_an_interval_a_job_is_kept_and_synced_by_the_time_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = Fsync::Interval(Duration::from_millis(50));
+        let id = {
+            let store = DiskStore::open(dir.path(), every, 10).await.unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            store
+                .publish("t", Pair { x: 1, y: 2 }.into(), later())
+                .await
+                .unwrap()
+        };
+        let store = loop {
+            match DiskStore::open(dir.path(), every, 10).await {
+                Err(DiskError::InUse(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(store.take("t").await.unwrap().id, id);
     }
 
     #[tokio::test]

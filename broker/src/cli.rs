@@ -98,8 +98,8 @@ pub struct ServeArgs {
     /// With --data-dir, when writes are synced to the disk: `always` before a publish is
     /// acknowledged (nothing acknowledged is lost, even in a power cut); a duration such as
     /// `100ms`, at least that often (a power cut may lose what was acknowledged in the last
-    /// interval); `never`, left to the operating system (a broker crash loses nothing, a power
-    /// cut may lose acknowledged jobs).
+    /// interval); `never`, only when the broker stops (a crash or a power cut loses every job
+    /// acknowledged since it started).
     #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
     pub fsync: FsyncSetting,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.

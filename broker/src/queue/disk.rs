@@ -36,8 +36,8 @@ pub enum Fsync {
     /// At least this often, and before the broker stops: a power cut may lose the publishes
     /// acknowledged in the last interval; a broker crash loses nothing the kernel has.
     Interval(std::time::Duration),
-    /// Never by us; the operating system writes when it likes. A broker crash loses nothing the
-    /// kernel has; a power cut may lose acknowledged jobs.
+    /// Only when the broker stops. redb keeps only synced commits, so a crash or a power cut
+    /// loses every job acknowledged since the broker started.
     Never,
 }
 
@@ -87,6 +87,9 @@ struct Write {
 pub struct DiskStore {
     memory: MemoryStore,
     writes: mpsc::Sender<Write>,
+    /// The writer, joined when the store is dropped, so that its last sync is done before the
+    /// process ends.
+    writer: Option<std::thread::JoinHandle<()>>,
     /// A test's scratch folder, removed with the store.
     #[cfg(test)]
     scratch: Option<tempfile::TempDir>,
@@ -125,13 +128,14 @@ impl DiskStore {
             .await
             .map_err(|error| unusable(dir, error))?;
         let (writes, pending) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("pairbroker-disk".into())
             .spawn(move || write_loop(db, pending, fsync))
             .map_err(|error| unusable(dir, error))?;
         Ok(Self {
             memory,
             writes,
+            writer: Some(writer),
             #[cfg(test)]
             scratch: None,
         })
@@ -155,6 +159,17 @@ impl DiskStore {
     /// Sends a change to the writer without waiting: it reaches the disk with the next commit.
     fn write_later(&self, change: Change) {
         let _ = self.writes.send(Write { change, done: None });
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // A closed channel ends the writer after its last commit and sync.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.writes, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -240,7 +255,7 @@ fn write_loop(db: redb::Database, pending: mpsc::Receiver<Write>, fsync: Fsync) 
         if durable {
             (last_sync, unsynced) = (std::time::Instant::now(), false);
         } else {
-            unsynced = matches!(fsync, Fsync::Interval(_));
+            unsynced = true;
         }
         for write in group {
             if let Some(done) = write.done {
@@ -595,6 +610,21 @@ pub(crate) mod tests {
                 other => break other.unwrap(),
             }
         };
+        assert_eq!(store.take("t").await.unwrap().id, id);
+    }
+
+    #[tokio::test]
+    async fn with_never_the_jobs_are_synced_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = DiskStore::open(dir.path(), Fsync::Never, 10).await.unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            store
+                .publish("t", Pair { x: 1, y: 2 }.into(), later())
+                .await
+                .unwrap()
+        };
+        let store = DiskStore::open(dir.path(), Fsync::Never, 10).await.unwrap();
         assert_eq!(store.take("t").await.unwrap().id, id);
     }
 

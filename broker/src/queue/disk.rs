@@ -25,6 +25,9 @@ const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
 const JOBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("jobs");
 const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
 
+/// Why a change was not written when the writer thread is gone.
+const WRITER_GONE: &str = "the disk writer has stopped";
+
 /// The most changes one transaction carries.
 const MAX_GROUP: usize = 4_096;
 
@@ -149,10 +152,10 @@ impl DiskStore {
                 change,
                 done: Some(done),
             })
-            .map_err(|_| QueueError::Storage("the disk writer has stopped".into()))?;
+            .map_err(|_| QueueError::Storage(WRITER_GONE.into()))?;
         written
             .await
-            .map_err(|_| QueueError::Storage("the disk writer has stopped".into()))?
+            .map_err(|_| QueueError::Storage(WRITER_GONE.into()))?
             .map_err(QueueError::Storage)
     }
 
@@ -375,22 +378,10 @@ impl JobStore for DiskStore {
     }
 
     async fn publish(&self, topic: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
-        let id = self.memory.publish(topic, job, room_by).await?;
-        // From here the job is in the queue; it is acknowledged once it is on disk too. Should
-        // the publisher go away meanwhile, the job stays: at least once, never lost.
-        let record = to_record(&QueuedJob {
-            id,
-            job,
-            attempts: 0,
-            published_at: SystemTime::now(),
-        });
-        self.write(Change::Job {
-            topic: topic.to_owned(),
-            id,
-            record,
-        })
-        .await?;
-        Ok(id)
+        match self.publish_many(topic, vec![job], room_by).await {
+            (ids, None) if ids.len() == 1 => Ok(ids[0]),
+            (_, error) => Err(error.unwrap_or(QueueError::Storage(WRITER_GONE.into()))),
+        }
     }
 
     async fn publish_many(
@@ -400,7 +391,8 @@ impl JobStore for DiskStore {
         room_by: Instant,
     ) -> (Vec<JobId>, Option<QueueError>) {
         // Into the queue one by one, as there is room; onto the disk together, in one commit
-        // unless room ran out part-way.
+        // unless room ran out part-way. A job in the queue is acknowledged once it is on disk
+        // too; should the publisher go away meanwhile, it stays: at least once, never lost.
         let mut ids = Vec::with_capacity(jobs.len());
         let mut written = Vec::with_capacity(jobs.len());
         let mut refused = None;
@@ -427,7 +419,7 @@ impl JobStore for DiskStore {
                         })
                         .is_err()
                     {
-                        refused = Some(QueueError::Storage("the disk writer has stopped".into()));
+                        refused = Some(QueueError::Storage(WRITER_GONE.into()));
                         break;
                     }
                     ids.push(id);
@@ -441,9 +433,7 @@ impl JobStore for DiskStore {
         }
         // Acknowledged only as far as the disk took them, in order.
         for (stored, on_disk) in written.into_iter().enumerate() {
-            let outcome = on_disk
-                .await
-                .unwrap_or_else(|_| Err("the disk writer has stopped".into()));
+            let outcome = on_disk.await.unwrap_or_else(|_| Err(WRITER_GONE.into()));
             if let Err(reason) = outcome {
                 ids.truncate(stored);
                 return (ids, Some(QueueError::Storage(reason)));
@@ -473,9 +463,7 @@ impl JobStore for DiskStore {
         factory: &str,
     ) -> Result<(), QueueError> {
         self.memory.dead_letter(delivery, error, factory).await?;
-        let failed_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let failed_at_unix_ms = super::unix_ms_now();
         self.write_later(Change::Dead {
             topic: delivery.topic.to_string(),
             id: delivery.id,

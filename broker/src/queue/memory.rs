@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::Notify;
@@ -265,9 +265,7 @@ impl JobStore for MemoryStore {
             state.dead_letters.pop_front();
             state.dead_letters_dropped += 1;
         }
-        let failed_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let failed_at_unix_ms = super::unix_ms_now();
         state.dead_letters.push_back(DeadLetter {
             job_id: queued.id,
             job: queued.job,

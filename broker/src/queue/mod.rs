@@ -28,6 +28,13 @@ use tokio::time::Instant;
 
 use stubs::{DeadLetters, Job, JobError};
 
+/// Now, in milliseconds since the Unix epoch: when a dead letter failed.
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// The identifier a store gives a published job, unique within that store.
 pub type JobId = u64;
 

@@ -4,13 +4,17 @@
 //! what must survive the process: every topic, every job not yet settled (ready or in flight),
 //! and the dead letters. One writer thread applies the changes in transactions: the changes that
 //! arrive while a transaction commits go into the next one (group commit), and a publish is
-//! answered only once the transaction that holds its job is on disk.
+//! answered only once the transaction that holds its job is on disk. A job settled before its
+//! transaction began is never written at all.
 //!
-//! After a restart every stored job is ready again, in the order of its id: a job that was in
-//! flight when the broker stopped is not told apart from one that was waiting.
+//! After a restart every stored job is ready again, in the order of its id. Each topic also
+//! keeps the highest id ever taken from it: a stored job at or below that mark had been handed
+//! to a factory, so it comes back counted as requeued, and at the head, where ids put it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -21,9 +25,20 @@ use tokio::time::Instant;
 use super::compact::{from_record, to_record, QueuedJob};
 use super::{Delivery, JobId, JobStore, MemoryStore, QueueError, TopicCreation, TopicStats};
 
-const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
-const JOBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("jobs");
-const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+/// A topic's number, given in order of creation: stored jobs name their topic by it.
+type TopicId = u32;
+
+/// Topic name → (its number, its capacity).
+const TOPICS: TableDefinition<&str, (TopicId, u64)> = TableDefinition::new("topics");
+/// Job id → the topic's number (a varint) and the job's record.
+const JOBS: TableDefinition<JobId, &[u8]> = TableDefinition::new("jobs");
+/// Topic number → the highest job id taken from it.
+const TAKEN: TableDefinition<TopicId, JobId> = TableDefinition::new("taken");
+/// Job id → the topic's number (a varint) and the dead letter.
+const DEAD: TableDefinition<JobId, &[u8]> = TableDefinition::new("dead_letters");
+
+/// The file in the data dir.
+const DATABASE_FILE: &str = "pairbroker.redb";
 
 /// Why a change was not written when the writer thread is gone.
 const WRITER_GONE: &str = "the disk writer has stopped";
@@ -62,20 +77,24 @@ pub enum DiskError {
 
 enum Change {
     Topic {
-        name: String,
+        name: Arc<str>,
+        topic: TopicId,
         capacity: u64,
     },
-    Job {
-        topic: String,
+    /// Jobs published together, with their records.
+    Jobs {
+        topic: TopicId,
+        jobs: Vec<(JobId, Vec<u8>)>,
+    },
+    Taken {
+        topic: TopicId,
         id: JobId,
-        record: Vec<u8>,
     },
     Settled {
-        topic: String,
         id: JobId,
     },
     Dead {
-        topic: String,
+        topic: TopicId,
         id: JobId,
         letter: Vec<u8>,
     },
@@ -89,6 +108,8 @@ struct Write {
 /// Topics on local disk.
 pub struct DiskStore {
     memory: MemoryStore,
+    /// Each topic's number.
+    topic_ids: RwLock<HashMap<Arc<str>, TopicId>>,
     writes: mpsc::Sender<Write>,
     /// The writer, joined when the store is dropped, so that its last sync is done before the
     /// process ends.
@@ -111,6 +132,12 @@ fn unusable(dir: &Path, reason: impl std::fmt::Display) -> DiskError {
     }
 }
 
+/// What a data dir held when it was opened.
+struct Loaded {
+    topic_ids: HashMap<Arc<str>, TopicId>,
+    taken: HashMap<TopicId, JobId>,
+}
+
 impl DiskStore {
     /// Opens the store in `dir` (created if missing) and loads what it holds.
     pub async fn open(
@@ -119,24 +146,44 @@ impl DiskStore {
         dead_letter_limit: usize,
     ) -> Result<Self, DiskError> {
         std::fs::create_dir_all(dir).map_err(|error| unusable(dir, error))?;
-        let db = match redb::Database::create(dir.join("pairbroker.redb")) {
+        let repaired = Arc::new(AtomicBool::new(false));
+        let mut builder = redb::Builder::new();
+        // redb's default cache (1 GiB) would let the broker's memory grow with the disk; the
+        // queue itself is in memory already.
+        builder.set_cache_size(16 * 1024 * 1024);
+        builder.set_repair_callback({
+            let repaired = repaired.clone();
+            move |_| repaired.store(true, Ordering::Relaxed)
+        });
+        let db = match builder.create(dir.join(DATABASE_FILE)) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(DiskError::InUse(dir.to_path_buf()))
             }
             Err(error) => return Err(unusable(dir, error)),
         };
+        if repaired.load(Ordering::Relaxed) {
+            // redb checks every commit's checksum: one cut short by the crash is dropped whole,
+            // and none of its publishes had been answered.
+            tracing::warn!(
+                "the data dir was not closed cleanly: recovered it up to its last complete commit"
+            );
+        }
+        // A data dir that cannot be written is refused now, not at the first publish.
+        sync(&db).map_err(|error| unusable(dir, error))?;
         let memory = MemoryStore::with_dead_letter_limit(dead_letter_limit);
-        load(&db, &memory)
+        let loaded = load(&db, &memory)
             .await
             .map_err(|error| unusable(dir, error))?;
         let (writes, pending) = mpsc::channel();
+        let taken = loaded.taken;
         let writer = std::thread::Builder::new()
             .name("pairbroker-disk".into())
-            .spawn(move || write_loop(db, pending, fsync))
+            .spawn(move || write_loop(db, pending, fsync, taken))
             .map_err(|error| unusable(dir, error))?;
         Ok(Self {
             memory,
+            topic_ids: RwLock::new(loaded.topic_ids),
             writes,
             writer: Some(writer),
             #[cfg(test)]
@@ -144,7 +191,17 @@ impl DiskStore {
         })
     }
 
-    /// Sends a change to the writer and waits until it is on disk.
+    /// The number of `topic`, if it exists.
+    fn topic_id(&self, topic: &str) -> Result<TopicId, QueueError> {
+        self.topic_ids
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(topic)
+            .copied()
+            .ok_or_else(|| QueueError::NoSuchTopic(topic.to_owned()))
+    }
+
+    /// Sends a change to the writer; `wait` until it is on disk.
     async fn write(&self, change: Change) -> Result<(), QueueError> {
         let (done, written) = oneshot::channel();
         self.writes
@@ -176,47 +233,123 @@ impl Drop for DiskStore {
     }
 }
 
+/// A stored value: the topic's number as a varint, then `bytes`.
+fn with_topic(topic: TopicId, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(5 + bytes.len());
+    let mut rest = topic;
+    while rest >= 0x80 {
+        value.push((rest as u8) | 0x80);
+        rest >>= 7;
+    }
+    value.push(rest as u8);
+    value.extend_from_slice(bytes);
+    value
+}
+
+/// Splits a value written by [`with_topic`].
+fn split_topic(value: &[u8]) -> Option<(TopicId, &[u8])> {
+    let mut topic: u32 = 0;
+    for (at, &byte) in value.iter().enumerate().take(5) {
+        topic |= u32::from(byte & 0x7f).checked_shl(7 * at as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((topic, &value[at + 1..]));
+        }
+    }
+    None
+}
+
 /// Loads every topic, job and dead letter of `db` into `memory`.
-async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<(), String> {
-    let txn = db.begin_read().map_err(|error| error.to_string())?;
+async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, String> {
+    let text = |error: &dyn std::fmt::Display| error.to_string();
+    let mut loaded = Loaded {
+        topic_ids: HashMap::new(),
+        taken: HashMap::new(),
+    };
+    let txn = db.begin_read().map_err(|e| text(&e))?;
     let topics = match txn.open_table(TOPICS) {
         Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(loaded),
         Err(error) => return Err(error.to_string()),
     };
-    for entry in topics.iter().map_err(|error| error.to_string())? {
-        let (name, capacity) = entry.map_err(|error| error.to_string())?;
-        let capacity = usize::try_from(capacity.value()).unwrap_or(usize::MAX);
-        let _ = memory.create_topic(name.value(), capacity).await;
+    let mut names = HashMap::new();
+    for entry in topics.iter().map_err(|e| text(&e))? {
+        let (name, value) = entry.map_err(|e| text(&e))?;
+        let (topic, capacity) = value.value();
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        let name: Arc<str> = Arc::from(name.value());
+        let _ = memory.create_topic(&name, capacity).await;
+        names.insert(topic, name.clone());
+        loaded.topic_ids.insert(name, topic);
     }
-    let mut jobs = 0u64;
-    let mut unreadable = 0u64;
+    if let Ok(table) = txn.open_table(TAKEN) {
+        for entry in table.iter().map_err(|e| text(&e))? {
+            let (topic, id) = entry.map_err(|e| text(&e))?;
+            loaded.taken.insert(topic.value(), id.value());
+        }
+    }
+    let (mut jobs, mut requeued, mut unreadable) = (0u64, 0u64, 0u64);
     if let Ok(table) = txn.open_table(JOBS) {
-        for entry in table.iter().map_err(|error| error.to_string())? {
-            let (key, record) = entry.map_err(|error| error.to_string())?;
-            let (topic, _) = key.value();
-            match from_record(record.value()) {
-                Some(queued) if memory.restore(topic, queued).is_ok() => jobs += 1,
-                _ => unreadable += 1,
+        for entry in table.iter().map_err(|e| text(&e))? {
+            let (_, value) = entry.map_err(|e| text(&e))?;
+            let value = value.value();
+            let restored = split_topic(value).and_then(|(topic, record)| {
+                let name = names.get(&topic)?;
+                let queued = from_record(record)?;
+                let was_taken = loaded
+                    .taken
+                    .get(&topic)
+                    .is_some_and(|&mark| queued.id <= mark);
+                memory.restore(name, queued, was_taken).ok()?;
+                Some(was_taken)
+            });
+            match restored {
+                Some(was_taken) => {
+                    jobs += 1;
+                    requeued += u64::from(was_taken);
+                }
+                None => unreadable += 1,
             }
         }
     }
     if let Ok(table) = txn.open_table(DEAD) {
-        for entry in table.iter().map_err(|error| error.to_string())? {
-            let (key, letter) = entry.map_err(|error| error.to_string())?;
-            let (topic, _) = key.value();
-            let restored = dead_letter_from(letter.value())
-                .is_some_and(|letter| memory.restore_dead_letter(topic, letter).is_ok());
+        for entry in table.iter().map_err(|e| text(&e))? {
+            let (_, value) = entry.map_err(|e| text(&e))?;
+            let restored = split_topic(value.value()).is_some_and(|(topic, letter)| {
+                names.get(&topic).is_some_and(|name| {
+                    dead_letter_from(letter)
+                        .is_some_and(|letter| memory.restore_dead_letter(name, letter).is_ok())
+                })
+            });
             if !restored {
                 unreadable += 1;
             }
         }
     }
-    tracing::info!(jobs, unreadable, "loaded the data dir");
-    Ok(())
+    if unreadable > 0 {
+        tracing::warn!(
+            unreadable,
+            "the data dir holds records that cannot be read: they were left out"
+        );
+    }
+    tracing::info!(
+        topics = loaded.topic_ids.len(),
+        jobs,
+        requeued,
+        "loaded the data dir"
+    );
+    Ok(loaded)
 }
 
-fn write_loop(db: redb::Database, pending: mpsc::Receiver<Write>, fsync: Fsync) {
+fn write_loop(
+    db: redb::Database,
+    pending: mpsc::Receiver<Write>,
+    fsync: Fsync,
+    taken: HashMap<TopicId, JobId>,
+) {
+    let mut written = Written {
+        taken,
+        ..Written::default()
+    };
     let mut last_sync = std::time::Instant::now();
     let mut unsynced = false;
     loop {
@@ -251,7 +384,7 @@ fn write_loop(db: redb::Database, pending: mpsc::Receiver<Write>, fsync: Fsync) 
             Fsync::Never => false,
             Fsync::Interval(every) => last_sync.elapsed() >= every,
         };
-        let result = commit(&db, &group, durable).map_err(|error| {
+        let result = commit(&db, &group, durable, &mut written).map_err(|error| {
             tracing::error!(%error, "cannot write to the data dir");
             error
         });
@@ -280,8 +413,49 @@ fn sync(db: &redb::Database) -> Result<(), String> {
     txn.commit().map_err(|error| error.to_string())
 }
 
-fn commit(db: &redb::Database, group: &[Write], durable: bool) -> Result<(), String> {
+/// What the writer remembers between transactions.
+#[derive(Default)]
+struct Written {
+    /// Each topic's highest id taken, as on disk.
+    taken: HashMap<TopicId, JobId>,
+    /// Jobs settled before their own insert reached the writer (a publisher whose batch waited
+    /// for room part-way): their insert is skipped when it comes.
+    settled_early: HashSet<JobId>,
+}
+
+/// Removes a settled job from the table, unless it was never written; remembers one whose
+/// insert is still to come.
+fn forget(
+    id: JobId,
+    jobs: &mut redb::Table<JobId, &[u8]>,
+    never_written: &mut HashSet<JobId>,
+    written: &mut Written,
+) -> Result<(), redb::StorageError> {
+    if !never_written.remove(&id) && jobs.remove(id)?.is_none() {
+        written.settled_early.insert(id);
+    }
+    Ok(())
+}
+
+/// Writes `group` in one transaction.
+fn commit(
+    db: &redb::Database,
+    group: &[Write],
+    durable: bool,
+    written: &mut Written,
+) -> Result<(), String> {
     let text = |error: &dyn std::fmt::Display| error.to_string();
+    // A job published and settled within the group is never written: neither its insert nor
+    // its removal.
+    let settled_here: HashSet<JobId> = group
+        .iter()
+        .filter_map(|write| match write.change {
+            Change::Settled { id } | Change::Dead { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    let mut never_written = HashSet::new();
+    let mut marks: HashMap<TopicId, JobId> = HashMap::new();
     let mut txn = db.begin_write().map_err(|e| text(&e))?;
     txn.set_durability(if durable {
         redb::Durability::Immediate
@@ -295,27 +469,51 @@ fn commit(db: &redb::Database, group: &[Write], durable: bool) -> Result<(), Str
         let mut dead = txn.open_table(DEAD).map_err(|e| text(&e))?;
         for write in group {
             match &write.change {
-                Change::Topic { name, capacity } => {
+                Change::Topic {
+                    name,
+                    topic,
+                    capacity,
+                } => {
                     topics
-                        .insert(name.as_str(), capacity)
+                        .insert(&**name, (*topic, *capacity))
                         .map_err(|e| text(&e))?;
                 }
-                Change::Job { topic, id, record } => {
-                    jobs.insert((topic.as_str(), *id), record.as_slice())
-                        .map_err(|e| text(&e))?;
+                Change::Jobs { topic, jobs: batch } => {
+                    for (id, record) in batch {
+                        if written.settled_early.remove(id) {
+                            continue;
+                        }
+                        if settled_here.contains(id) {
+                            never_written.insert(*id);
+                            continue;
+                        }
+                        jobs.insert(id, with_topic(*topic, record).as_slice())
+                            .map_err(|e| text(&e))?;
+                    }
                 }
-                Change::Settled { topic, id } => {
-                    jobs.remove((topic.as_str(), *id)).map_err(|e| text(&e))?;
+                Change::Taken { topic, id } => {
+                    let mark = marks.entry(*topic).or_default();
+                    *mark = (*mark).max(*id);
+                }
+                Change::Settled { id } => {
+                    forget(*id, &mut jobs, &mut never_written, written).map_err(|e| text(&e))?;
                 }
                 Change::Dead { topic, id, letter } => {
-                    jobs.remove((topic.as_str(), *id)).map_err(|e| text(&e))?;
-                    dead.insert((topic.as_str(), *id), letter.as_slice())
+                    forget(*id, &mut jobs, &mut never_written, written).map_err(|e| text(&e))?;
+                    dead.insert(id, with_topic(*topic, letter).as_slice())
                         .map_err(|e| text(&e))?;
                 }
             }
         }
+        marks.retain(|topic, id| written.taken.get(topic).is_none_or(|mark| *id > *mark));
+        let mut taken = txn.open_table(TAKEN).map_err(|e| text(&e))?;
+        for (topic, id) in &marks {
+            taken.insert(topic, id).map_err(|e| text(&e))?;
+        }
     }
-    txn.commit().map_err(|e| text(&e))
+    txn.commit().map_err(|e| text(&e))?;
+    written.taken.extend(marks);
+    Ok(())
 }
 
 /// A dead letter as stored: its job's record, the error, when, and the factory.
@@ -362,10 +560,28 @@ impl JobStore for DiskStore {
         topic: &str,
         capacity: usize,
     ) -> Result<TopicCreation, QueueError> {
+        // Numbered first, so that a publish that finds the topic in the queue finds its number.
+        let number = {
+            let mut ids = self
+                .topic_ids
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match ids.get(topic) {
+                Some(_) => None,
+                None => {
+                    let number = TopicId::try_from(ids.len()).map_err(|_| {
+                        QueueError::Storage("no more topics fit in the data dir".into())
+                    })?;
+                    ids.insert(Arc::from(topic), number);
+                    Some(number)
+                }
+            }
+        };
         let created = self.memory.create_topic(topic, capacity).await?;
-        if created == TopicCreation::Created {
+        if let Some(number) = number {
             self.write(Change::Topic {
-                name: topic.to_owned(),
+                name: Arc::from(topic),
+                topic: number,
                 capacity: capacity as u64,
             })
             .await?;
@@ -390,40 +606,29 @@ impl JobStore for DiskStore {
         jobs: Vec<Job>,
         room_by: Instant,
     ) -> (Vec<JobId>, Option<QueueError>) {
-        // Into the queue one by one, as there is room; onto the disk together, in one commit
-        // unless room ran out part-way. A job in the queue is acknowledged once it is on disk
-        // too; should the publisher go away meanwhile, it stays: at least once, never lost.
+        // Into the queue one by one, as there is room; onto the disk together, in one commit.
+        // A job in the queue is acknowledged once it is on disk too; should the publisher go
+        // away meanwhile, it stays: at least once, never lost.
+        let number = match self.topic_id(topic) {
+            Ok(number) => number,
+            Err(error) => return (Vec::new(), Some(error)),
+        };
         let mut ids = Vec::with_capacity(jobs.len());
-        let mut written = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
         let mut refused = None;
         for job in jobs {
             match self.memory.publish(topic, job, room_by).await {
                 Ok(id) => {
-                    let record = to_record(&QueuedJob {
-                        id,
-                        job,
-                        attempts: 0,
-                        published_at: SystemTime::now(),
-                    });
-                    let (done, on_disk) = oneshot::channel();
-                    let change = Change::Job {
-                        topic: topic.to_owned(),
-                        id,
-                        record,
-                    };
-                    if self
-                        .writes
-                        .send(Write {
-                            change,
-                            done: Some(done),
-                        })
-                        .is_err()
-                    {
-                        refused = Some(QueueError::Storage(WRITER_GONE.into()));
-                        break;
-                    }
                     ids.push(id);
-                    written.push(on_disk);
+                    records.push((
+                        id,
+                        to_record(&QueuedJob {
+                            id,
+                            job,
+                            attempts: 0,
+                            published_at: SystemTime::now(),
+                        }),
+                    ));
                 }
                 Err(error) => {
                     refused = Some(error);
@@ -431,28 +636,34 @@ impl JobStore for DiskStore {
                 }
             }
         }
-        // Acknowledged only as far as the disk took them, in order.
-        for (stored, on_disk) in written.into_iter().enumerate() {
-            let outcome = on_disk.await.unwrap_or_else(|_| Err(WRITER_GONE.into()));
-            if let Err(reason) = outcome {
-                ids.truncate(stored);
-                return (ids, Some(QueueError::Storage(reason)));
-            }
+        if records.is_empty() {
+            return (ids, refused);
         }
-        (ids, refused)
+        let change = Change::Jobs {
+            topic: number,
+            jobs: records,
+        };
+        match self.write(change).await {
+            Ok(()) => (ids, refused),
+            Err(error) => (Vec::new(), Some(error)),
+        }
     }
 
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
-        self.memory.take(topic).await
+        let delivery = self.memory.take(topic).await?;
+        if let Ok(number) = self.topic_id(topic) {
+            self.write_later(Change::Taken {
+                topic: number,
+                id: delivery.id,
+            });
+        }
+        Ok(delivery)
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
         self.memory.complete(delivery).await?;
         // Not waited for: lost in a crash, the job is delivered again (at least once).
-        self.write_later(Change::Settled {
-            topic: delivery.topic.to_string(),
-            id: delivery.id,
-        });
+        self.write_later(Change::Settled { id: delivery.id });
         Ok(())
     }
 
@@ -465,7 +676,7 @@ impl JobStore for DiskStore {
         self.memory.dead_letter(delivery, error, factory).await?;
         let failed_at_unix_ms = super::unix_ms_now();
         self.write_later(Change::Dead {
-            topic: delivery.topic.to_string(),
+            topic: self.topic_id(&delivery.topic)?,
             id: delivery.id,
             letter: dead_letter_record(&DeadLetter {
                 job_id: delivery.id,
@@ -558,15 +769,24 @@ pub(crate) mod tests {
         };
         assert_eq!(store.topic_names().await, vec!["t", "u"]);
         let stats = store.stats("t").await.unwrap();
-        assert_eq!((stats.capacity, stats.ready, stats.failed), (10, 2, 1));
-        let again: Vec<JobId> = vec![
-            store.take("t").await.unwrap().id,
-            store.take("t").await.unwrap().id,
-        ];
         assert_eq!(
-            again,
-            first_ids[2..].to_vec(),
+            (stats.capacity, stats.ready, stats.failed, stats.requeued),
+            (10, 2, 1, 1),
+            "the job in flight counts as requeued"
+        );
+        let (in_flight, waiting) = (
+            store.take("t").await.unwrap(),
+            store.take("t").await.unwrap(),
+        );
+        assert_eq!(
+            (in_flight.id, waiting.id),
+            (first_ids[2], first_ids[3]),
             "the job in flight first, in order"
+        );
+        assert_eq!(
+            (in_flight.attempt, waiting.attempt),
+            (2, 1),
+            "the job in flight was taken once before"
         );
         let dead = store.dead_letters("t").await.unwrap();
         assert_eq!(dead.letters.len(), 1);
@@ -624,6 +844,114 @@ pub(crate) mod tests {
             .unwrap();
         let second = DiskStore::open(dir.path(), Fsync::Always, 10).await;
         assert!(matches!(second, Err(DiskError::InUse(_))), "{second:?}");
+    }
+
+    fn jobs_on_disk(db: &redb::Database) -> Vec<JobId> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(JOBS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect()
+    }
+
+    fn change(change: Change) -> Write {
+        Write { change, done: None }
+    }
+
+    fn jobs(ids: &[JobId]) -> Change {
+        let record = |id| {
+            to_record(&QueuedJob {
+                id,
+                job: Pair { x: 1, y: 2 }.into(),
+                attempts: 0,
+                published_at: UNIX_EPOCH,
+            })
+        };
+        Change::Jobs {
+            topic: 0,
+            jobs: ids.iter().map(|&id| (id, record(id))).collect(),
+        }
+    }
+
+    #[test]
+    fn a_job_settled_in_the_group_that_publishes_it_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let mut written = Written::default();
+        let group = [
+            change(jobs(&[1, 2, 3])),
+            change(Change::Settled { id: 2 }),
+            change(Change::Settled { id: 1 }),
+        ];
+        commit(&db, &group, true, &mut written).unwrap();
+        assert_eq!(jobs_on_disk(&db), vec![3]);
+        assert!(written.settled_early.is_empty());
+        commit(
+            &db,
+            &[change(Change::Settled { id: 3 })],
+            true,
+            &mut written,
+        )
+        .unwrap();
+        assert_eq!(jobs_on_disk(&db), Vec::<JobId>::new());
+    }
+
+    #[test]
+    fn a_job_settled_before_its_insert_arrives_is_not_written_when_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let mut written = Written::default();
+        let group = [change(Change::Settled { id: 7 }), change(jobs(&[5, 7]))];
+        commit(&db, &group, true, &mut written).unwrap();
+        assert_eq!(jobs_on_disk(&db), vec![5]);
+        commit(
+            &db,
+            &[change(Change::Settled { id: 9 })],
+            true,
+            &mut written,
+        )
+        .unwrap();
+        commit(&db, &[change(jobs(&[8, 9]))], true, &mut written).unwrap();
+        assert_eq!(jobs_on_disk(&db), vec![5, 8]);
+        assert!(written.settled_early.is_empty());
+    }
+
+    #[test]
+    fn the_highest_id_taken_only_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let mut written = Written::default();
+        let taken = |topic, id| change(Change::Taken { topic, id });
+        commit(
+            &db,
+            &[taken(0, 4), taken(0, 9), taken(1, 2)],
+            true,
+            &mut written,
+        )
+        .unwrap();
+        commit(&db, &[taken(0, 3)], true, &mut written).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(TAKEN).unwrap();
+        let marks: Vec<(TopicId, JobId)> = table
+            .iter()
+            .unwrap()
+            .map(|entry| {
+                let (topic, id) = entry.unwrap();
+                (topic.value(), id.value())
+            })
+            .collect();
+        assert_eq!(marks, vec![(0, 9), (1, 2)]);
+    }
+
+    #[test]
+    fn a_topic_number_survives_its_encoding() {
+        for topic in [0, 1, 127, 128, 300, u32::MAX] {
+            let value = with_topic(topic, b"abc");
+            assert_eq!(split_topic(&value), Some((topic, &b"abc"[..])));
+        }
+        assert_eq!(split_topic(&[0x80, 0x80]), None);
     }
 
     #[test]

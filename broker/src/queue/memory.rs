@@ -97,12 +97,22 @@ impl MemoryStore {
     }
 
     /// Puts a job recovered from elsewhere (a disk) at the back of its topic, with its id and
-    /// attempts, whatever the capacity; later jobs get larger ids.
-    pub(crate) fn restore(&self, name: &str, queued: QueuedJob) -> Result<(), QueueError> {
+    /// attempts, whatever the capacity; later jobs get larger ids. A job that `was_taken` (in
+    /// flight when the store stopped) counts as requeued and as taken once more.
+    pub(crate) fn restore(
+        &self,
+        name: &str,
+        mut queued: QueuedJob,
+        was_taken: bool,
+    ) -> Result<(), QueueError> {
         let topic = self.topic(name)?;
         self.next_job_id
             .fetch_max(queued.id.saturating_add(1), Ordering::Relaxed);
         let mut state = topic.lock();
+        if was_taken {
+            queued.attempts = queued.attempts.saturating_add(1);
+            state.requeued += 1;
+        }
         state.ready.push_back(&queued);
         state.published += 1;
         drop(state);

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use lab_console::Console;
 use stubs::{BrokerError, ChannelRequest, Job};
 use tarpc::client::RpcError;
@@ -90,7 +91,15 @@ pub enum MinerError {
 pub struct MinerReport {
     /// Jobs the broker accepted.
     pub published: u64,
+    /// Median time from sending a job until the broker acknowledged it, retries included, in
+    /// microseconds (0 when nothing was published).
+    pub ack_p50_us: u64,
+    /// 99th percentile of the same.
+    pub ack_p99_us: u64,
 }
+
+/// The longest acknowledgement time told apart: ten minutes, in microseconds.
+const MAX_ACK_US: u64 = 600_000_000;
 
 /// How the miner shows what it publishes.
 #[derive(Clone, Debug)]
@@ -165,6 +174,10 @@ pub async fn run(
         source: Mutex::new(source),
         claimed: AtomicU64::new(0),
         published: AtomicU64::new(0),
+        acknowledged_in: Mutex::new(
+            Histogram::new_with_bounds(1, MAX_ACK_US, 2)
+                .expect("the bounds are constants that hdrhistogram accepts"),
+        ),
         shutdown,
     });
     let mut publishers = tokio::task::JoinSet::new();
@@ -189,12 +202,23 @@ pub async fn run(
         bar.finish();
     }
     let published = shared.published.load(Ordering::Relaxed);
+    let (ack_p50_us, ack_p99_us) = {
+        let acknowledged_in = lock(&shared.acknowledged_in);
+        (
+            acknowledged_in.value_at_quantile(0.5),
+            acknowledged_in.value_at_quantile(0.99),
+        )
+    };
     // Every publisher has its answer: the batcher ends once its last handle is dropped.
     drop(shared);
     let _ = batcher_task.await;
     match first_error {
         Some(error) => Err(error),
-        None => Ok(MinerReport { published }),
+        None => Ok(MinerReport {
+            published,
+            ack_p50_us,
+            ack_p99_us,
+        }),
     }
 }
 
@@ -243,7 +267,15 @@ struct Publishers {
     /// Jobs that publishers have started on, to stop at exactly `count`.
     claimed: AtomicU64,
     published: AtomicU64,
+    /// Time from sending a job until its acknowledgement, in microseconds.
+    acknowledged_in: Mutex<Histogram<u64>>,
     shutdown: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Publishers {
@@ -273,14 +305,12 @@ impl Publishers {
                     _ = tokio::time::sleep_until(due.into()) => {}
                 }
             }
-            let job = self
-                .source
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .next_job();
+            let job = lock(&self.source).next_job();
+            let sent = Instant::now();
             let Some(job_id) = self.publish(job).await? else {
                 return Ok(());
             };
+            lock(&self.acknowledged_in).saturating_record(sent.elapsed().as_micros() as u64);
             self.published.fetch_add(1, Ordering::Relaxed);
             match &self.output {
                 Output::Lines(console) => console.line(format_args!(

@@ -21,7 +21,12 @@ async fn main() -> ExitCode {
     };
     match miner::run(cli.config(), output, shutdown).await {
         Ok(report) => {
-            tracing::info!(published = report.published, "miner done");
+            tracing::info!(
+                published = report.published,
+                ack_p50_us = report.ack_p50_us,
+                ack_p99_us = report.ack_p99_us,
+                "miner done"
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {

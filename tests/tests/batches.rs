@@ -181,6 +181,10 @@ async fn a_miner_with_many_publishers_publishes_each_job_once_through_its_batche
         .await
         .expect("the miner publishes every job");
     assert_eq!(report.published, 3_000);
+    assert!(
+        0 < report.ack_p50_us && report.ack_p50_us <= report.ack_p99_us,
+        "acknowledgement times are measured: {report:?}"
+    );
     eventually("every job is completed", || {
         recorder.completed("multiply").len() == 3_000
     })

@@ -178,8 +178,8 @@ fn target(workload: Workload) -> &'static str {
         Workload::W3 => "p50 ≤ 100 µs, p99 ≤ 250 µs",
         Workload::M => "≤ 40 MiB",
         Workload::S => "",
-        Workload::W2Durable => "≥ 100,000 jobs/s",
-        Workload::MDurable => "≤ 100 bytes a job on disk",
+        Workload::W2Durable => "≥ 100,000 jobs/s, publish ack p99 ≤ 2,000 µs",
+        Workload::MDurable => "≤ 100 bytes a job on disk, recovery < 3 s",
     }
 }
 
@@ -209,13 +209,7 @@ fn report(machine: &str, scale: Scale, release: bool, measured: &[Measured]) -> 
         let runs: Vec<String> = result
             .runs
             .iter()
-            .map(|run| match result.workload {
-                Workload::W3 => format!("{}/{}", run.p50_us, run.p99_us),
-                Workload::M | Workload::MDurable => {
-                    format!("{:.1} MiB", run.broker.rss_bytes as f64 / 1048576.0)
-                }
-                _ => suite::thousands(run.jobs_per_s()),
-            })
+            .map(|run| result.run_figure(run))
             .collect();
         let cpu = |figure: fn(&crate::workloads::RunFigures) -> f64| {
             let mut values: Vec<f64> = result.runs.iter().map(figure).collect();

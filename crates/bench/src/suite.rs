@@ -206,26 +206,44 @@ impl Measured {
             }
             Workload::M => format!("broker RSS {:.1} MiB", self.broker_rss_mib().0),
             Workload::MDurable => format!(
-                "broker RSS {:.1} MiB, {:.0} bytes a job on disk",
+                "broker RSS {:.1} MiB, {:.0} bytes a job on disk, recovery {:.0} ms",
                 self.broker_rss_mib().0,
-                self.median_of(|run| run.data_bytes as f64 / run.jobs.max(1) as f64)
+                self.median_of(|run| run.data_bytes as f64 / run.jobs.max(1) as f64),
+                self.median_of(|run| run
+                    .recovery
+                    .map_or(0.0, |recovery| recovery.as_secs_f64() * 1e3))
+            ),
+            Workload::W2Durable => format!(
+                "{} jobs/s, publish ack p99 {:.0} µs",
+                thousands(self.jobs_per_s()),
+                self.median_of(|run| run.ack_us.1 as f64)
             ),
             _ => format!("{} jobs/s", thousands(self.jobs_per_s())),
+        }
+    }
+
+    /// One run's figure, as the headline gives it.
+    pub fn run_figure(&self, run: &RunFigures) -> String {
+        match self.workload {
+            Workload::W3 => format!("{}/{}", run.p50_us, run.p99_us),
+            Workload::M => format!("{:.1} MiB", mib(run.broker.rss_bytes)),
+            Workload::MDurable => format!(
+                "{:.1} MiB, {:.0} B/job, {} ms",
+                mib(run.broker.rss_bytes),
+                run.data_bytes as f64 / run.jobs.max(1) as f64,
+                run.recovery.map_or(0, |recovery| recovery.as_millis())
+            ),
+            Workload::W2Durable => {
+                format!("{} ({} µs)", thousands(run.jobs_per_s()), run.ack_us.1)
+            }
+            _ => thousands(run.jobs_per_s()),
         }
     }
 
     /// One line: the flow, the headline, every run's figure, memory and CPU seconds.
     pub fn line(&self) -> String {
         let flow = self.flow;
-        let runs: Vec<String> = self
-            .runs
-            .iter()
-            .map(|run| match self.workload {
-                Workload::W3 => format!("{}/{}", run.p50_us, run.p99_us),
-                Workload::M | Workload::MDurable => format!("{:.1}", mib(run.broker.rss_bytes)),
-                _ => thousands(run.jobs_per_s()),
-            })
-            .collect();
+        let runs: Vec<String> = self.runs.iter().map(|run| self.run_figure(run)).collect();
         let (_, peak) = self.broker_rss_mib();
         let mut line = format!(
             "{:<3} {:>8} jobs, buffer {:>7}, {:>2} publishers, {} factories x prefetch {:<2} | {} | runs {} | broker peak RSS {:.1} MiB | CPU s: broker {:.2}, factories {:.2}, miner {:.2}",

@@ -62,6 +62,11 @@ pub struct RunFigures {
     pub latency_buckets: Vec<(f64, u64)>,
     /// Bytes in the broker's data dir at the end, for a durable flow.
     pub data_bytes: u64,
+    /// Median and 99th percentile of the miner's publish acknowledgement, in microseconds.
+    pub ack_us: (u64, u64),
+    /// For a durable flow that leaves its jobs queued: from a new broker's start on the data
+    /// dir of a SIGKILLed one until it reports every job ready.
+    pub recovery: Option<Duration>,
 }
 
 impl RunFigures {
@@ -225,8 +230,35 @@ pub async fn run(
         factories_cpu_s += factory.usage().cpu_s;
     }
     let data_bytes = data.0.as_deref().map_or(0, dir_bytes);
+    let miner = run.miner.as_mut().context("no miner")?;
+    if !miner.exited_within(Duration::from_secs(30)).await {
+        bail!("the miner did not exit once its jobs were in");
+    }
+    let ack_us = acknowledgement_us(&miner.log());
+    let miner_cpu_s = miner.usage().cpu_s;
+    let broker = run.broker.usage();
+    let recovery = if flow.durable && flow.factories == 0 {
+        // The broker is killed, as in a crash, and a new one loads what the first left.
+        run.broker.kill();
+        run.broker = programs.start("broker", "broker-recovering", &broker_args)?;
+        let started = Instant::now();
+        let client = connect(&broker_address, &mut run).await?;
+        wait_for(
+            &client,
+            &mut run,
+            RUN_LIMIT,
+            "the jobs to recover",
+            |stats| topic_of(stats).is_some_and(|topic| topic.ready >= flow.jobs),
+        )
+        .await?;
+        Some(started.elapsed())
+    } else {
+        None
+    };
     Ok(RunFigures {
         data_bytes,
+        ack_us,
+        recovery,
         elapsed,
         jobs: if flow.factories == 0 {
             topic.ready
@@ -235,12 +267,28 @@ pub async fn run(
         },
         p50_us: topic.latency_us.p50,
         p99_us: topic.latency_us.p99,
-        broker: run.broker.usage(),
+        broker,
         factories_cpu_s,
-        miner_cpu_s: run.miner.as_mut().map_or(0.0, |miner| miner.usage().cpu_s),
+        miner_cpu_s,
         busy_before,
         latency_buckets,
     })
+}
+
+/// The publish acknowledgement times a miner logs when it is done: (p50, p99) in microseconds.
+fn acknowledgement_us(log: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        log.lines()
+            .rev()
+            .find_map(|line| line.split_once(name))
+            .and_then(|(_, rest)| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|digits| digits.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    (field("ack_p50_us="), field("ack_p99_us="))
 }
 
 /// A run's data dir, removed when the run ends.

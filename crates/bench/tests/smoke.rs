@@ -33,10 +33,17 @@ fn a_smoke_run_measures_every_workload_and_draws_both_charts() {
         4,
         "one line per factory count: {stdout}"
     );
-    assert!(line_of("W2d ")[0].contains("jobs/s"), "{stdout}");
     assert!(
-        line_of("Md ")[0].contains("bytes a job on disk"),
+        line_of("W2d ")[0].contains("jobs/s, publish ack p99"),
         "{stdout}"
+    );
+    assert!(
+        line_of("Md ")[0].contains("bytes a job on disk, recovery"),
+        "{stdout}"
+    );
+    assert!(
+        !line_of("Md ")[0].contains("recovery 0 ms"),
+        "the recovery is timed: {stdout}"
     );
 
     let report = std::fs::read_to_string(out.path().join("latest.md")).unwrap();

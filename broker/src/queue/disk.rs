@@ -36,6 +36,8 @@ const JOBS: TableDefinition<JobId, &[u8]> = TableDefinition::new("jobs");
 const TAKEN: TableDefinition<TopicId, JobId> = TableDefinition::new("taken");
 /// Job id → the topic's number (a varint) and the dead letter.
 const DEAD: TableDefinition<JobId, &[u8]> = TableDefinition::new("dead_letters");
+/// Above every id given so far, so that ids are never given twice, even across restarts.
+const NEXT_ID: TableDefinition<(), JobId> = TableDefinition::new("next_job_id");
 
 /// The file in the data dir.
 const DATABASE_FILE: &str = "pairbroker.redb";
@@ -136,6 +138,7 @@ fn unusable(dir: &Path, reason: impl std::fmt::Display) -> DiskError {
 struct Loaded {
     topic_ids: HashMap<Arc<str>, TopicId>,
     taken: HashMap<TopicId, JobId>,
+    next_id: JobId,
 }
 
 impl DiskStore {
@@ -176,10 +179,14 @@ impl DiskStore {
             .await
             .map_err(|error| unusable(dir, error))?;
         let (writes, pending) = mpsc::channel();
-        let taken = loaded.taken;
+        let written = Written {
+            taken: loaded.taken,
+            next_id: loaded.next_id,
+            settled_early: HashSet::new(),
+        };
         let writer = std::thread::Builder::new()
             .name("pairbroker-disk".into())
-            .spawn(move || write_loop(db, pending, fsync, taken))
+            .spawn(move || write_loop(db, pending, fsync, written))
             .map_err(|error| unusable(dir, error))?;
         Ok(Self {
             memory,
@@ -264,6 +271,7 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
     let mut loaded = Loaded {
         topic_ids: HashMap::new(),
         taken: HashMap::new(),
+        next_id: 0,
     };
     let txn = db.begin_read().map_err(|e| text(&e))?;
     let topics = match txn.open_table(TOPICS) {
@@ -285,6 +293,12 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
         for entry in table.iter().map_err(|e| text(&e))? {
             let (topic, id) = entry.map_err(|e| text(&e))?;
             loaded.taken.insert(topic.value(), id.value());
+        }
+    }
+    if let Ok(table) = txn.open_table(NEXT_ID) {
+        if let Some(next) = table.get(()).map_err(|e| text(&e))? {
+            loaded.next_id = next.value();
+            memory.continue_ids_from(loaded.next_id);
         }
     }
     let (mut jobs, mut requeued, mut unreadable) = (0u64, 0u64, 0u64);
@@ -344,12 +358,8 @@ fn write_loop(
     db: redb::Database,
     pending: mpsc::Receiver<Write>,
     fsync: Fsync,
-    taken: HashMap<TopicId, JobId>,
+    mut written: Written,
 ) {
-    let mut written = Written {
-        taken,
-        ..Written::default()
-    };
     let mut last_sync = std::time::Instant::now();
     let mut unsynced = false;
     loop {
@@ -418,6 +428,8 @@ fn sync(db: &redb::Database) -> Result<(), String> {
 struct Written {
     /// Each topic's highest id taken, as on disk.
     taken: HashMap<TopicId, JobId>,
+    /// Above every job id written, as on disk.
+    next_id: JobId,
     /// Jobs settled before their own insert reached the writer (a publisher whose batch waited
     /// for room part-way): their insert is skipped when it comes.
     settled_early: HashSet<JobId>,
@@ -456,6 +468,7 @@ fn commit(
         .collect();
     let mut never_written = HashSet::new();
     let mut marks: HashMap<TopicId, JobId> = HashMap::new();
+    let mut next_id = written.next_id;
     let mut txn = db.begin_write().map_err(|e| text(&e))?;
     txn.set_durability(if durable {
         redb::Durability::Immediate
@@ -479,6 +492,9 @@ fn commit(
                         .map_err(|e| text(&e))?;
                 }
                 Change::Jobs { topic, jobs: batch } => {
+                    if let Some(highest) = batch.iter().map(|(id, _)| *id).max() {
+                        next_id = next_id.max(highest + 1);
+                    }
                     for (id, record) in batch {
                         if written.settled_early.remove(id) {
                             continue;
@@ -510,9 +526,14 @@ fn commit(
         for (topic, id) in &marks {
             taken.insert(topic, id).map_err(|e| text(&e))?;
         }
+        if next_id > written.next_id {
+            let mut next = txn.open_table(NEXT_ID).map_err(|e| text(&e))?;
+            next.insert((), next_id).map_err(|e| text(&e))?;
+        }
     }
     txn.commit().map_err(|e| text(&e))?;
     written.taken.extend(marks);
+    written.next_id = next_id;
     Ok(())
 }
 
@@ -798,6 +819,36 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(next > first_ids[3]);
+    }
+
+    #[tokio::test]
+    async fn ids_are_not_given_again_after_a_restart_even_once_every_job_is_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            let mut last = 0;
+            for x in 0..3 {
+                last = store
+                    .publish("t", Pair { x, y: 2 }.into(), later())
+                    .await
+                    .unwrap();
+                let delivery = store.take("t").await.unwrap();
+                store.complete(&delivery).await.unwrap();
+            }
+            last
+        };
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        assert_eq!(store.stats("t").await.unwrap().ready, 0);
+        let next = store
+            .publish("t", Pair { x: 9, y: 9 }.into(), later())
+            .await
+            .unwrap();
+        assert!(next > last, "{next} after {last}");
     }
 
     #[tokio::test]

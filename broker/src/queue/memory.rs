@@ -120,6 +120,12 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Gives no id below `next` from now on: ids stay unique across restarts of a store that
+    /// keeps its jobs elsewhere, even once every job it stored is settled.
+    pub(crate) fn continue_ids_from(&self, next: JobId) {
+        self.next_job_id.fetch_max(next, Ordering::Relaxed);
+    }
+
     /// Adds a dead letter recovered from elsewhere to its topic's list.
     pub(crate) fn restore_dead_letter(
         &self,

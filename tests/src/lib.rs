@@ -225,6 +225,29 @@ pub async fn eventually_async(what: &str, condition: impl AsyncFnMut() -> bool) 
     assert!(held, "timed out after {WAIT:?} waiting until {what}");
 }
 
+/// A client of the broker at `address`, once it listens.
+pub async fn client_when_up(address: std::net::SocketAddr) -> BrokerClient {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match transport::connect_broker(
+            &address.to_string(),
+            Duration::from_secs(1),
+            &transport::AccessToken::none(),
+        )
+        .await
+        {
+            Ok(client) => return client,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the broker did not listen: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// The program `name` of this workspace (`broker`, `factory`, `miner`), built once per test
 /// process with the same profile as the tests.
 pub fn program(name: &str) -> PathBuf {

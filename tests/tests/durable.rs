@@ -8,29 +8,6 @@ use factory::cli::LabTopic::Multiply;
 use stubs::{BrokerClient, ChannelRequest, Job, Pair, PublishBatch};
 use system_tests::*;
 
-/// A client of the broker at `address`, once it listens.
-async fn client_when_up(address: std::net::SocketAddr) -> BrokerClient {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match transport::connect_broker(
-            &address.to_string(),
-            Duration::from_secs(1),
-            &transport::AccessToken::none(),
-        )
-        .await
-        {
-            Ok(client) => return client,
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the broker did not listen: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_jobs_outlive_a_sigkilled_broker_and_are_delivered_after_a_restart() {
     const JOBS: i64 = 300;

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use factory::cli::LabTopic::Multiply;
-use stubs::{BrokerClient, ChannelRequest, Job, Pair, PublishBatch};
+use stubs::{ChannelRequest, Job, Pair, PublishBatch};
 use system_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

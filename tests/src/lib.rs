@@ -297,13 +297,19 @@ pub struct Process {
 impl Process {
     /// Starts program `name` with `args`; its standard error is discarded.
     pub fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(program(name))
-            .args(args)
+        let mut command = Command::new(program(name));
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts `command`; its standard error is discarded.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|error| panic!("start {name}: {error}"));
+            .unwrap_or_else(|error| panic!("start {command:?}: {error}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("piped stdout");
         std::thread::spawn({
@@ -369,4 +375,44 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `command` run to its end, which must be a failure within [`WAIT`]: what it wrote on
+/// standard error.
+pub async fn failed_start(mut command: Command) -> String {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("start {command:?}: {error}"));
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{command:?} kept running; it should have refused to start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+        .expect("read standard error");
+    assert!(!status.success(), "{command:?} succeeded: {stderr}");
+    stderr
+}
+
+/// Program `name` with `args`, started in a mount namespace of its own (`unshare`, as an
+/// unprivileged user may) after `mounts` (shell commands) ran there: a small or read-only
+/// filesystem that the rest of the machine never sees.
+pub fn with_mounts(mounts: &str, name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(format!("{mounts} && exec \"$0\" \"$@\""))
+        .arg(program(name))
+        .args(args);
+    command
 }

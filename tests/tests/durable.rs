@@ -1,8 +1,7 @@
 //! `--data-dir`: the jobs a broker acknowledged outlive it, through a SIGKILL, and a data dir
 //! serves one broker at a time. Real broker processes; the factory runs in this process.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use factory::cli::LabTopic::Multiply;
 use stubs::{ChannelRequest, Job, Pair, PublishBatch};
@@ -107,34 +106,152 @@ async fn a_data_dir_in_use_by_another_broker_is_refused_with_a_clear_error() {
     client_when_up(([127, 0, 0, 1], first_port.parse().unwrap()).into()).await;
 
     let second_port = free_port().to_string();
-    let mut second = Command::new(program("broker"))
-        .args([
-            "--port",
-            &second_port,
-            "--http",
-            "off",
-            "--data-dir",
-            &data_dir,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = second.kill();
-            panic!("a second broker on the same data dir kept running");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    let mut second = Command::new(program("broker"));
+    second.args([
+        "--port",
+        &second_port,
+        "--http",
+        "off",
+        "--data-dir",
+        &data_dir,
+    ]);
+    let stderr = failed_start(second).await;
     assert!(stderr.contains("is in use by another broker"), "{stderr}");
     drop(first);
+}
+
+/// The broker's arguments for a data dir, on a fixed port.
+fn durable_broker_args<'a>(port: &'a str, data_dir: &'a str) -> [&'a str; 6] {
+    ["--port", port, "--http", "off", "--data-dir", data_dir]
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_is_refused_at_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    // A data dir with a topic in it, as an earlier broker left it.
+    {
+        let store = broker::queue::DiskStore::open(dir.path(), broker::queue::Fsync::Always, 10)
+            .await
+            .unwrap();
+        broker::queue::JobStore::create_topic(&store, "multiply", 10)
+            .await
+            .unwrap();
+    }
+    let port = free_port().to_string();
+    let read_only =
+        format!("mount --bind {data_dir} {data_dir} && mount -o remount,bind,ro {data_dir}");
+    let stderr = failed_start(with_mounts(
+        &read_only,
+        "broker",
+        &durable_broker_args(&port, &data_dir),
+    ))
+    .await;
+    println!("{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot use the data dir {data_dir}"))
+            && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_with_a_clear_error_and_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let port = free_port();
+    let port_arg = port.to_string();
+    let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // A filesystem of 1 MiB, seen by this broker only.
+    let small = format!("mount -t tmpfs -o size=1m tmpfs {data_dir}");
+    let broker = Process::spawn(with_mounts(
+        &small,
+        "broker",
+        &durable_broker_args(&port_arg, &data_dir),
+    ));
+    let client = client_when_up(address).await;
+    client
+        .create_channel(
+            tarpc::context::current(),
+            ChannelRequest {
+                topic: "multiply".into(),
+                buffer: 1_000_000,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Distinct jobs (x, 1) until the disk is full.
+    let mut acknowledged: Vec<i64> = Vec::new();
+    let mut next_x = 0i64;
+    let refusal = loop {
+        assert!(next_x < 1_000_000, "the disk never filled up");
+        let jobs: Vec<Job> = (next_x..next_x + 1_000)
+            .map(|x| Pair { x, y: 1 }.into())
+            .collect();
+        let batch = PublishBatch {
+            topic: "multiply".into(),
+            jobs,
+        };
+        let published = client
+            .publish_batch(tarpc::context::current(), batch)
+            .await
+            .unwrap();
+        match published {
+            Ok(published) if published.error.is_none() => {
+                acknowledged.extend(next_x..next_x + published.job_ids.len() as i64);
+            }
+            Ok(published) => break published.error.unwrap(),
+            Err(error) => break error,
+        }
+        next_x += 1_000;
+    };
+    assert!(
+        matches!(&refusal, stubs::BrokerError::StorageFailed { reason } if reason.contains("No space left on device")),
+        "{refusal:?}"
+    );
+    assert!(
+        acknowledged.len() >= 1_000,
+        "{} jobs before the disk filled",
+        acknowledged.len()
+    );
+    println!(
+        "the disk filled after {} acknowledged jobs: {refusal}",
+        acknowledged.len()
+    );
+    // The broker still serves, and still refuses what it cannot keep.
+    let again = client
+        .publish(
+            tarpc::context::current(),
+            stubs::PublishRequest {
+                topic: "multiply".into(),
+                job: Pair { x: -1, y: 1 }.into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Err(stubs::BrokerError::StorageFailed { .. })),
+        "{again:?}"
+    );
+
+    // Every acknowledged job is delivered.
+    let _factory = lab::RunningFactory::start(
+        0,
+        factory_config(address, &[Multiply], false),
+        lab_console::Console::quiet(),
+    )
+    .await
+    .unwrap();
+    eventually("every acknowledged job is completed", || {
+        let products: std::collections::HashSet<i64> = broker
+            .lines()
+            .iter()
+            .filter_map(|line| line.strip_prefix("Factory.Multiply of "))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        acknowledged.iter().all(|x| products.contains(x))
+    })
+    .await;
 }

@@ -149,6 +149,9 @@ impl DiskStore {
         dead_letter_limit: usize,
     ) -> Result<Self, DiskError> {
         std::fs::create_dir_all(dir).map_err(|error| unusable(dir, error))?;
+        let file = dir.join(DATABASE_FILE);
+        // redb "repairs" a file it has just created too: only an existing one was left unclean.
+        let existed = std::fs::metadata(&file).is_ok_and(|meta| meta.len() > 0);
         let repaired = Arc::new(AtomicBool::new(false));
         let mut builder = redb::Builder::new();
         // redb's default cache (1 GiB) would let the broker's memory grow with the disk; the
@@ -158,14 +161,14 @@ impl DiskStore {
             let repaired = repaired.clone();
             move |_| repaired.store(true, Ordering::Relaxed)
         });
-        let db = match builder.create(dir.join(DATABASE_FILE)) {
+        let db = match builder.create(&file) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(DiskError::InUse(dir.to_path_buf()))
             }
             Err(error) => return Err(unusable(dir, error)),
         };
-        if repaired.load(Ordering::Relaxed) {
+        if existed && repaired.load(Ordering::Relaxed) {
             // redb checks every commit's checksum: one cut short by the crash is dropped whole,
             // and none of its publishes had been answered.
             tracing::warn!(

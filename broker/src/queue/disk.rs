@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -48,6 +48,10 @@ const DATABASE_FILE: &str = "pairbroker.redb";
 
 /// Why a change was not written when the writer thread is gone.
 const WRITER_GONE: &str = "the disk writer has stopped";
+
+/// How long settlements (completions, takes, dead letters), which nobody waits for, may wait
+/// for a publish to share its commit. A crash in this window delivers their jobs again.
+const SETTLEMENTS_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The most changes one transaction carries.
 const MAX_GROUP: usize = 4_096;
@@ -104,7 +108,14 @@ enum Change {
         id: JobId,
         letter: Vec<u8>,
     },
+    /// Settlements wait in the shared list.
+    Settlements,
 }
+
+/// Changes nobody waits for (takes, completions, dead letters), handed to the writer without
+/// waking it: it takes them with the next commit. Only the first of a batch wakes it
+/// ([`Change::Settlements`]), and a busy broker makes thousands of them a second.
+type Settlements = Arc<Mutex<Vec<Change>>>;
 
 struct Write {
     change: Change,
@@ -117,6 +128,7 @@ pub struct DiskStore {
     /// Each topic's number.
     topic_ids: RwLock<HashMap<Arc<str>, TopicId>>,
     writes: mpsc::Sender<Write>,
+    settlements: Settlements,
     /// The writer, joined when the store is dropped, so that its last sync is done before the
     /// process ends.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -191,14 +203,19 @@ impl DiskStore {
             next_id: loaded.next_id,
             settled_early: HashSet::new(),
         };
+        let settlements = Settlements::default();
         let writer = std::thread::Builder::new()
             .name("pairbroker-disk".into())
-            .spawn(move || write_loop(db, pending, fsync, written))
+            .spawn({
+                let settlements = settlements.clone();
+                move || write_loop(db, pending, settlements, fsync, written)
+            })
             .map_err(|error| unusable(dir, error))?;
         Ok(Self {
             memory,
             topic_ids: RwLock::new(loaded.topic_ids),
             writes,
+            settlements,
             writer: Some(writer),
             #[cfg(test)]
             scratch: None,
@@ -230,9 +247,18 @@ impl DiskStore {
             .map_err(QueueError::Storage)
     }
 
-    /// Sends a change to the writer without waiting: it reaches the disk with the next commit.
+    /// Hands a change to the writer without waiting: it reaches the disk with the next commit.
     fn write_later(&self, change: Change) {
-        let _ = self.writes.send(Write { change, done: None });
+        let mut settlements = lock(&self.settlements);
+        let first = settlements.is_empty();
+        settlements.push(change);
+        drop(settlements);
+        if first {
+            let _ = self.writes.send(Write {
+                change: Change::Settlements,
+                done: None,
+            });
+        }
     }
 }
 
@@ -376,6 +402,7 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
 fn write_loop(
     db: redb::Database,
     pending: mpsc::Receiver<Write>,
+    settlements: Settlements,
     fsync: Fsync,
     mut written: Written,
 ) {
@@ -401,13 +428,26 @@ fn write_loop(
                 Err(_) => break,
             },
         };
+        let settle_by = std::time::Instant::now() + SETTLEMENTS_WAIT;
+        let mut someone_waits = first.done.is_some();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
-            match pending.try_recv() {
-                Ok(write) => group.push(write),
-                Err(_) => break,
-            }
+            let next = match pending.try_recv() {
+                Ok(write) => Some(write),
+                Err(mpsc::TryRecvError::Empty) if !someone_waits => {
+                    // Only settlements so far, which nobody waits for: they wait for a change
+                    // that somebody does, so that a commit of settlements alone never holds up
+                    // a publish behind its sync.
+                    let left = settle_by.saturating_duration_since(std::time::Instant::now());
+                    pending.recv_timeout(left).ok()
+                }
+                Err(_) => None,
+            };
+            let Some(write) = next else { break };
+            someone_waits |= write.done.is_some();
+            group.push(write);
         }
+        group.extend(take_settlements(&settlements));
         let durable = match fsync {
             Fsync::Always => true,
             Fsync::Never => false,
@@ -428,12 +468,34 @@ fn write_loop(
             }
         }
     }
-    // The store is gone (the broker stops): what is not synced yet is synced now.
+    // The store is gone (the broker stops): the last settlements are written, and what is not
+    // synced yet is synced now.
+    let last = take_settlements(&settlements);
+    if !last.is_empty() {
+        match commit(&db, &last, true, &mut written) {
+            Ok(()) => unsynced = false,
+            Err(error) => tracing::error!(%error, "cannot write to the data dir"),
+        }
+    }
     if unsynced {
         if let Err(error) = sync(&db) {
             tracing::error!(%error, "cannot sync the data dir");
         }
     }
+}
+
+/// The settlements handed over so far, as writes nobody waits for.
+fn take_settlements(settlements: &Settlements) -> Vec<Write> {
+    std::mem::take(&mut *lock(settlements))
+        .into_iter()
+        .map(|change| Write { change, done: None })
+        .collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Makes every commit so far durable: an empty transaction, synced.
@@ -530,6 +592,7 @@ fn commit(
                     let mark = marks.entry(*topic).or_default();
                     *mark = (*mark).max(*id);
                 }
+                Change::Settlements => {}
                 Change::Settled { id } => {
                     forget(*id, &mut jobs, &mut never_written, written).map_err(|e| text(&e))?;
                 }
@@ -873,6 +936,33 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(next > last, "{next} after {last}");
+    }
+
+    #[tokio::test]
+    async fn the_last_settlements_are_written_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            let (ids, _) = store
+                .publish_many(
+                    "t",
+                    vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()],
+                    later(),
+                )
+                .await;
+            let done = store.take("t").await.unwrap();
+            store.complete(&done).await.unwrap();
+            ids[1]
+        };
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!((stats.ready, stats.requeued), (1, 0));
+        assert_eq!(store.take("t").await.unwrap().id, kept);
     }
 
     #[tokio::test]

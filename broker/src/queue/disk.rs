@@ -13,13 +13,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::compact::{from_record, to_record, QueuedJob};
@@ -129,6 +129,7 @@ pub struct DiskStore {
     topic_ids: RwLock<HashMap<Arc<str>, TopicId>>,
     writes: mpsc::Sender<Write>,
     settlements: Settlements,
+    unconfirmed: Unconfirmed,
     /// The writer, joined when the store is dropped, so that its last sync is done before the
     /// process ends.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -216,6 +217,7 @@ impl DiskStore {
             topic_ids: RwLock::new(loaded.topic_ids),
             writes,
             settlements,
+            unconfirmed: Unconfirmed::default(),
             writer: Some(writer),
             #[cfg(test)]
             scratch: None,
@@ -232,8 +234,13 @@ impl DiskStore {
             .ok_or_else(|| QueueError::NoSuchTopic(topic.to_owned()))
     }
 
-    /// Sends a change to the writer; `wait` until it is on disk.
+    /// Sends a change to the writer and waits until it is on disk.
     async fn write(&self, change: Change) -> Result<(), QueueError> {
+        on_disk(self.send(change)?).await
+    }
+
+    /// Sends a change to the writer: what the receiver gets once it is on disk.
+    fn send(&self, change: Change) -> Result<oneshot::Receiver<Result<(), String>>, QueueError> {
         let (done, written) = oneshot::channel();
         self.writes
             .send(Write {
@@ -241,10 +248,7 @@ impl DiskStore {
                 done: Some(done),
             })
             .map_err(|_| QueueError::Storage(WRITER_GONE.into()))?;
-        written
-            .await
-            .map_err(|_| QueueError::Storage(WRITER_GONE.into()))?
-            .map_err(QueueError::Storage)
+        Ok(written)
     }
 
     /// Hands a change to the writer without waiting: it reaches the disk with the next commit.
@@ -259,6 +263,81 @@ impl DiskStore {
                 done: None,
             });
         }
+    }
+}
+
+/// Waits for the writer's answer to a change.
+async fn on_disk(written: oneshot::Receiver<Result<(), String>>) -> Result<(), QueueError> {
+    written
+        .await
+        .map_err(|_| QueueError::Storage(WRITER_GONE.into()))?
+        .map_err(QueueError::Storage)
+}
+
+/// Published jobs whose publisher waits for their commit, by id. A job completed before its
+/// commit needs no disk to be safe, so its publisher is answered once all of its jobs are
+/// (as RabbitMQ confirms a persistent message that was consumed before it was written).
+#[derive(Default)]
+struct Unconfirmed(Mutex<HashMap<JobId, Arc<Confirmation>>>);
+
+/// One publish: its jobs not yet completed, plus one while it is still adding jobs.
+struct Confirmation {
+    left: AtomicUsize,
+    all_completed: Notify,
+}
+
+impl Confirmation {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            left: AtomicUsize::new(1),
+            all_completed: Notify::new(),
+        })
+    }
+
+    fn one_less(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_completed.notify_one();
+        }
+    }
+}
+
+impl Unconfirmed {
+    fn track(&self, id: JobId, confirmation: &Arc<Confirmation>) {
+        confirmation.left.fetch_add(1, Ordering::AcqRel);
+        lock(&self.0).insert(id, confirmation.clone());
+    }
+
+    fn completed(&self, id: JobId) {
+        let confirmation = lock(&self.0).remove(&id);
+        if let Some(confirmation) = confirmation {
+            confirmation.one_less();
+        }
+    }
+
+    fn forget(&self, ids: &[JobId]) {
+        let mut tracked = lock(&self.0);
+        for id in ids {
+            tracked.remove(id);
+        }
+    }
+}
+
+/// The ids of one publish, no longer tracked once it is answered or dropped.
+struct Tracked<'a> {
+    unconfirmed: &'a Unconfirmed,
+    ids: Vec<JobId>,
+}
+
+impl Tracked<'_> {
+    fn finish(mut self) -> Vec<JobId> {
+        self.unconfirmed.forget(&self.ids);
+        std::mem::take(&mut self.ids)
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.unconfirmed.forget(&self.ids);
     }
 }
 
@@ -715,19 +794,24 @@ impl JobStore for DiskStore {
         room_by: Instant,
     ) -> (Vec<JobId>, Option<QueueError>) {
         // Into the queue one by one, as there is room; onto the disk together, in one commit.
-        // A job in the queue is acknowledged once it is on disk too; should the publisher go
-        // away meanwhile, it stays: at least once, never lost.
+        // A job in the queue is acknowledged once it is on disk too, or completed; should the
+        // publisher go away meanwhile, it stays: at least once, never lost.
         let number = match self.topic_id(topic) {
             Ok(number) => number,
             Err(error) => return (Vec::new(), Some(error)),
         };
-        let mut ids = Vec::with_capacity(jobs.len());
+        let confirmation = Confirmation::new();
+        let mut tracked = Tracked {
+            unconfirmed: &self.unconfirmed,
+            ids: Vec::with_capacity(jobs.len()),
+        };
         let mut records = Vec::with_capacity(jobs.len());
         let mut refused = None;
         for job in jobs {
             match self.memory.publish(topic, job, room_by).await {
                 Ok(id) => {
-                    ids.push(id);
+                    self.unconfirmed.track(id, &confirmation);
+                    tracked.ids.push(id);
                     records.push((
                         id,
                         to_record(&QueuedJob {
@@ -745,13 +829,22 @@ impl JobStore for DiskStore {
             }
         }
         if records.is_empty() {
-            return (ids, refused);
+            return (tracked.finish(), refused);
         }
-        let change = Change::Jobs {
+        let written = match self.send(Change::Jobs {
             topic: number,
             jobs: records,
+        }) {
+            Ok(written) => written,
+            Err(error) => return (Vec::new(), Some(error)),
         };
-        match self.write(change).await {
+        confirmation.one_less();
+        let outcome = tokio::select! {
+            outcome = on_disk(written) => outcome,
+            () = confirmation.all_completed.notified() => Ok(()),
+        };
+        let ids = tracked.finish();
+        match outcome {
             Ok(()) => (ids, refused),
             Err(error) => (Vec::new(), Some(error)),
         }
@@ -770,6 +863,7 @@ impl JobStore for DiskStore {
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
         self.memory.complete(delivery).await?;
+        self.unconfirmed.completed(delivery.id);
         // Not waited for: lost in a crash, the job is delivered again (at least once).
         self.write_later(Change::Settled { id: delivery.id });
         Ok(())
@@ -963,6 +1057,78 @@ pub(crate) mod tests {
         let stats = store.stats("t").await.unwrap();
         assert_eq!((stats.ready, stats.requeued), (1, 0));
         assert_eq!(store.take("t").await.unwrap().id, kept);
+    }
+
+    /// A store whose writer is this test: the writes it would commit come out of the receiver.
+    async fn store_with_a_stalled_writer() -> (DiskStore, mpsc::Receiver<Write>) {
+        let mut store = scratch_store().await;
+        let (writes, pending) = mpsc::channel();
+        // The real writer sees its channel closed and ends.
+        drop(std::mem::replace(&mut store.writes, writes));
+        (store, pending)
+    }
+
+    #[tokio::test]
+    async fn a_publish_is_answered_once_its_jobs_are_on_disk_or_completed() {
+        let (store, pending) = store_with_a_stalled_writer().await;
+        let store = Arc::new(store);
+        // A topic, as the writer would have stored it.
+        store.memory.create_topic("u", 10).await.unwrap();
+        lock_topic_ids(&store).insert(Arc::from("u"), 1);
+        let jobs = vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()];
+
+        // Completed before any commit: answered.
+        let publish = tokio::spawn({
+            let store = store.clone();
+            let jobs = jobs.clone();
+            async move { store.publish_many("u", jobs, later()).await }
+        });
+        for _ in 0..2 {
+            let delivery = store.take("u").await.unwrap();
+            store.complete(&delivery).await.unwrap();
+        }
+        let (ids, refused) = tokio::time::timeout(Duration::from_secs(10), publish)
+            .await
+            .expect("a publish of completed jobs waits for no disk")
+            .unwrap();
+        assert_eq!((ids.len(), refused), (2, None));
+        while pending.try_recv().is_ok() {}
+
+        // Not completed: answered only once the writer says the jobs are on disk.
+        let mut publish = tokio::spawn({
+            let store = store.clone();
+            async move { store.publish_many("u", jobs, later()).await }
+        });
+        let _first = store.take("u").await.unwrap();
+        let write = loop {
+            match pending.try_recv() {
+                Ok(Write {
+                    change: Change::Jobs { .. },
+                    done: Some(done),
+                }) => break done,
+                Ok(_) => {}
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut publish)
+                .await
+                .is_err(),
+            "answered before its jobs were on disk or completed"
+        );
+        write.send(Ok(())).unwrap();
+        let (ids, refused) = publish.await.unwrap();
+        assert_eq!((ids.len(), refused), (2, None));
+        assert!(
+            lock(&store.unconfirmed.0).is_empty(),
+            "nothing left tracked"
+        );
+    }
+
+    fn lock_topic_ids(
+        store: &DiskStore,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, TopicId>> {
+        store.topic_ids.write().unwrap()
     }
 
     #[tokio::test]

@@ -206,12 +206,13 @@ impl Measured {
             }
             Workload::M => format!("broker RSS {:.1} MiB", self.broker_rss_mib().0),
             Workload::MDurable => format!(
-                "broker RSS {:.1} MiB, {:.0} bytes a job on disk, recovery {:.0} ms",
+                "broker RSS {:.1} MiB, {:.0} bytes a job on disk, recovery {:.0} ms, queued at {} jobs/s",
                 self.broker_rss_mib().0,
                 self.median_of(|run| run.data_bytes as f64 / run.jobs.max(1) as f64),
                 self.median_of(|run| run
                     .recovery
-                    .map_or(0.0, |recovery| recovery.as_secs_f64() * 1e3))
+                    .map_or(0.0, |recovery| recovery.as_secs_f64() * 1e3)),
+                thousands(self.jobs_per_s())
             ),
             Workload::W2Durable => format!(
                 "{} jobs/s, publish ack p99 {:.0} µs",

@@ -97,7 +97,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// With --data-dir, when writes are synced to the disk: `always` before a publish is
     /// acknowledged (nothing acknowledged is lost, even in a power cut); a duration such as
-    /// `100ms`, at least that often (a power cut may lose what was acknowledged in the last
+    /// `100ms` (or `100`: milliseconds), at least that often (a power cut may lose what was acknowledged in the last
     /// interval); `never`, only when the broker stops (a crash or a power cut loses every job
     /// acknowledged since it started).
     #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
@@ -139,7 +139,7 @@ fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
     }
 }
 
-/// `--fsync`: `always`, `never`, or an interval from 1ms to 1h.
+/// `--fsync`: `always`, `never`, or an interval from 1ms to 1h (a bare number: milliseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsyncSetting(pub Fsync);
 
@@ -150,10 +150,16 @@ impl std::str::FromStr for FsyncSetting {
         match text {
             "always" => Ok(Self(Fsync::Always)),
             "never" => Ok(Self(Fsync::Never)),
+            // A bare number is milliseconds: `--fsync 100` is `--fsync 100ms`.
+            millis if !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()) => {
+                Self::from_str(&format!("{millis}ms"))
+            }
             interval => timeout_up_to_an_hour(interval)
                 .map(|every| Self(Fsync::Interval(every.into())))
                 .map_err(|_| {
-                    format!("{text} is not 'always', 'never' nor a duration from 1ms to 1h")
+                    format!(
+                        "{text} is not 'always', 'never' nor a duration from 1ms to 1h (a bare number is milliseconds)"
+                    )
                 }),
         }
     }
@@ -220,7 +226,19 @@ mod tests {
             parse("100ms"),
             Ok(Fsync::Interval(Duration::from_millis(100)))
         );
-        for wrong in ["sometimes", "0ms", "2h", ""] {
+        assert_eq!(
+            parse("250"),
+            Ok(Fsync::Interval(Duration::from_millis(250)))
+        );
+        for wrong in [
+            "sometimes",
+            "0ms",
+            "2h",
+            "",
+            "0",
+            "3600001",
+            "99999999999999999999",
+        ] {
             let error = parse(wrong).unwrap_err();
             assert!(error.contains("'always', 'never'"), "{wrong:?}: {error}");
         }

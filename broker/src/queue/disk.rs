@@ -4,8 +4,8 @@
 //! what must survive the process: every topic, every job not yet settled (ready or in flight),
 //! and the dead letters. One writer thread applies the changes in transactions: the changes that
 //! arrive while a transaction commits go into the next one (group commit), and a publish is
-//! answered only once the transaction that holds its job is on disk. A job settled before its
-//! transaction began is never written at all.
+//! answered once each of its jobs is on disk or completed, whichever comes first. A job settled
+//! before its transaction began is never written at all.
 //!
 //! After a restart every stored job is ready again, in the order of its id. Each topic also
 //! keeps the highest id ever taken from it: a stored job at or below that mark had been handed

@@ -97,9 +97,9 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// With --data-dir, when writes are synced to the disk: `always` before a publish is
     /// acknowledged (nothing acknowledged is lost, even in a power cut); a duration such as
-    /// `100ms` (or `100`: milliseconds), at least that often (a power cut may lose what was acknowledged in the last
-    /// interval); `never`, only when the broker stops (a crash or a power cut loses every job
-    /// acknowledged since it started).
+    /// `100ms` (or `100`: milliseconds), at least that often (a crash or a power cut may lose
+    /// what was acknowledged since the last sync); `never`, only when the broker stops (a crash
+    /// or a power cut loses every job acknowledged since it started).
     #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
     pub fsync: FsyncSetting,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.

@@ -11,9 +11,9 @@
 //! keeps the highest id ever taken from it: a stored job at or below that mark had been handed
 //! to a factory, so it comes back counted as requeued, and at the head, where ids put it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,11 @@ const WRITER_GONE: &str = "the disk writer has stopped";
 /// for a publish to share its commit. A crash in this window delivers their jobs again.
 const SETTLEMENTS_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// How far ahead of the highest id in use ids are reserved on disk (rewritten once half of
+/// it is used): a publish answered because its jobs were completed, before they were written,
+/// must not see its ids given again after a crash.
+const ID_RESERVATION: JobId = 1 << 16;
+
 /// The most changes one transaction carries.
 const MAX_GROUP: usize = 4_096;
 
@@ -61,8 +66,8 @@ const MAX_GROUP: usize = 4_096;
 pub enum Fsync {
     /// Before any publish it holds is answered: nothing acknowledged is lost, even on power loss.
     Always,
-    /// At least this often, and before the broker stops: a power cut may lose the publishes
-    /// acknowledged in the last interval; a broker crash loses nothing the kernel has.
+    /// At least this often, and before the broker stops: a crash or a power cut may lose the
+    /// publishes acknowledged since the last sync (redb keeps only synced commits).
     Interval(std::time::Duration),
     /// Only when the broker stops. redb keeps only synced commits, so a crash or a power cut
     /// loses every job acknowledged since the broker started.
@@ -130,6 +135,8 @@ pub struct DiskStore {
     writes: mpsc::Sender<Write>,
     settlements: Settlements,
     unconfirmed: Unconfirmed,
+    /// Ids below this are reserved on disk: a publish may be answered on completion alone.
+    reserved: Arc<AtomicU64>,
     /// The writer, joined when the store is dropped, so that its last sync is done before the
     /// process ends.
     writer: Option<std::thread::JoinHandle<()>>,
@@ -155,7 +162,10 @@ fn unusable(dir: &Path, reason: impl std::fmt::Display) -> DiskError {
 struct Loaded {
     topic_ids: HashMap<Arc<str>, TopicId>,
     taken: HashMap<TopicId, JobId>,
-    next_id: JobId,
+    /// Ids below it were reserved: the next one given is at least this.
+    reserved: JobId,
+    /// Each topic's dead letters, oldest first.
+    dead_letters: HashMap<TopicId, VecDeque<JobId>>,
 }
 
 impl DiskStore {
@@ -199,10 +209,13 @@ impl DiskStore {
             .await
             .map_err(|error| unusable(dir, error))?;
         let (writes, pending) = mpsc::channel();
+        let reserved = Arc::new(AtomicU64::new(loaded.reserved));
         let written = Written {
             taken: loaded.taken,
-            next_id: loaded.next_id,
+            reserved: reserved.clone(),
             settled_early: HashSet::new(),
+            dead_letters: loaded.dead_letters,
+            dead_letter_limit,
         };
         let settlements = Settlements::default();
         let writer = std::thread::Builder::new()
@@ -218,6 +231,7 @@ impl DiskStore {
             writes,
             settlements,
             unconfirmed: Unconfirmed::default(),
+            reserved,
             writer: Some(writer),
             #[cfg(test)]
             scratch: None,
@@ -232,11 +246,6 @@ impl DiskStore {
             .get(topic)
             .copied()
             .ok_or_else(|| QueueError::NoSuchTopic(topic.to_owned()))
-    }
-
-    /// Sends a change to the writer and waits until it is on disk.
-    async fn write(&self, change: Change) -> Result<(), QueueError> {
-        on_disk(self.send(change)?).await
     }
 
     /// Sends a change to the writer: what the receiver gets once it is on disk.
@@ -341,6 +350,29 @@ impl Drop for Tracked<'_> {
     }
 }
 
+/// The records of jobs already in the queue and not yet sent to the writer. A publish dropped
+/// while it waits for room sends them on its way out: they are in the queue, so they are kept
+/// on disk too, although nobody will be told.
+struct Unsent<'a> {
+    writes: &'a mpsc::Sender<Write>,
+    topic: TopicId,
+    records: Vec<(JobId, Vec<u8>)>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if !self.records.is_empty() {
+            let _ = self.writes.send(Write {
+                change: Change::Jobs {
+                    topic: self.topic,
+                    jobs: std::mem::take(&mut self.records),
+                },
+                done: None,
+            });
+        }
+    }
+}
+
 impl Drop for DiskStore {
     fn drop(&mut self) {
         // A closed channel ends the writer after its last commit and sync.
@@ -383,7 +415,8 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
     let mut loaded = Loaded {
         topic_ids: HashMap::new(),
         taken: HashMap::new(),
-        next_id: 0,
+        reserved: 0,
+        dead_letters: HashMap::new(),
     };
     let txn = db.begin_read().map_err(|e| text(&e))?;
     let topics = match txn.open_table(TOPICS) {
@@ -414,7 +447,7 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
             };
             match key.value() {
                 NEXT_ID => {
-                    loaded.next_id = id;
+                    loaded.reserved = id;
                     memory.continue_ids_from(id);
                 }
                 key => {
@@ -428,11 +461,11 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
     let (mut jobs, mut requeued, mut unreadable) = (0u64, 0u64, 0u64);
     if let Some(table) = &table {
         for entry in table.range(..MARKS).map_err(|e| text(&e))? {
-            let (_, value) = entry.map_err(|e| text(&e))?;
+            let (key, value) = entry.map_err(|e| text(&e))?;
             let value = value.value();
             let restored = split_topic(value).and_then(|(topic, record)| {
                 let name = names.get(&topic)?;
-                let queued = from_record(record)?;
+                let queued = from_record(record).filter(|queued| queued.id == key.value())?;
                 let was_taken = loaded
                     .taken
                     .get(&topic)
@@ -451,15 +484,21 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
     }
     if let Ok(table) = txn.open_table(DEAD) {
         for entry in table.iter().map_err(|e| text(&e))? {
-            let (_, value) = entry.map_err(|e| text(&e))?;
-            let restored = split_topic(value.value()).is_some_and(|(topic, letter)| {
-                names.get(&topic).is_some_and(|name| {
-                    dead_letter_from(letter)
-                        .is_some_and(|letter| memory.restore_dead_letter(name, letter).is_ok())
-                })
+            let (key, value) = entry.map_err(|e| text(&e))?;
+            let restored = split_topic(value.value()).and_then(|(topic, letter)| {
+                let name = names.get(&topic)?;
+                let letter =
+                    dead_letter_from(letter).filter(|letter| letter.job_id == key.value())?;
+                memory.restore_dead_letter(name, letter).ok()?;
+                Some(topic)
             });
-            if !restored {
-                unreadable += 1;
+            match restored {
+                Some(topic) => loaded
+                    .dead_letters
+                    .entry(topic)
+                    .or_default()
+                    .push_back(key.value()),
+                None => unreadable += 1,
             }
         }
     }
@@ -527,6 +566,13 @@ fn write_loop(
             group.push(write);
         }
         group.extend(take_settlements(&settlements));
+        if group
+            .iter()
+            .all(|write| write.done.is_none() && matches!(write.change, Change::Settlements))
+        {
+            // A wake-up whose settlements an earlier commit took: nothing to write.
+            continue;
+        }
         let durable = match fsync {
             Fsync::Always => true,
             Fsync::Never => false,
@@ -588,11 +634,16 @@ fn sync(db: &redb::Database) -> Result<(), String> {
 struct Written {
     /// Each topic's highest id taken, as on disk.
     taken: HashMap<TopicId, JobId>,
-    /// Above every job id written, as on disk.
-    next_id: JobId,
+    /// Ids below this are reserved on disk ([`NEXT_ID`]): never given again, even after a
+    /// crash. Shared with the store, which answers a publish on completion only below it.
+    reserved: Arc<AtomicU64>,
     /// Jobs settled before their own insert reached the writer (a publisher whose batch waited
     /// for room part-way): their insert is skipped when it comes.
     settled_early: HashSet<JobId>,
+    /// Each topic's dead letters on disk, oldest first.
+    dead_letters: HashMap<TopicId, VecDeque<JobId>>,
+    /// How many dead letters a topic keeps, on disk as in memory.
+    dead_letter_limit: usize,
 }
 
 /// Removes a settled job from the table, unless it was never written; remembers one whose
@@ -601,15 +652,15 @@ fn forget(
     id: JobId,
     jobs: &mut redb::Table<JobId, &[u8]>,
     never_written: &mut HashSet<JobId>,
-    written: &mut Written,
+    settled_early: &mut HashSet<JobId>,
 ) -> Result<(), redb::StorageError> {
     if !never_written.remove(&id) && jobs.remove(id)?.is_none() {
-        written.settled_early.insert(id);
+        settled_early.insert(id);
     }
     Ok(())
 }
 
-/// Writes `group` in one transaction.
+/// Writes `group` in one transaction. What the writer remembers changes only once it holds.
 fn commit(
     db: &redb::Database,
     group: &[Write],
@@ -627,8 +678,11 @@ fn commit(
         })
         .collect();
     let mut never_written = HashSet::new();
+    let mut settled_early = written.settled_early.clone();
     let mut marks: HashMap<TopicId, JobId> = HashMap::new();
-    let mut next_id = written.next_id;
+    let mut new_dead_letters: HashMap<TopicId, Vec<JobId>> = HashMap::new();
+    let mut highest: Option<JobId> = None;
+    let new_reservation;
     let mut txn = db.begin_write().map_err(|e| text(&e))?;
     txn.set_durability(if durable {
         redb::Durability::Immediate
@@ -652,11 +706,9 @@ fn commit(
                         .map_err(|e| text(&e))?;
                 }
                 Change::Jobs { topic, jobs: batch } => {
-                    if let Some(highest) = batch.iter().map(|(id, _)| *id).max() {
-                        next_id = next_id.max(highest + 1);
-                    }
                     for (id, record) in batch {
-                        if written.settled_early.remove(id) {
+                        highest = highest.max(Some(*id));
+                        if settled_early.remove(id) {
                             continue;
                         }
                         if settled_here.contains(id) {
@@ -668,18 +720,33 @@ fn commit(
                     }
                 }
                 Change::Taken { topic, id } => {
+                    highest = highest.max(Some(*id));
                     let mark = marks.entry(*topic).or_default();
                     *mark = (*mark).max(*id);
                 }
                 Change::Settlements => {}
                 Change::Settled { id } => {
-                    forget(*id, &mut jobs, &mut never_written, written).map_err(|e| text(&e))?;
-                }
-                Change::Dead { topic, id, letter } => {
-                    forget(*id, &mut jobs, &mut never_written, written).map_err(|e| text(&e))?;
-                    dead.insert(id, with_topic(*topic, letter).as_slice())
+                    forget(*id, &mut jobs, &mut never_written, &mut settled_early)
                         .map_err(|e| text(&e))?;
                 }
+                Change::Dead { topic, id, letter } => {
+                    forget(*id, &mut jobs, &mut never_written, &mut settled_early)
+                        .map_err(|e| text(&e))?;
+                    if written.dead_letter_limit > 0 {
+                        dead.insert(id, with_topic(*topic, letter).as_slice())
+                            .map_err(|e| text(&e))?;
+                        new_dead_letters.entry(*topic).or_default().push(*id);
+                    }
+                }
+            }
+        }
+        // The disk keeps as many dead letters as memory does: the oldest go first.
+        for (topic, added) in &new_dead_letters {
+            let kept = written.dead_letters.get(topic);
+            let total = kept.map_or(0, VecDeque::len) + added.len();
+            let oldest = kept.into_iter().flatten().chain(added);
+            for id in oldest.take(total.saturating_sub(written.dead_letter_limit)) {
+                dead.remove(id).map_err(|e| text(&e))?;
             }
         }
         marks.retain(|topic, id| written.taken.get(topic).is_none_or(|mark| *id > *mark));
@@ -687,14 +754,29 @@ fn commit(
             jobs.insert(MARKS + JobId::from(*topic), id.to_le_bytes().as_slice())
                 .map_err(|e| text(&e))?;
         }
-        if next_id > written.next_id {
-            jobs.insert(NEXT_ID, next_id.to_le_bytes().as_slice())
-                .map_err(|e| text(&e))?;
-        }
+        let needed = highest.map(|id| id.saturating_add(1 + ID_RESERVATION / 2));
+        new_reservation = match needed {
+            Some(needed) if needed > written.reserved.load(Ordering::Acquire) => {
+                let reservation = needed.saturating_add(ID_RESERVATION / 2);
+                jobs.insert(NEXT_ID, reservation.to_le_bytes().as_slice())
+                    .map_err(|e| text(&e))?;
+                Some(reservation)
+            }
+            _ => None,
+        };
     }
     txn.commit().map_err(|e| text(&e))?;
     written.taken.extend(marks);
-    written.next_id = next_id;
+    written.settled_early = settled_early;
+    for (topic, added) in new_dead_letters {
+        let kept = written.dead_letters.entry(topic).or_default();
+        kept.extend(added);
+        let excess = kept.len().saturating_sub(written.dead_letter_limit);
+        kept.drain(..excess);
+    }
+    if let Some(reservation) = new_reservation {
+        written.reserved.store(reservation, Ordering::Release);
+    }
     Ok(())
 }
 
@@ -747,33 +829,54 @@ impl JobStore for DiskStore {
         topic: &str,
         capacity: usize,
     ) -> Result<TopicCreation, QueueError> {
-        // Numbered first, so that a publish that finds the topic in the queue finds its number.
-        let number = {
+        if self.memory.has_topic(topic).await {
+            // In the queue only once it is on disk.
+            return self.memory.create_topic(topic, capacity).await;
+        }
+        // On disk before it is in the queue, so that no job published to it is committed
+        // before the topic is. A creator that finds the topic numbered but not yet in the
+        // queue waits for a commit after the first creator's.
+        let (written, created_here) = {
             let mut ids = self
                 .topic_ids
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match ids.get(topic) {
-                Some(_) => None,
-                None => {
-                    let number = TopicId::try_from(ids.len()).map_err(|_| {
+            if ids.contains_key(topic) {
+                (self.send(Change::Settlements)?, None)
+            } else {
+                let number = ids
+                    .values()
+                    .max()
+                    .map_or(Some(0), |highest| highest.checked_add(1))
+                    .ok_or_else(|| {
                         QueueError::Storage("no more topics fit in the data dir".into())
                     })?;
-                    ids.insert(Arc::from(topic), number);
-                    Some(number)
-                }
+                let written = self.send(Change::Topic {
+                    name: Arc::from(topic),
+                    topic: number,
+                    capacity: capacity as u64,
+                })?;
+                ids.insert(Arc::from(topic), number);
+                (written, Some(number))
             }
         };
-        let created = self.memory.create_topic(topic, capacity).await?;
-        if let Some(number) = number {
-            self.write(Change::Topic {
-                name: Arc::from(topic),
-                topic: number,
-                capacity: capacity as u64,
-            })
-            .await?;
+        if let Err(error) = on_disk(written).await {
+            if created_here.is_some() {
+                // Not kept: the next creator writes it again.
+                self.topic_ids
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(topic);
+            }
+            return Err(error);
         }
-        Ok(created)
+        if created_here.is_none() && self.topic_id(topic).is_err() {
+            // The first creator's write failed, and it took the number back.
+            return Err(QueueError::Storage(format!(
+                "the topic {topic:?} could not be stored"
+            )));
+        }
+        self.memory.create_topic(topic, capacity).await
     }
 
     async fn has_topic(&self, topic: &str) -> bool {
@@ -805,14 +908,18 @@ impl JobStore for DiskStore {
             unconfirmed: &self.unconfirmed,
             ids: Vec::with_capacity(jobs.len()),
         };
-        let mut records = Vec::with_capacity(jobs.len());
+        let mut unsent = Unsent {
+            writes: &self.writes,
+            topic: number,
+            records: Vec::with_capacity(jobs.len()),
+        };
         let mut refused = None;
         for job in jobs {
             match self.memory.publish(topic, job, room_by).await {
                 Ok(id) => {
                     self.unconfirmed.track(id, &confirmation);
                     tracked.ids.push(id);
-                    records.push((
+                    unsent.records.push((
                         id,
                         to_record(&QueuedJob {
                             id,
@@ -828,20 +935,30 @@ impl JobStore for DiskStore {
                 }
             }
         }
-        if records.is_empty() {
+        if unsent.records.is_empty() {
             return (tracked.finish(), refused);
         }
         let written = match self.send(Change::Jobs {
             topic: number,
-            jobs: records,
+            jobs: std::mem::take(&mut unsent.records),
         }) {
             Ok(written) => written,
             Err(error) => return (Vec::new(), Some(error)),
         };
         confirmation.one_less();
+        let highest = tracked.ids.iter().copied().max().unwrap_or_default();
+        let mut written = std::pin::pin!(on_disk(written));
         let outcome = tokio::select! {
-            outcome = on_disk(written) => outcome,
-            () = confirmation.all_completed.notified() => Ok(()),
+            outcome = &mut written => outcome,
+            () = confirmation.all_completed.notified() => {
+                // Completed jobs need no disk, but their ids must not be given again after a
+                // crash: below the reservation on disk, they are not.
+                if highest < self.reserved.load(Ordering::Acquire) {
+                    Ok(())
+                } else {
+                    written.await
+                }
+            }
         };
         let ids = tracked.finish();
         match outcome {
@@ -962,13 +1079,10 @@ pub(crate) mod tests {
             // A last synced write, so that the unsynced settlements before it are on disk too.
             store.create_topic("u", 5).await.unwrap();
         }
-        // The writer thread ends once the store is dropped; give it a moment to let go of the file.
-        let store = loop {
-            match DiskStore::open(dir.path(), Fsync::Always, 10).await {
-                Err(DiskError::InUse(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-                other => break other.unwrap(),
-            }
-        };
+        // Dropped, the store joined its writer: the file is free.
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
         assert_eq!(store.topic_names().await, vec!["t", "u"]);
         let stats = store.stats("t").await.unwrap();
         assert_eq!(
@@ -1077,7 +1191,38 @@ pub(crate) mod tests {
         lock_topic_ids(&store).insert(Arc::from("u"), 1);
         let jobs = vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()];
 
-        // Completed before any commit: answered.
+        // Completed, but their ids are not reserved on disk yet: answered only by the disk.
+        let mut publish = tokio::spawn({
+            let store = store.clone();
+            let jobs = jobs.clone();
+            async move { store.publish_many("u", jobs, later()).await }
+        });
+        for _ in 0..2 {
+            let delivery = store.take("u").await.unwrap();
+            store.complete(&delivery).await.unwrap();
+        }
+        let write = loop {
+            match pending.try_recv() {
+                Ok(Write {
+                    change: Change::Jobs { .. },
+                    done: Some(done),
+                }) => break done,
+                Ok(_) => {}
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut publish)
+                .await
+                .is_err(),
+            "answered with ids that a crash could give again"
+        );
+        write.send(Ok(())).unwrap();
+        assert_eq!(publish.await.unwrap().0.len(), 2);
+        while pending.try_recv().is_ok() {}
+        store.reserved.store(1 << 20, Ordering::Release);
+
+        // Completed before any commit, ids reserved: answered.
         let publish = tokio::spawn({
             let store = store.clone();
             let jobs = jobs.clone();
@@ -1143,12 +1288,7 @@ pub(crate) mod tests {
                 .await
                 .unwrap()
         };
-        let store = loop {
-            match DiskStore::open(dir.path(), every, 10).await {
-                Err(DiskError::InUse(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-                other => break other.unwrap(),
-            }
-        };
+        let store = DiskStore::open(dir.path(), every, 10).await.unwrap();
         assert_eq!(store.take("t").await.unwrap().id, id);
     }
 
@@ -1317,7 +1457,7 @@ pub(crate) mod tests {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(JOBS).unwrap();
         let marks: Vec<(JobId, JobId)> = table
-            .range(MARKS..)
+            .range(MARKS..NEXT_ID)
             .unwrap()
             .map(|entry| {
                 let (key, id) = entry.unwrap();
@@ -1325,6 +1465,10 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(marks, vec![(0, 9), (1, 2)]);
+        // Ids up to the highest taken, and a reservation beyond, are never given again.
+        let reserved = mark_from(table.get(NEXT_ID).unwrap().unwrap().value()).unwrap();
+        assert_eq!(reserved, 9 + 1 + ID_RESERVATION);
+        assert_eq!(written.reserved.load(Ordering::Acquire), reserved);
     }
 
     #[test]
@@ -1334,6 +1478,132 @@ pub(crate) mod tests {
             assert_eq!(split_topic(&value), Some((topic, &b"abc"[..])));
         }
         assert_eq!(split_topic(&[0x80, 0x80]), None);
+    }
+
+    #[test]
+    fn the_disk_keeps_no_more_dead_letters_than_the_limit_oldest_dropped_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let mut written = Written {
+            dead_letter_limit: 2,
+            ..Written::default()
+        };
+        let dead = |id| {
+            change(Change::Dead {
+                topic: 0,
+                id,
+                letter: vec![id as u8],
+            })
+        };
+        commit(&db, &[dead(1), dead(2)], true, &mut written).unwrap();
+        commit(&db, &[dead(3)], true, &mut written).unwrap();
+        commit(&db, &[dead(4), dead(5), dead(6)], true, &mut written).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(DEAD).unwrap();
+        let kept: Vec<JobId> = table
+            .iter()
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value())
+            .collect();
+        assert_eq!(kept, vec![5, 6]);
+        assert_eq!(written.dead_letters[&0], VecDeque::from([5, 6]));
+    }
+
+    #[tokio::test]
+    async fn a_record_under_a_key_that_is_not_its_id_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            store
+                .publish("t", Pair { x: 1, y: 2 }.into(), later())
+                .await
+                .unwrap();
+        }
+        {
+            // Job 0's record, copied under key 7.
+            let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut jobs = txn.open_table(JOBS).unwrap();
+                let record = jobs.get(0).unwrap().unwrap().value().to_vec();
+                jobs.insert(7, record.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.stats("t").await.unwrap().ready,
+            1,
+            "job 0 once, not twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_topic_is_on_disk_before_a_job_can_be_published_to_it() {
+        let (store, pending) = store_with_a_stalled_writer().await;
+        let store = Arc::new(store);
+        let create = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_topic("t", 10).await }
+        });
+        let write = loop {
+            match pending.try_recv() {
+                Ok(Write {
+                    change: Change::Topic { .. },
+                    done: Some(done),
+                }) => break done,
+                Ok(_) => {}
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        let refused = store
+            .publish("t", Pair { x: 1, y: 2 }.into(), later())
+            .await;
+        assert_eq!(refused, Err(QueueError::NoSuchTopic("t".into())));
+        write.send(Ok(())).unwrap();
+        assert_eq!(create.await.unwrap(), Ok(TopicCreation::Created));
+        assert!(store.has_topic("t").await);
+    }
+
+    #[tokio::test]
+    async fn a_publish_dropped_while_it_waits_for_room_still_writes_the_jobs_it_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(
+                DiskStore::open(dir.path(), Fsync::Always, 10)
+                    .await
+                    .unwrap(),
+            );
+            store.create_topic("t", 1).await.unwrap();
+            let publish = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    let jobs = vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()];
+                    store.publish_many("t", jobs, later()).await
+                }
+            });
+            // The first job is queued; the second waits for room.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.stats("t").await.unwrap().ready < 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the first job never queued"
+                );
+                tokio::task::yield_now().await;
+            }
+            publish.abort();
+            assert!(publish.await.unwrap_err().is_cancelled());
+            Arc::into_inner(store).expect("the task let go of the store");
+        }
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        assert_eq!(store.stats("t").await.unwrap().ready, 1);
     }
 
     #[test]

@@ -408,6 +408,16 @@ pub async fn failed_start(mut command: Command) -> String {
 /// unprivileged user may) after `mounts` (shell commands) ran there: a small or read-only
 /// filesystem that the rest of the machine never sees.
 pub fn with_mounts(mounts: &str, name: &str, args: &[&str]) -> Command {
+    let works = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        works,
+        "this test needs `unshare` (util-linux) and unprivileged user namespaces, to give a \
+         broker a filesystem of its own; this machine refuses them"
+    );
     let mut command = Command::new("unshare");
     command
         .args(["--user", "--map-root-user", "--mount", "sh", "-c"])

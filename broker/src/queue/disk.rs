@@ -188,12 +188,22 @@ impl DiskStore {
             let repaired = repaired.clone();
             move |_| repaired.store(true, Ordering::Relaxed)
         });
-        let db = match builder.create(&file) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+        // redb asserts some of what it reads from the file's header (a file shorter than its
+        // header says panics): a damaged file must be refused with a reason, not crash us.
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(&file)));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
                 return Err(DiskError::InUse(dir.to_path_buf()))
             }
-            Err(error) => return Err(unusable(dir, error)),
+            Ok(Err(error)) => return Err(unusable(dir, error)),
+            Err(_) => {
+                return Err(unusable(
+                    dir,
+                    format!("{} is damaged (redb could not read it)", file.display()),
+                ))
+            }
         };
         if existed && repaired.load(Ordering::Relaxed) {
             // redb checks every commit's checksum: one cut short by the crash is dropped whole,
@@ -1604,6 +1614,73 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(store.stats("t").await.unwrap().ready, 1);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_data_dir_is_refused_with_its_reason() {
+        // A file that is not a database at all.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATABASE_FILE), vec![0x5a; 64 * 1024]).unwrap();
+        match DiskStore::open(dir.path(), Fsync::Always, 10).await {
+            Err(DiskError::Unusable { reason, .. }) => assert!(reason.contains("invalid data")),
+            other => panic!("a file of garbage was opened: {other:?}"),
+        }
+        // A database that lost its tail after it was written (redb asserts on it).
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 100_000).await.unwrap();
+            let (ids, _) = store.publish_many("t", pairs(0, 20_000), later()).await;
+            assert_eq!(ids.len(), 20_000);
+        }
+        let bytes = std::fs::read(dir.path().join(DATABASE_FILE)).unwrap();
+        for keep in [bytes.len() / 2, 4096] {
+            let cut = tempfile::tempdir().unwrap();
+            std::fs::write(cut.path().join(DATABASE_FILE), &bytes[..keep]).unwrap();
+            match DiskStore::open(cut.path(), Fsync::Always, 10).await {
+                Err(DiskError::Unusable { reason, .. }) => assert!(reason.contains("is damaged")),
+                other => panic!("cut to {keep} of {} bytes: {other:?}", bytes.len()),
+            }
+        }
+    }
+
+    fn pairs(from: i64, count: i64) -> Vec<Job> {
+        (from..from + count)
+            .map(|x| Pair { x, y: 1 }.into())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_commit_torn_by_a_crash_is_dropped_whole_and_the_commits_before_it_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(DATABASE_FILE);
+        let (before, after) = {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 100_000).await.unwrap();
+            let (ids, _) = store.publish_many("t", pairs(0, 1_000), later()).await;
+            assert_eq!(ids.len(), 1_000);
+            let before = std::fs::read(&file).unwrap();
+            let (ids, _) = store.publish_many("t", pairs(1_000, 5_000), later()).await;
+            assert_eq!(ids.len(), 5_000);
+            (before, std::fs::read(&file).unwrap())
+        };
+        // A crash in the second commit's sync: its header reached the disk, its pages did not.
+        let mut torn = before;
+        torn.resize(after.len(), 0);
+        torn[..4096].copy_from_slice(&after[..4096]);
+        std::fs::write(&file, &torn).unwrap();
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.stats("t").await.unwrap().ready,
+            1_000,
+            "the first commit's jobs, none of the second's"
+        );
     }
 
     #[test]

@@ -26,17 +26,7 @@ async fn acknowledged_jobs_outlive_a_sigkilled_broker_and_are_delivered_after_a_
 
     let first = Process::start("broker", &args);
     let client = client_when_up(address).await;
-    client
-        .create_channel(
-            tarpc::context::current(),
-            ChannelRequest {
-                topic: "multiply".into(),
-                buffer: 1_000,
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    create_multiply(&client, 1_000).await;
     let jobs: Vec<Job> = (0..JOBS).map(|x| Pair { x, y: 3 }.into()).collect();
     let mut acknowledged = Vec::new();
     for chunk in jobs.chunks(100) {
@@ -65,24 +55,13 @@ async fn acknowledged_jobs_outlive_a_sigkilled_broker_and_are_delivered_after_a_
         .unwrap();
     assert_eq!((topic.capacity, topic.ready), (1_000, JOBS as u64));
 
-    let _factory = lab::RunningFactory::start(
-        0,
-        factory_config(address, &[Multiply], false),
-        lab_console::Console::quiet(),
-    )
-    .await
-    .unwrap();
+    let _factory = multiply_factory(address).await;
     eventually("every acknowledged job is completed", || {
         second.count_lines("Factory.Multiply of ") == JOBS as usize
     })
     .await;
     // Each job, and each once: the products 3x for x in 0..JOBS.
-    let mut products: Vec<i64> = second
-        .lines()
-        .iter()
-        .filter(|line| line.starts_with("Factory.Multiply of "))
-        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let mut products = products(&second);
     products.sort();
     assert_eq!(products, (0..JOBS).map(|x| 3 * x).collect::<Vec<i64>>());
 }
@@ -118,6 +97,40 @@ async fn a_data_dir_in_use_by_another_broker_is_refused_with_a_clear_error() {
     let stderr = failed_start(second).await;
     assert!(stderr.contains("is in use by another broker"), "{stderr}");
     drop(first);
+}
+
+/// A Multiply factory in this process, subscribed to the broker at `address`.
+async fn multiply_factory(address: std::net::SocketAddr) -> lab::RunningFactory {
+    lab::RunningFactory::start(
+        0,
+        factory_config(address, &[Multiply], false),
+        lab_console::Console::quiet(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The products of the Multiply completions a broker printed, in order.
+fn products(broker: &Process) -> Vec<i64> {
+    broker
+        .lines()
+        .iter()
+        .filter_map(|line| line.strip_prefix("Factory.Multiply of "))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Creates the `multiply` topic with `buffer`.
+async fn create_multiply(client: &stubs::BrokerClient, buffer: u32) {
+    let request = ChannelRequest {
+        topic: "multiply".into(),
+        buffer,
+    };
+    client
+        .create_channel(tarpc::context::current(), request)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// The broker's arguments for a data dir, on a fixed port.
@@ -170,17 +183,7 @@ async fn a_full_disk_refuses_publishes_with_a_clear_error_and_loses_no_acknowled
         &durable_broker_args(&port_arg, &data_dir),
     ));
     let client = client_when_up(address).await;
-    client
-        .create_channel(
-            tarpc::context::current(),
-            ChannelRequest {
-                topic: "multiply".into(),
-                buffer: 1_000_000,
-            },
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    create_multiply(&client, 1_000_000).await;
 
     // Distinct jobs (x, 1) until the disk is full.
     let mut acknowledged: Vec<i64> = Vec::new();
@@ -237,20 +240,9 @@ async fn a_full_disk_refuses_publishes_with_a_clear_error_and_loses_no_acknowled
     );
 
     // Every acknowledged job is delivered.
-    let _factory = lab::RunningFactory::start(
-        0,
-        factory_config(address, &[Multiply], false),
-        lab_console::Console::quiet(),
-    )
-    .await
-    .unwrap();
+    let _factory = multiply_factory(address).await;
     eventually("every acknowledged job is completed", || {
-        let products: std::collections::HashSet<i64> = broker
-            .lines()
-            .iter()
-            .filter_map(|line| line.strip_prefix("Factory.Multiply of "))
-            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-            .collect();
+        let products: std::collections::HashSet<i64> = products(&broker).into_iter().collect();
         acknowledged.iter().all(|x| products.contains(x))
     })
     .await;

@@ -1192,6 +1192,41 @@ pub(crate) mod tests {
         (store, pending)
     }
 
+    type Publish = tokio::task::JoinHandle<(Vec<JobId>, Option<QueueError>)>;
+
+    fn spawn_publish(store: &Arc<DiskStore>, jobs: &[Job]) -> Publish {
+        let (store, jobs) = (store.clone(), jobs.to_vec());
+        tokio::spawn(async move { store.publish_many("u", jobs, later()).await })
+    }
+
+    async fn take_and_complete(store: &DiskStore, jobs: usize) {
+        for _ in 0..jobs {
+            let delivery = store.take("u").await.unwrap();
+            store.complete(&delivery).await.unwrap();
+        }
+    }
+
+    /// The answer the stalled writer owes for the next published batch.
+    async fn next_batch_write(
+        pending: &mpsc::Receiver<Write>,
+    ) -> oneshot::Sender<Result<(), String>> {
+        loop {
+            match pending.try_recv() {
+                Ok(Write {
+                    change: Change::Jobs { .. },
+                    done: Some(done),
+                }) => return done,
+                Ok(_) => {}
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    async fn assert_unanswered(publish: &mut Publish, why: &str) {
+        let waited = tokio::time::timeout(Duration::from_millis(50), publish).await;
+        assert!(waited.is_err(), "{why}");
+    }
+
     #[tokio::test]
     async fn a_publish_is_answered_once_its_jobs_are_on_disk_or_completed() {
         let (store, pending) = store_with_a_stalled_writer().await;
@@ -1199,78 +1234,40 @@ pub(crate) mod tests {
         // A topic, as the writer would have stored it.
         store.memory.create_topic("u", 10).await.unwrap();
         lock_topic_ids(&store).insert(Arc::from("u"), 1);
-        let jobs = vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()];
+        let jobs: Vec<Job> = vec![Pair { x: 1, y: 2 }.into(), Pair { x: 3, y: 4 }.into()];
 
         // Completed, but their ids are not reserved on disk yet: answered only by the disk.
-        let mut publish = tokio::spawn({
-            let store = store.clone();
-            let jobs = jobs.clone();
-            async move { store.publish_many("u", jobs, later()).await }
-        });
-        for _ in 0..2 {
-            let delivery = store.take("u").await.unwrap();
-            store.complete(&delivery).await.unwrap();
-        }
-        let write = loop {
-            match pending.try_recv() {
-                Ok(Write {
-                    change: Change::Jobs { .. },
-                    done: Some(done),
-                }) => break done,
-                Ok(_) => {}
-                Err(_) => tokio::task::yield_now().await,
-            }
-        };
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut publish)
-                .await
-                .is_err(),
-            "answered with ids that a crash could give again"
-        );
+        let mut publish = spawn_publish(&store, &jobs);
+        take_and_complete(&store, 2).await;
+        let write = next_batch_write(&pending).await;
+        assert_unanswered(
+            &mut publish,
+            "answered with ids that a crash could give again",
+        )
+        .await;
         write.send(Ok(())).unwrap();
         assert_eq!(publish.await.unwrap().0.len(), 2);
-        while pending.try_recv().is_ok() {}
         store.reserved.store(1 << 20, Ordering::Release);
 
         // Completed before any commit, ids reserved: answered.
-        let publish = tokio::spawn({
-            let store = store.clone();
-            let jobs = jobs.clone();
-            async move { store.publish_many("u", jobs, later()).await }
-        });
-        for _ in 0..2 {
-            let delivery = store.take("u").await.unwrap();
-            store.complete(&delivery).await.unwrap();
-        }
+        let publish = spawn_publish(&store, &jobs);
+        take_and_complete(&store, 2).await;
         let (ids, refused) = tokio::time::timeout(Duration::from_secs(10), publish)
             .await
             .expect("a publish of completed jobs waits for no disk")
             .unwrap();
         assert_eq!((ids.len(), refused), (2, None));
-        while pending.try_recv().is_ok() {}
+        drop(next_batch_write(&pending).await);
 
         // Not completed: answered only once the writer says the jobs are on disk.
-        let mut publish = tokio::spawn({
-            let store = store.clone();
-            async move { store.publish_many("u", jobs, later()).await }
-        });
+        let mut publish = spawn_publish(&store, &jobs);
         let _first = store.take("u").await.unwrap();
-        let write = loop {
-            match pending.try_recv() {
-                Ok(Write {
-                    change: Change::Jobs { .. },
-                    done: Some(done),
-                }) => break done,
-                Ok(_) => {}
-                Err(_) => tokio::task::yield_now().await,
-            }
-        };
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut publish)
-                .await
-                .is_err(),
-            "answered before its jobs were on disk or completed"
-        );
+        let write = next_batch_write(&pending).await;
+        assert_unanswered(
+            &mut publish,
+            "answered before its jobs were on disk or completed",
+        )
+        .await;
         write.send(Ok(())).unwrap();
         let (ids, refused) = publish.await.unwrap();
         assert_eq!((ids.len(), refused), (2, None));

@@ -87,15 +87,12 @@ impl Cli {
     /// What the factory does, apart from where it listens.
     pub fn config(&self) -> FactoryConfig {
         FactoryConfig {
-            broker: self.broker.broker.clone(),
+            link: self.broker.link(),
             ip: self.ip,
             topics: self.topics.clone(),
             prefetch: self.prefetch,
             buffer: self.buffer,
             pipeline: !self.no_pipeline,
-            connect_timeout: self.broker.connect_timeout.into(),
-            give_up_after: self.broker.give_up_after.into(),
-            token: self.broker.token.clone().unwrap_or_default(),
         }
     }
 }

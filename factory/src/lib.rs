@@ -25,7 +25,7 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use transport::{AccessToken, Admission, BrokerLink, ConnectError, LinkError};
+use transport::{Admission, BrokerLink, ConnectError, LinkConfig, LinkError};
 
 use crate::cli::LabTopic;
 use crate::membership::Membership;
@@ -43,8 +43,8 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a factory does.
 #[derive(Clone, Debug)]
 pub struct FactoryConfig {
-    /// The broker's address.
-    pub broker: String,
+    /// The brokers, and how to reach them; the token is also required of the broker's calls.
+    pub link: LinkConfig,
     /// The address given to the broker, with the listener's port.
     pub ip: IpAddr,
     /// The topics to work on.
@@ -55,12 +55,6 @@ pub struct FactoryConfig {
     pub buffer: u32,
     /// Whether Multiply results become Divide jobs.
     pub pipeline: bool,
-    /// How long to wait for a connection to the broker.
-    pub connect_timeout: Duration,
-    /// How long to keep reconnecting to a broker that went away before giving up.
-    pub give_up_after: Duration,
-    /// The shared secret given to the broker and required of it.
-    pub token: AccessToken,
 }
 
 /// Why a factory stopped with an error.
@@ -108,14 +102,9 @@ pub async fn run(
         .map_err(FactoryError::Listener)?
         .port();
     let address = SocketAddr::new(config.ip, port).to_string();
-    let broker = BrokerLink::connect(
-        &config.broker,
-        config.connect_timeout,
-        config.give_up_after,
-        config.token.clone(),
-    )
-    .await
-    .map_err(FactoryError::BrokerUnreachable)?;
+    let broker = BrokerLink::connect(&config.link)
+        .await
+        .map_err(FactoryError::BrokerUnreachable)?;
 
     let mut topics_to_create = config.topics.clone();
     if config.pipeline && !topics_to_create.contains(&LabTopic::Divide) {
@@ -161,7 +150,7 @@ pub async fn run(
     let server = tokio::spawn(transport::accept(
         listener,
         Admission {
-            token: config.token.clone(),
+            token: config.link.token.clone(),
             ..Admission::default()
         },
         stop_accepting.clone(),

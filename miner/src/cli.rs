@@ -73,7 +73,7 @@ impl Cli {
             DEFAULT_MAX_PAIR
         };
         MinerConfig {
-            broker: self.broker.broker.clone(),
+            link: self.broker.link(),
             topic: self.topic.clone(),
             buffer: self.buffer,
             interval: self.interval.into(),
@@ -83,9 +83,22 @@ impl Cli {
             max: self.max.unwrap_or(default_max),
             seed: self.seed,
             concurrency: self.concurrency,
-            connect_timeout: self.broker.connect_timeout.into(),
-            give_up_after: self.broker.give_up_after.into(),
-            token: self.broker.token.clone().unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn broker_takes_one_address_or_several_separated_by_commas() {
+        let one = Cli::try_parse_from(["miner"]).unwrap().config();
+        assert_eq!(one.link.brokers, vec![lab_console::DEFAULT_BROKER]);
+        let two = Cli::try_parse_from(["miner", "--broker", "127.0.0.1:8030,127.0.0.1:8040"])
+            .unwrap()
+            .config();
+        assert_eq!(two.link.brokers, vec!["127.0.0.1:8030", "127.0.0.1:8040"]);
     }
 }

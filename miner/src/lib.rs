@@ -20,7 +20,7 @@ use lab_console::Console;
 use stubs::{BrokerError, ChannelRequest, Job};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
-use transport::{AccessToken, BrokerLink, ConnectError, LinkError};
+use transport::{BrokerLink, ConnectError, LinkConfig, LinkError};
 
 use crate::batching::Batcher;
 use crate::jobs::JobSource;
@@ -28,8 +28,8 @@ use crate::jobs::JobSource;
 /// What a miner does.
 #[derive(Clone, Debug)]
 pub struct MinerConfig {
-    /// The broker's address.
-    pub broker: String,
+    /// The brokers, and how to reach them.
+    pub link: LinkConfig,
     /// The topic to publish to.
     pub topic: String,
     /// The buffer of the topic, if the miner creates it.
@@ -49,12 +49,6 @@ pub struct MinerConfig {
     pub seed: Option<u64>,
     /// How many publishers run at once.
     pub concurrency: u32,
-    /// How long to wait for a connection to the broker.
-    pub connect_timeout: Duration,
-    /// How long to keep reconnecting to a broker that went away before giving up.
-    pub give_up_after: Duration,
-    /// The broker's shared secret.
-    pub token: AccessToken,
 }
 
 /// Why a miner stopped early.
@@ -152,14 +146,9 @@ pub async fn run(
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
-    let broker = BrokerLink::connect(
-        &config.broker,
-        config.connect_timeout,
-        config.give_up_after,
-        config.token.clone(),
-    )
-    .await
-    .map_err(MinerError::BrokerUnreachable)?;
+    let broker = BrokerLink::connect(&config.link)
+        .await
+        .map_err(MinerError::BrokerUnreachable)?;
     create_channel(&broker, &config).await?;
 
     let (batcher, batcher_task) = Batcher::spawn(broker.clone(), config.topic.clone());

@@ -356,7 +356,7 @@ async fn a_miner_whose_broker_goes_away_for_good_gives_up_with_a_clear_error() {
     config.concurrency = 32;
     // No factory: the topic fills, and the batcher's four calls all wait for room.
     config.buffer = 10;
-    config.give_up_after = Duration::from_secs(1);
+    config.link.give_up_after = Duration::from_secs(1);
     let miner = lab::start_miner(config, lab_console::Console::quiet(), Default::default());
     eventually_async("the topic is full", async || {
         broker

@@ -103,7 +103,7 @@ async fn without_the_token_nothing_is_served_and_with_it_everything_is() {
 
     // With the token, the lab works.
     let mut config = factory_config(broker.address, &[Multiply], false);
-    config.token = AccessToken::new(TOKEN).unwrap();
+    config.link.token = AccessToken::new(TOKEN).unwrap();
     let _factory = start_factory(&broker, 0, config).await;
 }
 

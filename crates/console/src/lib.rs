@@ -122,9 +122,10 @@ pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
 /// How a miner or a factory reaches its broker: the same options on both.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BrokerArgs {
-    /// The broker's address.
-    #[arg(long, default_value = DEFAULT_BROKER)]
-    pub broker: String,
+    /// The broker's address, or several separated by commas: the first that answers is used,
+    /// and when it goes away the next in the list, round and round.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BROKER, value_name = "ADDR[,ADDR...]")]
+    pub broker: Vec<String>,
     /// How long to wait for a connection to the broker.
     #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
     pub connect_timeout: humantime::Duration,
@@ -134,4 +135,16 @@ pub struct BrokerArgs {
     /// The broker's shared secret (a factory also requires it of the broker's calls).
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<transport::AccessToken>,
+}
+
+impl BrokerArgs {
+    /// The link settings these options give.
+    pub fn link(&self) -> transport::LinkConfig {
+        transport::LinkConfig {
+            brokers: self.broker.clone(),
+            connect_timeout: self.connect_timeout.into(),
+            give_up_after: self.give_up_after.into(),
+            token: self.token.clone().unwrap_or_default(),
+        }
+    }
 }

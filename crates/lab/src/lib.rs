@@ -100,22 +100,19 @@ impl RunningFactory {
 /// A factory's configuration for the lab's broker at `broker`: both topics, prefetch 1.
 pub fn factory_config(broker: SocketAddr, pipeline: bool) -> FactoryConfig {
     FactoryConfig {
-        broker: broker.to_string(),
+        link: transport::LinkConfig::to(broker.to_string()),
         ip: Ipv4Addr::LOCALHOST.into(),
         topics: vec![LabTopic::Multiply, LabTopic::Divide],
         prefetch: stubs::DEFAULT_PREFETCH,
         buffer: factory::DEFAULT_BUFFER,
         pipeline,
-        connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
-        give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
-        token: transport::AccessToken::none(),
     }
 }
 
 /// A miner's configuration for the lab's broker at `broker`: Pairs to `topic`, one a second.
 pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
     MinerConfig {
-        broker: broker.to_string(),
+        link: transport::LinkConfig::to(broker.to_string()),
         topic: topic.to_owned(),
         buffer: miner::cli::DEFAULT_BUFFER,
         interval: miner::cli::DEFAULT_INTERVAL,
@@ -125,9 +122,6 @@ pub fn miner_config(broker: SocketAddr, topic: &str) -> MinerConfig {
         max: miner::jobs::DEFAULT_MAX_PAIR,
         seed: None,
         concurrency: 1,
-        connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
-        give_up_after: transport::link::DEFAULT_GIVE_UP_AFTER,
-        token: transport::AccessToken::none(),
     }
 }
 

@@ -13,7 +13,7 @@ pub mod link;
 
 pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, HandshakeError};
-pub use link::{BrokerLink, LinkError};
+pub use link::{BrokerLink, LinkConfig, LinkError};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,7 +1,8 @@
-//! [`BrokerLink`]: a connection to the broker that comes back by itself. tarpc has no
+//! [`BrokerLink`]: a connection to a broker that comes back by itself. tarpc has no
 //! reconnect, so the miner and the factory share this one: when a call finds the connection
-//! gone, the link dials again with capped exponential backoff and jitter, and the call is
-//! made again on the new connection.
+//! gone, the link dials again with capped exponential backoff and jitter, going round the
+//! brokers it was given from the one after the lost one, and the call is made again on the new
+//! connection.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,13 +21,39 @@ pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 /// How long a program keeps dialling a lost broker by default before it gives up.
 pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
+/// How a miner or a factory reaches its brokers: the same settings on both.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// The brokers' addresses (`host:port`), tried in this order at start; once connected, a
+    /// lost broker is followed by the next one in the list, round and round.
+    pub brokers: Vec<String>,
+    /// How long to wait for one connection.
+    pub connect_timeout: Duration,
+    /// How long to keep dialling once the broker went away, before giving up.
+    pub give_up_after: Duration,
+    /// The shared secret given to the broker.
+    pub token: AccessToken,
+}
+
+impl LinkConfig {
+    /// The broker at `address`, with the default timeouts and no token.
+    pub fn to(address: impl Into<String>) -> Self {
+        Self {
+            brokers: vec![address.into()],
+            connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
+            token: AccessToken::none(),
+        }
+    }
+}
+
 /// Why a call through a [`BrokerLink`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The broker went away and did not come back in time.
+    /// The broker went away and neither it nor another came back in time.
     #[error("lost the broker at {address} and could not reconnect: {source}")]
     Gone {
-        /// The broker's address.
+        /// The lost broker's address.
         address: String,
         /// The last dial's error (shared by every caller that was waiting on that connection).
         #[source]
@@ -37,15 +64,21 @@ pub enum LinkError {
     Rpc(#[from] RpcError),
 }
 
-/// A connection to the broker that reconnects when it is lost.
+/// The connection in use.
+#[derive(Clone)]
+struct Current {
+    /// Bumped at each reconnect, so that of several callers that saw the same connection fail,
+    /// only the first dials again.
+    generation: u64,
+    /// Which of the brokers it is.
+    broker: usize,
+    client: BrokerClient,
+}
+
+/// A connection to one of a list of brokers that reconnects when it is lost.
 pub struct BrokerLink {
-    address: String,
-    connect_timeout: Duration,
-    give_up_after: Duration,
-    token: AccessToken,
-    /// The client in use and its generation, bumped at each reconnect, so that of several
-    /// callers that saw the same connection fail, only the first dials again.
-    current: Mutex<(u64, BrokerClient)>,
+    config: LinkConfig,
+    current: Mutex<Current>,
     /// Held while dialling: one dial at a time.
     dialling: tokio::sync::Mutex<()>,
     /// The generation whose reconnect gave up, and its last error: the other callers that saw
@@ -61,37 +94,51 @@ pub fn is_connection_lost(error: &RpcError) -> bool {
     )
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl BrokerLink {
-    /// Connects to the broker at `address`. The first connection is not retried: a broker that
-    /// is not there at start is a mistake to report at once.
-    pub async fn connect(
-        address: &str,
-        connect_timeout: Duration,
-        give_up_after: Duration,
-        token: AccessToken,
-    ) -> Result<Arc<Self>, ConnectError> {
-        let client = connect_broker(address, connect_timeout, &token).await?;
-        Ok(Arc::new(Self {
-            address: address.to_owned(),
-            connect_timeout,
-            give_up_after,
-            token,
-            current: Mutex::new((0, client)),
-            dialling: tokio::sync::Mutex::new(()),
-            gave_up: Mutex::new(None),
+    /// Connects to the first of `config.brokers` that answers, trying each once: brokers that
+    /// are not there at start are a mistake to report at once (the last one's error).
+    pub async fn connect(config: &LinkConfig) -> Result<Arc<Self>, ConnectError> {
+        let mut last_error = None;
+        for (broker, address) in config.brokers.iter().enumerate() {
+            match connect_broker(address, config.connect_timeout, &config.token).await {
+                Ok(client) => {
+                    return Ok(Arc::new(Self {
+                        config: config.clone(),
+                        current: Mutex::new(Current {
+                            generation: 0,
+                            broker,
+                            client,
+                        }),
+                        dialling: tokio::sync::Mutex::new(()),
+                        gave_up: Mutex::new(None),
+                    }))
+                }
+                Err(error) => {
+                    if config.brokers.len() > 1 {
+                        tracing::warn!(broker = %address, %error, "broker not reachable; trying the next");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ConnectError::Resolve {
+            address: String::new(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no broker address given",
+            ),
         }))
     }
 
-    /// The broker's address.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
-    fn current(&self) -> (u64, BrokerClient) {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The address of the broker in use.
+    pub fn address(&self) -> String {
+        self.config.brokers[lock(&self.current).broker].clone()
     }
 
     /// Makes a call, reconnecting and calling again as long as the connection is lost.
@@ -101,33 +148,31 @@ impl BrokerLink {
         Fut: Future<Output = Result<T, RpcError>>,
     {
         loop {
-            let (generation, client) = self.current();
-            match request(client).await {
+            let current = lock(&self.current).clone();
+            match request(current.client).await {
                 Err(error) if is_connection_lost(&error) => {
-                    tracing::warn!(broker = %self.address, %error, "lost the broker; reconnecting");
-                    self.reconnect(generation).await?;
+                    let address = &self.config.brokers[current.broker];
+                    tracing::warn!(broker = %address, %error, "lost the broker; reconnecting");
+                    self.reconnect(current.generation, current.broker).await?;
                 }
                 result => return result.map_err(LinkError::from),
             }
         }
     }
 
-    /// Replaces the client of `generation` with a new connection, unless another caller has
-    /// done so already.
-    async fn reconnect(&self, generation: u64) -> Result<(), LinkError> {
+    /// Replaces the connection of `generation` (to broker number `lost`) with a new one, to
+    /// the brokers in turn from the one after it, unless another caller has done so already.
+    async fn reconnect(&self, generation: u64, lost: usize) -> Result<(), LinkError> {
         let _dialling = self.dialling.lock().await;
-        if self.current().0 != generation {
+        if lock(&self.current).generation != generation {
             return Ok(());
         }
+        let brokers = &self.config.brokers;
         let gone = |source| LinkError::Gone {
-            address: self.address.clone(),
+            address: brokers[lost].clone(),
             source,
         };
-        let gave_up = self
-            .gave_up
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let gave_up = lock(&self.gave_up).clone();
         if let Some((given_up, source)) = gave_up {
             if given_up == generation {
                 return Err(gone(source));
@@ -138,27 +183,34 @@ impl BrokerLink {
             .with_max_delay(RECONNECT_MAX_DELAY)
             .with_jitter()
             .without_max_times()
-            .with_total_delay(Some(self.give_up_after));
-        let client = (|| connect_broker(&self.address, self.connect_timeout, &self.token))
+            .with_total_delay(Some(self.config.give_up_after));
+        let dials = std::sync::atomic::AtomicUsize::new(0);
+        let dial = || async {
+            // One broker per attempt: the next ones first, the lost one last.
+            let attempt = dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let broker = (lost + 1 + attempt) % brokers.len();
+            let address = &brokers[broker];
+            connect_broker(address, self.config.connect_timeout, &self.config.token)
+                .await
+                .map(|client| (broker, client))
+        };
+        let (broker, client) = dial
             .retry(backoff)
             .notify(|error, pause| {
-                tracing::info!(broker = %self.address, %error, ?pause, "broker not back yet");
+                tracing::info!(%error, ?pause, "no broker back yet");
             })
             .await
             .map_err(|source| {
                 let source = Arc::new(source);
-                *self
-                    .gave_up
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    Some((generation, source.clone()));
+                *lock(&self.gave_up) = Some((generation, source.clone()));
                 gone(source)
             })?;
-        tracing::info!(broker = %self.address, "reconnected to the broker");
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (generation + 1, client);
+        tracing::info!(broker = %brokers[broker], "connected to a broker again");
+        *lock(&self.current) = Current {
+            generation: generation + 1,
+            broker,
+            client,
+        };
         Ok(())
     }
 }
@@ -198,12 +250,11 @@ mod tests {
                 }
             },
         ));
-        let link = BrokerLink::connect(
-            &address.to_string(),
-            Duration::from_millis(100),
-            Duration::from_millis(300),
-            AccessToken::none(),
-        )
+        let link = BrokerLink::connect(&LinkConfig {
+            connect_timeout: Duration::from_millis(100),
+            give_up_after: Duration::from_millis(300),
+            ..LinkConfig::to(address.to_string())
+        })
         .await
         .unwrap();
         // Four calls waiting on the server, which never answers.

@@ -132,7 +132,7 @@ pub struct ServeArgs {
 fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
     let duration: humantime::Duration = text.parse().map_err(|error| format!("{error}"))?;
     let range = std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(3_600);
-    if range.contains(&duration) {
+    if range.contains(&*duration) {
         Ok(duration)
     } else {
         Err(format!("{text} is outside 1ms..=1h"))

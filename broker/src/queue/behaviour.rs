@@ -305,3 +305,9 @@ store_behaviour_tests!(
     paused: false,
     crate::queue::disk::tests::scratch_store().await
 );
+// On real time, against a nats-server of each test's own.
+store_behaviour_tests!(
+    jetstream_store,
+    paused: false,
+    crate::queue::jetstream::tests::scratch_store().await
+);

@@ -10,10 +10,12 @@
 mod behaviour;
 mod compact;
 mod disk;
+mod jetstream;
 mod memory;
 mod rules;
 
 pub use disk::{DiskError, DiskStore, Fsync};
+pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamStore};
 pub use memory::{MemoryStore, DEFAULT_DEAD_LETTER_LIMIT};
 pub use rules::{
     validate_buffer, validate_prefetch, validate_topic_name, MAX_BUFFER, MAX_PREFETCH,

@@ -1,0 +1,578 @@
+//! [`JetStreamStore`]: topics kept in a NATS JetStream cluster (`--store nats://HOST:PORT,...`),
+//! for brokers that share their topics.
+//!
+//! Each topic is a stream with work-queue retention (a message leaves it once acknowledged),
+//! file storage, `replicas` copies (NATS's own Raft keeps them), and room for `capacity`
+//! messages with discard-new: a publish to a full stream is refused by the server, and the
+//! store tries again until the publisher's deadline. All brokers share one durable pull
+//! consumer per topic, so each job goes to one of them; a job is acknowledged once completed,
+//! nak'ed for redelivery when its call failed, and terminated (and copied to the dead-letter
+//! stream) on a job error. The consumer's ack wait is the broker's call timeout: the jobs in
+//! flight on a broker that dies are delivered again through the others.
+//!
+//! Differences from the other stores, all JetStream's: a job in flight still counts towards
+//! its topic's capacity (it stays in the stream until acknowledged), and a job put back is
+//! redelivered first as JetStream sees fit, not strictly at the head.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
+use futures::StreamExt;
+use stubs::{DeadLetter, DeadLetters, Job, JobError};
+use tokio::time::Instant;
+
+use super::compact::{from_record, to_record, QueuedJob};
+use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
+
+/// The one durable consumer all brokers share on each topic.
+const CONSUMER: &str = "pairbroker";
+/// The stream that keeps dead letters, a subject per topic.
+const DEAD_LETTERS: &str = "pairbroker-dead-letters";
+/// How long one pull request for a job waits at the server.
+const PULL_EXPIRES: Duration = Duration::from_millis(500);
+/// How long a publish to a full stream waits before it tries again.
+const FULL_RETRY: Duration = Duration::from_millis(5);
+
+/// How to reach the cluster and what to ask of it.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// `nats://host:port` of each server to try.
+    pub servers: Vec<String>,
+    /// Copies of each stream: 1, or 3 on a cluster of three or more.
+    pub replicas: usize,
+    /// How long a job may stay unacknowledged before JetStream delivers it again.
+    pub ack_wait: Duration,
+    /// How many dead letters a topic keeps.
+    pub dead_letter_limit: usize,
+}
+
+/// Why the cluster cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use NATS JetStream at {servers}: {reason}")]
+pub struct JetStreamError {
+    /// The servers given.
+    pub servers: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Topics in NATS JetStream.
+pub struct JetStreamStore {
+    js: jetstream::Context,
+    config: JetStreamConfig,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// A test's own nats-server, stopped with the store.
+    #[cfg(test)]
+    server: Option<tests::NatsServer>,
+}
+
+impl std::fmt::Debug for JetStreamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStore").finish_non_exhaustive()
+    }
+}
+
+struct Topic {
+    name: Arc<str>,
+    capacity: usize,
+    subject: String,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    /// Jobs taken through this broker and not yet settled, with the message to settle.
+    in_flight: Mutex<HashMap<JobId, jetstream::Message>>,
+    published: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    requeued: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn storage(error: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(error.to_string())
+}
+
+/// A topic's name as a stream name and subject token: `_` doubled and `.` (allowed in topic
+/// names, not in stream names) written `_d`, so that distinct topics stay distinct.
+fn escaped(topic: &str) -> String {
+    topic.replace('_', "__").replace('.', "_d")
+}
+
+fn unescaped(name: &str) -> String {
+    let mut topic = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '_') {
+            (_, true) => match chars.next() {
+                Some('d') => topic.push('.'),
+                _ => topic.push('_'),
+            },
+            (c, false) => topic.push(c),
+        }
+    }
+    topic
+}
+
+fn stream_name(topic: &str) -> String {
+    format!("pairbroker-{}", escaped(topic))
+}
+
+impl JetStreamStore {
+    /// Connects to the cluster and makes sure the dead-letter stream exists.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, JetStreamError> {
+        let failed = |reason: &dyn std::fmt::Display| JetStreamError {
+            servers: config.servers.join(","),
+            reason: reason.to_string(),
+        };
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.servers.as_slice())
+            .await
+            .map_err(|error| failed(&error))?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: DEAD_LETTERS.into(),
+            subjects: vec![format!("{DEAD_LETTERS}.>")],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            max_messages_per_subject: config.dead_letter_limit.max(1) as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| failed(&error))?;
+        Ok(Self {
+            js,
+            config,
+            topics: RwLock::default(),
+            #[cfg(test)]
+            server: None,
+        })
+    }
+
+    /// The topic, from this broker's memory or from the cluster (another broker made it).
+    async fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
+        if let Some(topic) = self
+            .topics
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+        {
+            return Ok(topic.clone());
+        }
+        let stream = match self.js.get_stream(stream_name(name)).await {
+            Ok(stream) => stream,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref inner)
+                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                return Err(QueueError::NoSuchTopic(name.to_owned()))
+            }
+            Err(error) => return Err(storage(error)),
+        };
+        self.adopt(name, stream).await
+    }
+
+    /// Remembers the stream of topic `name`, with its shared consumer.
+    async fn adopt(
+        &self,
+        name: &str,
+        mut stream: stream::Stream,
+    ) -> Result<Arc<Topic>, QueueError> {
+        let info = stream.info().await.map_err(storage)?;
+        let capacity = usize::try_from(info.config.max_messages).unwrap_or(usize::MAX);
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(storage)?;
+        let topic = Arc::new(Topic {
+            name: Arc::from(name),
+            capacity,
+            subject: format!("pairbroker.{}", escaped(name)),
+            consumer,
+            in_flight: Mutex::default(),
+            published: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
+        });
+        let mut topics = self
+            .topics
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(topics.entry(Arc::from(name)).or_insert(topic).clone())
+    }
+
+    /// The in-flight message of `delivery`, taken out: it is settled once.
+    fn settle(topic: &Topic, delivery: &Delivery) -> Result<jetstream::Message, QueueError> {
+        lock(&topic.in_flight)
+            .remove(&delivery.id)
+            .ok_or_else(|| QueueError::NotInFlight {
+                topic: delivery.topic.to_string(),
+                id: delivery.id,
+            })
+    }
+}
+
+/// Whether a publish was refused because the stream is full.
+fn is_full(error: &jetstream::context::PublishError) -> bool {
+    let text = error.to_string();
+    text.contains("maximum messages exceeded") || text.contains("maximum messages")
+}
+
+impl JobStore for JetStreamStore {
+    async fn create_topic(
+        &self,
+        topic: &str,
+        capacity: usize,
+    ) -> Result<TopicCreation, QueueError> {
+        if let Ok(existing) = self.topic(topic).await {
+            return Ok(TopicCreation::Existing {
+                capacity: existing.capacity,
+            });
+        }
+        let config = stream::Config {
+            name: stream_name(topic),
+            subjects: vec![format!("pairbroker.{}", escaped(topic))],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            max_messages: i64::try_from(capacity).unwrap_or(i64::MAX),
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        // Another broker may create it at the same moment: the one stream both get is the
+        // first one's.
+        let stream = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(storage)?;
+        let created = self.adopt(topic, stream).await?;
+        Ok(if created.capacity == capacity {
+            TopicCreation::Created
+        } else {
+            TopicCreation::Existing {
+                capacity: created.capacity,
+            }
+        })
+    }
+
+    async fn has_topic(&self, topic: &str) -> bool {
+        self.topic(topic).await.is_ok()
+    }
+
+    async fn publish(&self, topic: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
+        let topic = self.topic(topic).await?;
+        let record = to_record(&QueuedJob {
+            id: 0,
+            job,
+            attempts: 0,
+            published_at: SystemTime::now(),
+        });
+        loop {
+            let acknowledged = async {
+                self.js
+                    .publish(topic.subject.clone(), record.clone().into())
+                    .await?
+                    .await
+            };
+            match acknowledged.await {
+                Ok(ack) => {
+                    topic.published.fetch_add(1, Ordering::Relaxed);
+                    return Ok(ack.sequence);
+                }
+                Err(error) if is_full(&error) => {
+                    if Instant::now() + FULL_RETRY > room_by {
+                        return Err(QueueError::Full {
+                            topic: topic.name.to_string(),
+                            capacity: topic.capacity,
+                        });
+                    }
+                    tokio::time::sleep(FULL_RETRY).await;
+                }
+                Err(error) => return Err(storage(error)),
+            }
+        }
+    }
+
+    async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
+        let topic = self.topic(topic).await?;
+        loop {
+            // One job per pull request, so that nothing waits in this broker unaccounted for;
+            // a request expires now and then so that a take dropped meanwhile leaves no
+            // request behind for long (a job it drew comes back after the ack wait).
+            let mut batch = topic
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(storage)?;
+            let message = match batch.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Err(storage(error)),
+                None => continue,
+            };
+            let (id, attempt) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.delivered as u32),
+                Err(error) => return Err(storage(error)),
+            };
+            let Some(queued) = from_record(&message.payload) else {
+                // Not a job of ours: kept aside, never delivered again.
+                tracing::warn!(topic = %topic.name, id, "a message that is not a job; dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let delivery = Delivery {
+                topic: topic.name.clone(),
+                id,
+                job: queued.job,
+                attempt,
+                published_at: queued.published_at,
+            };
+            lock(&topic.in_flight).insert(id, message);
+            return Ok(delivery);
+        }
+    }
+
+    async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let topic = self.topic(&delivery.topic).await?;
+        let message = Self::settle(&topic, delivery)?;
+        message.double_ack().await.map_err(storage)?;
+        topic.completed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: JobError,
+        factory: &str,
+    ) -> Result<(), QueueError> {
+        let topic = self.topic(&delivery.topic).await?;
+        let message = Self::settle(&topic, delivery)?;
+        let letter = DeadLetter {
+            job_id: delivery.id,
+            job: delivery.job,
+            error,
+            factory: factory.to_owned(),
+            failed_at_unix_ms: super::unix_ms_now(),
+        };
+        let letter = serde_json::to_vec(&letter).map_err(storage)?;
+        self.js
+            .publish(
+                format!("{DEAD_LETTERS}.{}", escaped(&topic.name)),
+                letter.into(),
+            )
+            .await
+            .map_err(storage)?
+            .await
+            .map_err(storage)?;
+        message.ack_with(AckKind::Term).await.map_err(storage)?;
+        topic.failed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, QueueError> {
+        let topic = self.topic(topic).await?;
+        let subject = format!("{DEAD_LETTERS}.{}", escaped(&topic.name));
+        let stream = self.js.get_stream(DEAD_LETTERS).await.map_err(storage)?;
+        let reader = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .map_err(storage)?;
+        let pending = reader.cached_info().num_pending as usize;
+        let mut letters = Vec::with_capacity(pending);
+        if pending > 0 {
+            let mut batch = reader
+                .fetch()
+                .max_messages(pending)
+                .messages()
+                .await
+                .map_err(storage)?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(storage)?;
+                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
+                    letters.push(letter);
+                }
+            }
+        }
+        let total = topic
+            .failed
+            .load(Ordering::Relaxed)
+            .max(letters.len() as u64);
+        Ok(DeadLetters {
+            dropped: total.saturating_sub(letters.len() as u64),
+            total,
+            letters,
+        })
+    }
+
+    async fn requeue(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.requeue_all(std::slice::from_ref(delivery)).await
+    }
+
+    async fn requeue_all(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
+        let Some(first) = deliveries.first() else {
+            return Ok(());
+        };
+        let topic = self.topic(&first.topic).await?;
+        let messages = {
+            let mut in_flight = lock(&topic.in_flight);
+            if let Some(missing) = deliveries.iter().find(|delivery| {
+                *delivery.topic != *topic.name || !in_flight.contains_key(&delivery.id)
+            }) {
+                return Err(QueueError::NotInFlight {
+                    topic: missing.topic.to_string(),
+                    id: missing.id,
+                });
+            }
+            deliveries
+                .iter()
+                .filter_map(|delivery| in_flight.remove(&delivery.id))
+                .collect::<Vec<_>>()
+        };
+        for message in messages {
+            message
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(storage)?;
+            topic.requeued.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .js
+            .stream_names()
+            .filter_map(|name| async move {
+                name.ok()?
+                    .strip_prefix("pairbroker-")
+                    .filter(|name| *name != &DEAD_LETTERS["pairbroker-".len()..])
+                    .map(unescaped)
+            })
+            .collect()
+            .await;
+        names.sort();
+        names
+    }
+
+    async fn stats(&self, topic: &str) -> Result<TopicStats, QueueError> {
+        let topic = self.topic(topic).await?;
+        let mut consumer = topic.consumer.clone();
+        let info = consumer.info().await.map_err(storage)?;
+        let in_flight = info.num_ack_pending;
+        Ok(TopicStats {
+            capacity: topic.capacity,
+            ready: usize::try_from(info.num_pending).unwrap_or(usize::MAX),
+            in_flight,
+            published: topic.published.load(Ordering::Relaxed),
+            completed: topic.completed.load(Ordering::Relaxed),
+            failed: topic.failed.load(Ordering::Relaxed),
+            requeued: topic.requeued.load(Ordering::Relaxed),
+            dead: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A `nats-server -js` of a test's own, on a free loopback port, with its store in a
+    /// temporary folder; killed when dropped.
+    pub(crate) struct NatsServer {
+        child: Child,
+        _store: tempfile::TempDir,
+        pub(crate) url: String,
+    }
+
+    impl NatsServer {
+        pub(crate) async fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let store = tempfile::tempdir().unwrap();
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is installed (apt-get install nats-server; .ci/run does)");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server did not listen"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Self {
+                child,
+                _store: store,
+                url: format!("nats://127.0.0.1:{port}"),
+            }
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A store on a nats-server of its own.
+    pub(crate) async fn scratch_store() -> JetStreamStore {
+        let server = NatsServer::start().await;
+        let mut store = JetStreamStore::connect(JetStreamConfig {
+            servers: vec![server.url.clone()],
+            replicas: 1,
+            ack_wait: Duration::from_secs(30),
+            dead_letter_limit: 10,
+        })
+        .await
+        .unwrap();
+        store.server = Some(server);
+        store
+    }
+
+    #[test]
+    fn topic_names_survive_their_escaping() {
+        for topic in ["multiply", "a.b", "a_b", "a_d", "a._d_", "__"] {
+            assert!(!escaped(topic).contains('.'), "{topic}");
+            assert_eq!(unescaped(&escaped(topic)), topic);
+        }
+        assert_ne!(escaped("a.b"), escaped("a_db"));
+    }
+}

@@ -16,6 +16,15 @@ fn job(x: i64) -> Job {
 /// Longer than any store needs to act, short in paused test time.
 const PATIENCE: Duration = Duration::from_secs(1);
 
+/// What frees room in a topic: taking a job (the memory and disk stores count ready jobs
+/// against the capacity) or settling it (JetStream keeps a job in its stream until it is
+/// acknowledged, so a job in flight still takes room).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    FreedByTake,
+    FreedBySettling,
+}
+
 /// A publish deadline no test reaches.
 fn later() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(3_600)
@@ -68,7 +77,10 @@ pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
     );
 }
 
-pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store: impl JobStore) {
+pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(
+    store: impl JobStore,
+    room: Room,
+) {
     let store = Arc::new(store);
     store.create_topic("t", 1).await.unwrap();
     store.publish("t", job(1), later()).await.unwrap();
@@ -83,6 +95,11 @@ pub async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(store
     );
     let first = store.take("t").await.unwrap();
     assert_eq!(first.job, job(1));
+    if room == Room::FreedBySettling {
+        tokio::time::sleep(PATIENCE).await;
+        assert!(!waiting.is_finished(), "the job in flight still takes room");
+        store.complete(&first).await.unwrap();
+    }
     waiting.await.unwrap().unwrap();
     assert_eq!(store.take("t").await.unwrap().job, job(2));
 }
@@ -113,6 +130,7 @@ pub async fn a_cancelled_take_takes_nothing(store: impl JobStore) {
 
 pub async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing(
     store: impl JobStore,
+    room: Room,
 ) {
     store.create_topic("t", 1).await.unwrap();
     store.publish("t", job(1), later()).await.unwrap();
@@ -129,13 +147,24 @@ pub async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothi
     let stats = store.stats("t").await.unwrap();
     assert_eq!((stats.ready, stats.published), (1, 1), "no phantom job");
     // With room, the same deadline is no obstacle.
-    store.take("t").await.unwrap();
+    let first = store.take("t").await.unwrap();
+    if room == Room::FreedBySettling {
+        store.complete(&first).await.unwrap();
+    }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     assert!(store.publish("t", job(3), deadline).await.is_ok());
 }
 
-pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(store: impl JobStore) {
-    store.create_topic("t", 1).await.unwrap();
+pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(
+    store: impl JobStore,
+    room: Room,
+) {
+    // Where a job in flight takes room, the second job needs a second place.
+    let capacity = match room {
+        Room::FreedByTake => 1,
+        Room::FreedBySettling => 2,
+    };
+    store.create_topic("t", capacity).await.unwrap();
     store.publish("t", job(1), later()).await.unwrap();
     let first = store.take("t").await.unwrap();
     store.publish("t", job(2), later()).await.unwrap();
@@ -245,7 +274,7 @@ pub async fn each_job_goes_to_exactly_one_of_many_takers(store: impl JobStore) {
 
 /// Runs every behaviour above against the store that `$make` builds, in paused time.
 macro_rules! store_behaviour_tests {
-    ($module:ident, paused: $paused:tt, $make:expr) => {
+    ($module:ident, paused: $paused:tt, room: $room:ident, $make:expr) => {
         mod $module {
             use crate::queue::behaviour as b;
             #[tokio::test(start_paused = $paused)]
@@ -262,7 +291,11 @@ macro_rules! store_behaviour_tests {
             }
             #[tokio::test(start_paused = $paused)]
             async fn a_publish_waits_for_room_and_goes_through_when_a_job_is_taken() {
-                b::a_publish_waits_for_room_and_goes_through_when_a_job_is_taken($make).await
+                b::a_publish_waits_for_room_and_goes_through_when_a_job_is_taken(
+                    $make,
+                    b::Room::$room,
+                )
+                .await
             }
             #[tokio::test(start_paused = $paused)]
             async fn a_cancelled_publish_leaves_no_job() {
@@ -274,12 +307,16 @@ macro_rules! store_behaviour_tests {
             }
             #[tokio::test(start_paused = $paused)]
             async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing() {
-                b::a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing($make)
-                    .await
+                b::a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothing(
+                    $make,
+                    b::Room::$room,
+                )
+                .await
             }
             #[tokio::test(start_paused = $paused)]
             async fn a_requeued_job_goes_to_the_head_whatever_the_capacity() {
-                b::a_requeued_job_goes_to_the_head_whatever_the_capacity($make).await
+                b::a_requeued_job_goes_to_the_head_whatever_the_capacity($make, b::Room::$room)
+                    .await
             }
             #[tokio::test(start_paused = $paused)]
             async fn the_jobs_of_a_failed_call_go_back_together_in_their_order() {
@@ -297,17 +334,24 @@ macro_rules! store_behaviour_tests {
     };
 }
 
-store_behaviour_tests!(memory_store, paused: true, crate::queue::MemoryStore::new());
+store_behaviour_tests!(
+    memory_store,
+    paused: true,
+    room: FreedByTake,
+    crate::queue::MemoryStore::new()
+);
 // On real time: the disk store's writes finish on a thread of their own, which paused time
 // would not wait for.
 store_behaviour_tests!(
     disk_store,
     paused: false,
+    room: FreedByTake,
     crate::queue::disk::tests::scratch_store().await
 );
 // On real time, against a nats-server of each test's own.
 store_behaviour_tests!(
     jetstream_store,
     paused: false,
+    room: FreedBySettling,
     crate::queue::jetstream::tests::scratch_store().await
 );

@@ -61,6 +61,7 @@ pub struct JetStreamError {
 
 /// Topics in NATS JetStream.
 pub struct JetStreamStore {
+    client: async_nats::Client,
     js: jetstream::Context,
     config: JetStreamConfig,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
@@ -82,6 +83,10 @@ struct Topic {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     /// Jobs taken through this broker and not yet settled, with the message to settle.
     in_flight: Mutex<HashMap<JobId, jetstream::Message>>,
+    /// Jobs this broker put back, at the head of what it takes next (JetStream would redeliver
+    /// a nak'ed job after newer ones). Still unacknowledged at the server, whose ack wait is
+    /// reset when they are put back: should this broker die, they are delivered elsewhere.
+    put_back: Mutex<std::collections::VecDeque<(jetstream::Message, u32)>>,
     published: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -136,7 +141,7 @@ impl JetStreamStore {
             .connect(config.servers.as_slice())
             .await
             .map_err(|error| failed(&error))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream::Config {
             name: DEAD_LETTERS.into(),
             subjects: vec![format!("{DEAD_LETTERS}.>")],
@@ -148,6 +153,7 @@ impl JetStreamStore {
         .await
         .map_err(|error| failed(&error))?;
         Ok(Self {
+            client,
             js,
             config,
             topics: RwLock::default(),
@@ -208,6 +214,7 @@ impl JetStreamStore {
             subject: format!("pairbroker.{}", escaped(name)),
             consumer,
             in_flight: Mutex::default(),
+            put_back: Mutex::default(),
             published: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -220,6 +227,38 @@ impl JetStreamStore {
         Ok(topics.entry(Arc::from(name)).or_insert(topic).clone())
     }
 
+    /// A message as a delivery, now in flight; `None` for one that is not a job of ours, which
+    /// is kept aside and never delivered again. A job put back here has had `attempts`, which
+    /// JetStream did not all see.
+    async fn deliver(
+        topic: &Topic,
+        message: jetstream::Message,
+        attempts: Option<u32>,
+    ) -> Option<Delivery> {
+        let (id, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered as u32),
+            Err(error) => {
+                tracing::warn!(topic = %topic.name, %error, "a message without its delivery info; dropped");
+                let _ = message.ack_with(AckKind::Term).await;
+                return None;
+            }
+        };
+        let Some(queued) = from_record(&message.payload) else {
+            tracing::warn!(topic = %topic.name, id, "a message that is not a job; dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return None;
+        };
+        let delivery = Delivery {
+            topic: topic.name.clone(),
+            id,
+            job: queued.job,
+            attempt: attempts.map_or(delivered, |attempts| attempts.saturating_add(1)),
+            published_at: queued.published_at,
+        };
+        lock(&topic.in_flight).insert(id, message);
+        Some(delivery)
+    }
+
     /// The in-flight message of `delivery`, taken out: it is settled once.
     fn settle(topic: &Topic, delivery: &Delivery) -> Result<jetstream::Message, QueueError> {
         lock(&topic.in_flight)
@@ -229,6 +268,21 @@ impl JetStreamStore {
                 id: delivery.id,
             })
     }
+}
+
+/// Settles `message` as `kind` and waits until the server has taken it, so that the figures
+/// read next count it.
+async fn confirmed(
+    client: &async_nats::Client,
+    message: &jetstream::Message,
+    kind: AckKind,
+) -> Result<(), QueueError> {
+    let reply = message
+        .reply
+        .clone()
+        .ok_or_else(|| storage("not a JetStream message"))?;
+    client.request(reply, kind.into()).await.map_err(storage)?;
+    Ok(())
 }
 
 /// Whether a publish was refused because the stream is full.
@@ -300,13 +354,15 @@ impl JobStore for JetStreamStore {
                     return Ok(ack.sequence);
                 }
                 Err(error) if is_full(&error) => {
-                    if Instant::now() + FULL_RETRY > room_by {
+                    let now = Instant::now();
+                    if now >= room_by {
                         return Err(QueueError::Full {
                             topic: topic.name.to_string(),
                             capacity: topic.capacity,
                         });
                     }
-                    tokio::time::sleep(FULL_RETRY).await;
+                    // Once more at the deadline itself, then no more.
+                    tokio::time::sleep_until(room_by.min(now + FULL_RETRY)).await;
                 }
                 Err(error) => return Err(storage(error)),
             }
@@ -315,6 +371,12 @@ impl JobStore for JetStreamStore {
 
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
         let topic = self.topic(topic).await?;
+        let put_back = lock(&topic.put_back).pop_front();
+        if let Some((message, attempts)) = put_back {
+            if let Some(delivery) = Self::deliver(&topic, message, Some(attempts)).await {
+                return Ok(delivery);
+            }
+        }
         loop {
             // One job per pull request, so that nothing waits in this broker unaccounted for;
             // a request expires now and then so that a take dropped meanwhile leaves no
@@ -332,25 +394,9 @@ impl JobStore for JetStreamStore {
                 Some(Err(error)) => return Err(storage(error)),
                 None => continue,
             };
-            let (id, attempt) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered as u32),
-                Err(error) => return Err(storage(error)),
-            };
-            let Some(queued) = from_record(&message.payload) else {
-                // Not a job of ours: kept aside, never delivered again.
-                tracing::warn!(topic = %topic.name, id, "a message that is not a job; dropped");
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            };
-            let delivery = Delivery {
-                topic: topic.name.clone(),
-                id,
-                job: queued.job,
-                attempt,
-                published_at: queued.published_at,
-            };
-            lock(&topic.in_flight).insert(id, message);
-            return Ok(delivery);
+            if let Some(delivery) = Self::deliver(&topic, message, None).await {
+                return Ok(delivery);
+            }
         }
     }
 
@@ -387,7 +433,7 @@ impl JobStore for JetStreamStore {
             .map_err(storage)?
             .await
             .map_err(storage)?;
-        message.ack_with(AckKind::Term).await.map_err(storage)?;
+        confirmed(&self.client, &message, AckKind::Term).await?;
         topic.failed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -452,15 +498,22 @@ impl JobStore for JetStreamStore {
             }
             deliveries
                 .iter()
-                .filter_map(|delivery| in_flight.remove(&delivery.id))
+                .filter_map(|delivery| {
+                    let message = in_flight.remove(&delivery.id)?;
+                    Some((message, delivery.attempt))
+                })
                 .collect::<Vec<_>>()
         };
-        for message in messages {
-            message
-                .ack_with(AckKind::Nak(None))
-                .await
-                .map_err(storage)?;
-            topic.requeued.fetch_add(1, Ordering::Relaxed);
+        for (message, _) in &messages {
+            // The job stays this broker's for another ack wait.
+            message.ack_with(AckKind::Progress).await.map_err(storage)?;
+        }
+        topic
+            .requeued
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let mut put_back = lock(&topic.put_back);
+        for message in messages.into_iter().rev() {
+            put_back.push_front(message);
         }
         Ok(())
     }
@@ -485,11 +538,14 @@ impl JobStore for JetStreamStore {
         let topic = self.topic(topic).await?;
         let mut consumer = topic.consumer.clone();
         let info = consumer.info().await.map_err(storage)?;
-        let in_flight = info.num_ack_pending;
+        // Jobs put back here are unacknowledged at the server, but ready.
+        let put_back = lock(&topic.put_back).len();
         Ok(TopicStats {
             capacity: topic.capacity,
-            ready: usize::try_from(info.num_pending).unwrap_or(usize::MAX),
-            in_flight,
+            ready: usize::try_from(info.num_pending)
+                .unwrap_or(usize::MAX)
+                .saturating_add(put_back),
+            in_flight: info.num_ack_pending.saturating_sub(put_back),
             published: topic.published.load(Ordering::Relaxed),
             completed: topic.completed.load(Ordering::Relaxed),
             failed: topic.failed.load(Ordering::Relaxed),

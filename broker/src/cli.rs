@@ -102,6 +102,19 @@ pub struct ServeArgs {
     /// or a power cut loses every job acknowledged since it started).
     #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
     pub fsync: FsyncSetting,
+    /// Keep topics in a NATS JetStream cluster instead of this process: `nats://HOST:PORT`,
+    /// several separated by commas. Brokers on one cluster share their topics: a job
+    /// published through any of them goes to a factory subscribed to any of them.
+    #[arg(
+        long,
+        value_name = "nats://HOST:PORT[,...]",
+        conflicts_with = "data_dir"
+    )]
+    pub store: Option<NatsServers>,
+    /// With --store, the copies JetStream keeps of each topic: 1, or 3 on a cluster of three
+    /// nodes or more (a node may then die and no job is lost).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
     #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
     pub http: HttpSetting,
@@ -168,6 +181,30 @@ impl std::str::FromStr for FsyncSetting {
 impl From<FsyncSetting> for Fsync {
     fn from(setting: FsyncSetting) -> Self {
         setting.0
+    }
+}
+
+/// `--store`: the servers of a NATS cluster, each `nats://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsServers(pub Vec<String>);
+
+impl std::str::FromStr for NatsServers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let servers: Vec<String> = text.split(',').map(str::trim).map(str::to_owned).collect();
+        for server in &servers {
+            let address = server
+                .strip_prefix("nats://")
+                .ok_or_else(|| format!("{server:?} does not start with nats://"))?;
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{server:?} has no port (nats://HOST:PORT)"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("{server:?} is not nats://HOST:PORT"));
+            }
+        }
+        Ok(Self(servers))
     }
 }
 
@@ -244,5 +281,34 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["broker", "--data-dir", "/tmp/x"]).unwrap();
         assert_eq!(Fsync::from(cli.serve.fsync), Fsync::Always);
+    }
+
+    #[test]
+    fn store_is_a_list_of_nats_servers() {
+        let parse = |text: &str| text.parse::<NatsServers>().map(|servers| servers.0);
+        assert_eq!(
+            parse("nats://127.0.0.1:4222,nats://127.0.0.1:4223"),
+            Ok(vec![
+                "nats://127.0.0.1:4222".into(),
+                "nats://127.0.0.1:4223".into()
+            ])
+        );
+        for wrong in [
+            "127.0.0.1:4222",
+            "nats://127.0.0.1",
+            "nats://:4222",
+            "nats://h:99999",
+            "",
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong:?}");
+        }
+        let both = Cli::try_parse_from([
+            "broker",
+            "--data-dir",
+            "/tmp/x",
+            "--store",
+            "nats://127.0.0.1:4222",
+        ]);
+        assert!(both.is_err(), "--data-dir and --store exclude each other");
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use broker::cli::{Cli, Command, ServeArgs};
-use broker::queue::{DiskStore, JobStore, MemoryStore};
+use broker::queue::{DiskStore, JetStreamConfig, JetStreamStore, JobStore, MemoryStore};
 use broker::{count_results, print_results, Broker};
 use clap::Parser;
 use lab_console::Console;
@@ -75,6 +75,24 @@ async fn serve(args: ServeArgs) -> ExitCode {
         None => None,
     };
     let dead_letter_limit = args.dead_letter_limit as usize;
+    if let Some(servers) = args.store.clone() {
+        let config = JetStreamConfig {
+            servers: servers.0,
+            replicas: usize::from(args.replicas),
+            ack_wait: args.call_timeout.into(),
+            dead_letter_limit,
+        };
+        return match JetStreamStore::connect(config).await {
+            Ok(store) => {
+                tracing::info!("topics are kept in NATS JetStream");
+                serve_with(store, args, listener, http_listener).await
+            }
+            Err(error) => {
+                eprintln!("broker: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match args.data_dir.clone() {
         None => {
             let store = MemoryStore::with_dead_letter_limit(dead_letter_limit);

@@ -426,3 +426,50 @@ pub fn with_mounts(mounts: &str, name: &str, args: &[&str]) -> Command {
         .args(args);
     command
 }
+
+/// A `nats-server -js` of a test's own (Debian's package; `.ci/run` installs it), on a free
+/// loopback port, its store in a temporary folder; killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    _store: tempfile::TempDir,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it listens.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let store = tempfile::tempdir().expect("a temporary folder");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (apt-get install nats-server; .ci/run does)");
+        let deadline = std::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            child,
+            _store: store,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -136,7 +136,6 @@ impl JetStreamStore {
             reason: reason.to_string(),
         };
         let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(config.servers.as_slice())
             .await

@@ -27,7 +27,7 @@ async fn a_job_published_through_one_broker_is_done_by_a_factory_of_another() {
     client_when_up(address(1)).await;
 
     // The factory knows only the second broker.
-    let _factory = lab::RunningFactory::start(
+    let factory = lab::RunningFactory::start(
         0,
         factory_config(address(1), &[Multiply], false),
         lab_console::Console::quiet(),
@@ -76,4 +76,6 @@ async fn a_job_published_through_one_broker_is_done_by_a_factory_of_another() {
         "each job once"
     );
     assert_eq!(brokers[0].count_lines("Factory.Multiply of "), 0);
+    // A factory that stops unsubscribes, and the broker lets its dispatcher finish first.
+    factory.stop().await.unwrap();
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
 use futures::StreamExt;
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::compact::{from_record, to_record, QueuedJob};
@@ -76,6 +77,55 @@ impl std::fmt::Debug for JetStreamStore {
     }
 }
 
+/// Jobs held by this broker for its next takes, first first, with the attempts they had when
+/// this broker holds them for a reason JetStream did not see (`None`: JetStream's count holds).
+type PutBack = Arc<Mutex<std::collections::VecDeque<(jetstream::Message, Option<u32>)>>>;
+
+/// Pulls one job for each waiting take, in turn, so that no job waits unseen in this broker,
+/// and a take dropped before its job came strands nothing: the job goes to the next take.
+async fn pull_for_takers(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut takers: mpsc::UnboundedReceiver<oneshot::Sender<jetstream::Message>>,
+    put_back: PutBack,
+) {
+    while let Some(taker) = takers.recv().await {
+        let message = loop {
+            if taker.is_closed() {
+                break None;
+            }
+            let pulled = consumer
+                .batch()
+                .max_messages(1)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match pulled {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot pull from JetStream; trying again");
+                    tokio::time::sleep(PULL_EXPIRES).await;
+                    continue;
+                }
+            };
+            match batch.next().await {
+                Some(Ok(message)) => break Some(message),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "a pull request ended without a job");
+                    tokio::time::sleep(FULL_RETRY).await;
+                }
+                None => {}
+            }
+        };
+        if let Some(message) = message {
+            if let Err(message) = taker.send(message) {
+                // Its take was dropped meanwhile: the job waits here for the next one.
+                let _ = message.ack_with(AckKind::Progress).await;
+                lock(&put_back).push_back((message, None));
+            }
+        }
+    }
+}
+
 struct Topic {
     name: Arc<str>,
     capacity: usize,
@@ -86,7 +136,9 @@ struct Topic {
     /// Jobs this broker put back, at the head of what it takes next (JetStream would redeliver
     /// a nak'ed job after newer ones). Still unacknowledged at the server, whose ack wait is
     /// reset when they are put back: should this broker die, they are delivered elsewhere.
-    put_back: Mutex<std::collections::VecDeque<(jetstream::Message, u32)>>,
+    put_back: PutBack,
+    /// Takes waiting for a job, served one after another by the topic's puller.
+    waiting: mpsc::UnboundedSender<oneshot::Sender<jetstream::Message>>,
     published: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -207,13 +259,17 @@ impl JetStreamStore {
             )
             .await
             .map_err(storage)?;
+        let put_back = PutBack::default();
+        let (waiting, takers) = mpsc::unbounded_channel();
+        tokio::spawn(pull_for_takers(consumer.clone(), takers, put_back.clone()));
         let topic = Arc::new(Topic {
             name: Arc::from(name),
             capacity,
             subject: format!("pairbroker.{}", escaped(name)),
             consumer,
             in_flight: Mutex::default(),
-            put_back: Mutex::default(),
+            put_back: put_back.clone(),
+            waiting,
             published: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -372,27 +428,16 @@ impl JobStore for JetStreamStore {
         let topic = self.topic(topic).await?;
         let put_back = lock(&topic.put_back).pop_front();
         if let Some((message, attempts)) = put_back {
-            if let Some(delivery) = Self::deliver(&topic, message, Some(attempts)).await {
+            if let Some(delivery) = Self::deliver(&topic, message, attempts).await {
                 return Ok(delivery);
             }
         }
+        let stopped = || storage("the topic's puller has stopped");
         loop {
-            // One job per pull request, so that nothing waits in this broker unaccounted for;
-            // a request expires now and then so that a take dropped meanwhile leaves no
-            // request behind for long (a job it drew comes back after the ack wait).
-            let mut batch = topic
-                .consumer
-                .batch()
-                .max_messages(1)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-                .map_err(storage)?;
-            let message = match batch.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Err(storage(error)),
-                None => continue,
-            };
+            // Cancel-safe: dropped before its job comes, this take leaves the job to the next.
+            let (taker, job) = oneshot::channel();
+            topic.waiting.send(taker).map_err(|_| stopped())?;
+            let message = job.await.map_err(|_| stopped())?;
             if let Some(delivery) = Self::deliver(&topic, message, None).await {
                 return Ok(delivery);
             }
@@ -499,7 +544,7 @@ impl JobStore for JetStreamStore {
                 .iter()
                 .filter_map(|delivery| {
                     let message = in_flight.remove(&delivery.id)?;
-                    Some((message, delivery.attempt))
+                    Some((message, Some(delivery.attempt)))
                 })
                 .collect::<Vec<_>>()
         };

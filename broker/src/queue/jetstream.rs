@@ -368,12 +368,18 @@ impl JobStore for JetStreamStore {
             ..Default::default()
         };
         // Another broker may create it at the same moment: the one stream both get is the
-        // first one's.
-        let stream = self
-            .js
-            .get_or_create_stream(config)
-            .await
-            .map_err(storage)?;
+        // first one's (JetStream refuses the second's different settings; it is found then).
+        let stream = match self.js.get_or_create_stream(config).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                return match self.topic(topic).await {
+                    Ok(existing) => Ok(TopicCreation::Existing {
+                        capacity: existing.capacity,
+                    }),
+                    Err(_) => Err(storage(error)),
+                }
+            }
+        };
         let created = self.adopt(topic, stream).await?;
         Ok(if created.capacity == capacity {
             TopicCreation::Created

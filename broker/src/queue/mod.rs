@@ -37,7 +37,8 @@ fn unix_ms_now() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// The identifier a store gives a published job, unique within that store.
+/// The identifier a store gives a published job, unique within its topic (the memory and disk
+/// stores make it unique across all topics; JetStream numbers each stream on its own).
 pub type JobId = u64;
 
 /// A job handed to one dispatcher. It stays in flight until it is settled with

@@ -30,8 +30,9 @@ use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
 
 /// The one durable consumer all brokers share on each topic.
 const CONSUMER: &str = "pairbroker";
-/// The stream that keeps dead letters, a subject per topic.
-const DEAD_LETTERS: &str = "pairbroker-dead-letters";
+/// The stream that keeps dead letters, a subject per topic. Not `pairbroker-…`, the prefix of
+/// the topics' streams, so that no topic's stream can have its name.
+const DEAD_LETTERS: &str = "pairbroker_dead_letters";
 /// How long one pull request for a job waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
 /// How long a publish to a full stream waits before it tries again.
@@ -572,12 +573,7 @@ impl JobStore for JetStreamStore {
         let mut names: Vec<String> = self
             .js
             .stream_names()
-            .filter_map(|name| async move {
-                name.ok()?
-                    .strip_prefix("pairbroker-")
-                    .filter(|name| *name != &DEAD_LETTERS["pairbroker-".len()..])
-                    .map(unescaped)
-            })
+            .filter_map(|name| async move { name.ok()?.strip_prefix("pairbroker-").map(unescaped) })
             .collect()
             .await;
         names.sort();
@@ -671,6 +667,38 @@ pub(crate) mod tests {
         .unwrap();
         store.server = Some(server);
         store
+    }
+
+    #[tokio::test]
+    async fn topics_are_listed_by_their_names_and_dead_letters_are_read_back() {
+        let store = scratch_store().await;
+        for topic in ["dead_letters", "dead-letters", "a.b"] {
+            store.create_topic(topic, 5).await.unwrap();
+        }
+        assert_eq!(
+            store.topic_names().await,
+            vec!["a.b", "dead-letters", "dead_letters"]
+        );
+        let later = Instant::now() + Duration::from_secs(60);
+        let job: Job = stubs::Pair { x: 4, y: 0 }.into();
+        let id = store.publish("a.b", job, later).await.unwrap();
+        let delivery = store.take("a.b").await.unwrap();
+        store
+            .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:9")
+            .await
+            .unwrap();
+        let dead = store.dead_letters("a.b").await.unwrap();
+        assert_eq!(dead.letters.len(), 1);
+        assert_eq!(
+            (dead.letters[0].job_id, dead.letters[0].job, dead.total),
+            (id, job, 1)
+        );
+        assert!(store
+            .dead_letters("dead-letters")
+            .await
+            .unwrap()
+            .letters
+            .is_empty());
     }
 
     #[test]

@@ -343,8 +343,8 @@ async fn confirmed(
 
 /// Whether a publish was refused because the stream is full.
 fn is_full(error: &jetstream::context::PublishError) -> bool {
-    let text = error.to_string();
-    text.contains("maximum messages exceeded") || text.contains("maximum messages")
+    // JetStream's discard-new refusal: "maximum messages exceeded" (async-nats gives it no kind).
+    error.to_string().contains("maximum messages exceeded")
 }
 
 impl JobStore for JetStreamStore {

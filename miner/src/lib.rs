@@ -92,6 +92,12 @@ pub struct MinerReport {
     pub ack_p99_us: u64,
 }
 
+/// How long the miner waits before publishing again a job the broker could not store, at
+/// first; doubled at each refusal up to [`STORAGE_RETRY_MAX`].
+const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a job the broker could not store.
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// The longest acknowledgement time told apart: ten minutes, in microseconds.
 const MAX_ACK_US: u64 = 600_000_000;
 
@@ -149,7 +155,7 @@ pub async fn run(
     let broker = BrokerLink::connect(&config.link)
         .await
         .map_err(MinerError::BrokerUnreachable)?;
-    create_channel(&broker, &config).await?;
+    create_channel(&broker, &config, &shutdown).await?;
 
     let (batcher, batcher_task) = Batcher::spawn(broker.clone(), config.topic.clone());
     let shared = Arc::new(Publishers {
@@ -212,36 +218,52 @@ pub async fn run(
 }
 
 /// Creates the miner's topic (idempotent): at start, and again when a restarted broker has
-/// forgotten it.
-async fn create_channel(broker: &BrokerLink, config: &MinerConfig) -> Result<(), MinerError> {
+/// forgotten it. A topic the broker could not store is asked for again until `shutdown`.
+async fn create_channel(
+    broker: &BrokerLink,
+    config: &MinerConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), MinerError> {
     let action = || format!("create the topic {:?}", config.topic);
     let request = ChannelRequest {
         topic: config.topic.clone(),
         buffer: config.buffer,
     };
-    let created = broker
-        .call(|client| {
-            let request = request.clone();
-            async move {
-                client
-                    .create_channel(tarpc::context::current(), request)
-                    .await
+    let mut storage_backoff = STORAGE_RETRY_FIRST;
+    loop {
+        let created = broker
+            .call(|client| {
+                let request = request.clone();
+                async move {
+                    client
+                        .create_channel(tarpc::context::current(), request)
+                        .await
+                }
+            })
+            .await;
+        return match created {
+            Ok(Ok(report)) => {
+                tracing::info!(message = %report.message, "channel ready");
+                Ok(())
             }
-        })
-        .await;
-    match created {
-        Ok(Ok(report)) => {
-            tracing::info!(message = %report.message, "channel ready");
-            Ok(())
-        }
-        Ok(Err(error)) => Err(MinerError::Refused {
-            action: action(),
-            error,
-        }),
-        Err(error) => Err(MinerError::BrokerLost {
-            action: action(),
-            error: Arc::new(error),
-        }),
+            Ok(Err(BrokerError::StorageFailed { reason })) => {
+                tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the topic; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(storage_backoff) => {}
+                }
+                storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
+                continue;
+            }
+            Ok(Err(error)) => Err(MinerError::Refused {
+                action: action(),
+                error,
+            }),
+            Err(error) => Err(MinerError::BrokerLost {
+                action: action(),
+                error: Arc::new(error),
+            }),
+        };
     }
 }
 
@@ -319,18 +341,29 @@ impl Publishers {
     /// broker accepted is reported) but not tried again: `None`, the job was not published.
     async fn publish(&self, job: Job) -> Result<Option<u64>, MinerError> {
         let action = || format!("publish to {:?}", self.config.topic);
+        let mut storage_backoff = STORAGE_RETRY_FIRST;
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
             }
             match self.batcher.publish(job).await {
                 Ok(Ok(job_id)) => return Ok(Some(job_id)),
+                // The broker's store failed for now (a NATS node gone, its disk full): the job
+                // was not acknowledged, so it is published again once the store may be back.
+                Ok(Err(BrokerError::StorageFailed { reason })) => {
+                    tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the job; publishing it again");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(storage_backoff) => {}
+                    }
+                    storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
+                }
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
                     tracing::info!(%topic, capacity, "topic full; still waiting for room");
                 }
                 Ok(Err(BrokerError::NoSuchTopic { topic })) => {
                     tracing::warn!(%topic, "the broker does not know the topic (restarted?); creating it again");
-                    create_channel(&self.broker, &self.config).await?;
+                    create_channel(&self.broker, &self.config, &self.shutdown).await?;
                 }
                 // The broker may have enqueued the job and answered late: publishing again
                 // risks a duplicate, never a loss (at least once).

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, PublishBatch, PublishRequest, Published,
-    PublishedBatch, StatusReport, SubscriberReport, Subscription, TopicReport, MAX_PUBLISH_BATCH,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, PublishBatch,
+    PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport, Subscription,
+    TopicReport, MAX_PUBLISH_BATCH,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -296,6 +297,18 @@ impl<S: JobStore> Broker<S> {
                     .count() as u64,
                 rate_per_s: metrics.as_ref().map_or(0.0, |m| m.rate_per_s()),
                 latency_us: metrics.as_ref().map(|m| m.latency()).unwrap_or_default(),
+                jetstream: stats.jetstream.map(|figures| JetStreamReport {
+                    stream: figures.stream,
+                    leader: figures.leader,
+                    replicas: figures.replicas as u64,
+                    current_replicas: figures.current_replicas as u64,
+                    messages: figures.messages,
+                    last_sequence: figures.last_sequence,
+                    pending: figures.pending,
+                    ack_pending: figures.ack_pending,
+                    redelivered: figures.redelivered,
+                    waiting_pulls: figures.waiting_pulls,
+                }),
                 name,
             });
         }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stubs::BrokerStats;
+use stubs::{BrokerStats, JetStreamReport};
 use transport::{AccessToken, ConnectError};
 
 /// How often `--watch` redraws.
@@ -136,7 +136,49 @@ pub fn format_table(stats: &BrokerStats, now: SystemTime) -> String {
     text.push_str(&align(&rows));
     text.push('\n');
     text.push_str(&align(&subscribers));
+    let streams: Vec<(&str, &JetStreamReport)> = stats
+        .topics
+        .iter()
+        .filter_map(|topic| Some((topic.name.as_str(), topic.jetstream.as_ref()?)))
+        .collect();
+    if !streams.is_empty() {
+        text.push_str("\nJetStream, all brokers (published..requeued above: this broker's)\n");
+        text.push_str(&align(&stream_rows(&streams)));
+    }
     text
+}
+
+/// Each topic's stream as JetStream reports it, a row each.
+fn stream_rows(streams: &[(&str, &JetStreamReport)]) -> Vec<Vec<String>> {
+    let mut rows = vec![[
+        "topic",
+        "stream",
+        "leader",
+        "replicas",
+        "messages",
+        "last_seq",
+        "pending",
+        "ack_pending",
+        "redelivered",
+        "pulls",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (topic, stream) in streams {
+        rows.push(vec![
+            topic.to_string(),
+            stream.stream.clone(),
+            stream.leader.clone().unwrap_or_else(|| "none".into()),
+            format!("{}/{}", stream.current_replicas, stream.replicas),
+            stream.messages.to_string(),
+            stream.last_sequence.to_string(),
+            stream.pending.to_string(),
+            stream.ack_pending.to_string(),
+            stream.redelivered.to_string(),
+            stream.waiting_pulls.to_string(),
+        ]);
+    }
+    rows
 }
 
 /// Lays rows out in columns: the first left-aligned, the others right-aligned.
@@ -183,6 +225,7 @@ mod tests {
                     p50: 350,
                     p99: 1_200,
                 },
+                jetstream: None,
             }],
             subscribers: vec![SubscriberReport {
                 topic: "multiply".into(),
@@ -216,6 +259,7 @@ mod tests {
                 "dead",
                 "failed",
                 "in_flight",
+                "jetstream",
                 "latency_us",
                 "name",
                 "published",
@@ -240,5 +284,55 @@ mod tests {
         assert!(lines[3].ends_with("  98.7     350    1200"), "{table}");
         assert!(table.contains("127.0.0.1:8031"), "{table}");
         assert!(table.contains("12s ago"), "{table}");
+        assert!(!table.contains("JetStream"), "{table}");
+    }
+
+    #[test]
+    fn a_topic_in_jetstream_gets_its_stream_figures_in_a_table_of_their_own() {
+        let mut stats = sample();
+        stats.topics[0].jetstream = Some(JetStreamReport {
+            stream: "pairbroker-multiply".into(),
+            leader: Some("n2".into()),
+            replicas: 3,
+            current_replicas: 2,
+            messages: 12,
+            last_sequence: 4_000,
+            pending: 7,
+            ack_pending: 5,
+            redelivered: 1,
+            waiting_pulls: 3,
+        });
+        let now = UNIX_EPOCH + Duration::from_secs(1_012);
+        let table = format_table(&stats, now);
+        let lines: Vec<&str> = table.lines().collect();
+        let heading = lines
+            .iter()
+            .position(|line| line.starts_with("JetStream, all brokers"))
+            .expect(&table);
+        assert!(lines[heading + 1].starts_with("topic "), "{table}");
+        assert_eq!(
+            lines[heading + 1].len(),
+            lines[heading + 2].len(),
+            "{table}"
+        );
+        let cells: Vec<&str> = lines[heading + 2].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "multiply",
+                "pairbroker-multiply",
+                "n2",
+                "2/3",
+                "12",
+                "4000",
+                "7",
+                "5",
+                "1",
+                "3"
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_str(&to_json(&stats)).unwrap();
+        assert_eq!(json["topics"][0]["jetstream"]["last_sequence"], 4_000);
+        assert_eq!(json["topics"][0]["jetstream"]["leader"], "n2");
     }
 }

@@ -215,6 +215,35 @@ pub struct TopicReport {
     pub rate_per_s: f64,
     /// Time from publish to completion.
     pub latency_us: Latency,
+    /// With `--store nats://…`: the topic's stream as JetStream reports it, for all brokers
+    /// together (the figures above are this broker's, but for `ready` and `in_flight`).
+    /// `null` for the stores of one broker.
+    pub jetstream: Option<JetStreamReport>,
+}
+
+/// A topic's stream and its shared consumer as JetStream reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JetStreamReport {
+    /// The stream's name.
+    pub stream: String,
+    /// The NATS server that leads the stream now, if one does.
+    pub leader: Option<String>,
+    /// Copies of the stream asked for.
+    pub replicas: u64,
+    /// Copies up to date now, the leader's included.
+    pub current_replicas: u64,
+    /// Jobs in the stream: waiting, or in flight on any broker.
+    pub messages: u64,
+    /// The last job's sequence: jobs ever published through any broker.
+    pub last_sequence: u64,
+    /// Jobs not yet delivered to any broker.
+    pub pending: u64,
+    /// Jobs delivered to a broker and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Of those, jobs delivered more than once.
+    pub redelivered: u64,
+    /// Pull requests waiting at the server, from all brokers.
+    pub waiting_pulls: u64,
 }
 
 /// Percentiles of a latency, in microseconds; zero before the first completion.

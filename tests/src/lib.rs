@@ -17,6 +17,11 @@ use lab::{RunningBroker, RunningFactory};
 use lab_console::Console;
 use stubs::{BrokerClient, BrokerError, Job, PublishRequest};
 
+mod accounting;
+mod nats;
+pub use accounting::*;
+pub use nats::*;
+
 /// How long a test waits for a condition before it fails. Generous, because CI's two cores may
 /// be busy compiling; a passing test returns as soon as the condition holds.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -119,15 +124,34 @@ pub async fn serve_http(broker: &RunningBroker) -> SocketAddr {
 
 /// A plain HTTP/1.1 GET of `path`; fails the test unless the answer is 200. Returns the body.
 pub async fn http_get(address: SocketAddr, path: &str) -> String {
+    try_http_get(address, path)
+        .await
+        .unwrap_or_else(|error| panic!("GET {path} from {address}: {error}"))
+}
+
+/// A plain HTTP/1.1 GET of `path`: the body of a 200 answer, or what went wrong.
+pub async fn try_http_get(address: SocketAddr, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|error| error.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|error| error.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .map_err(|_| format!("no answer within {WAIT:?}"))?
+        .map_err(|error| error.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not HTTP: {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_owned());
+    }
+    Ok(body.to_owned())
 }
 
 /// Starts a broker on a free loopback port that records its outcomes.
@@ -227,7 +251,17 @@ pub async fn eventually_async(what: &str, condition: impl AsyncFnMut() -> bool) 
 
 /// A client of the broker at `address`, once it listens.
 pub async fn client_when_up(address: std::net::SocketAddr) -> BrokerClient {
-    let deadline = std::time::Instant::now() + WAIT;
+    client_within(address, WAIT)
+        .await
+        .unwrap_or_else(|error| panic!("the broker did not listen: {error}"))
+}
+
+/// A client of the broker at `address`, if it listens within `limit`.
+async fn client_within(
+    address: std::net::SocketAddr,
+    limit: Duration,
+) -> Result<BrokerClient, transport::ConnectError> {
+    let deadline = std::time::Instant::now() + limit;
     loop {
         match transport::connect_broker(
             &address.to_string(),
@@ -236,14 +270,9 @@ pub async fn client_when_up(address: std::net::SocketAddr) -> BrokerClient {
         )
         .await
         {
-            Ok(client) => return client,
-            Err(error) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the broker did not listen: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            Ok(client) => return Ok(client),
+            Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
@@ -287,11 +316,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `count` distinct free loopback ports (all held until all are found).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("a bound port").port())
+        .collect()
+}
+
 /// One of the workspace's programs running as a child process, its standard output kept line
 /// by line. It is killed when dropped.
 pub struct Process {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+/// Keeps each line `output` prints in `lines`, as it comes.
+fn keep_lines(output: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
 }
 
 impl Process {
@@ -302,25 +352,47 @@ impl Process {
         Self::spawn(command)
     }
 
-    /// Starts `command`; its standard error is discarded.
+    /// Starts `command`; its standard error is kept apart, for [`Process::client_when_up`]'s
+    /// failure.
     pub fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|error| panic!("start {command:?}: {error}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
+        let stderr = child.stderr.take().expect("piped stderr");
+        keep_lines(stdout, lines.clone());
+        keep_lines(stderr, errors.clone());
+        Self {
+            child,
+            lines,
+            errors,
+        }
+    }
+
+    /// The last `count` lines the program wrote on standard error.
+    pub fn last_errors(&self, count: usize) -> String {
+        let errors = self.errors.lock().unwrap();
+        errors[errors.len().saturating_sub(count)..].join("\n")
+    }
+
+    /// A client of this broker at `address`, once it listens; fails the test with what the
+    /// broker wrote on standard error if it does not within [`WAIT`].
+    pub async fn client_when_up(&mut self, address: std::net::SocketAddr) -> BrokerClient {
+        match client_within(address, WAIT).await {
+            Ok(client) => client,
+            Err(error) => {
+                let status = self.child.try_wait().ok().flatten();
+                panic!(
+                    "the broker did not listen at {address} ({error}); exited: {status:?}; its last words:\n{}",
+                    self.last_errors(20)
+                )
             }
-        });
-        Self { child, lines }
+        }
     }
 
     /// The lines the program has printed so far.
@@ -425,51 +497,4 @@ pub fn with_mounts(mounts: &str, name: &str, args: &[&str]) -> Command {
         .arg(program(name))
         .args(args);
     command
-}
-
-/// A `nats-server -js` of a test's own (Debian's package; `.ci/run` installs it), on a free
-/// loopback port, its store in a temporary folder; killed when dropped.
-pub struct NatsServer {
-    child: Child,
-    _store: tempfile::TempDir,
-    /// `nats://127.0.0.1:PORT`.
-    pub url: String,
-}
-
-impl NatsServer {
-    /// Starts one and waits until it listens.
-    pub async fn start() -> Self {
-        let port = free_port();
-        let store = tempfile::tempdir().expect("a temporary folder");
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (apt-get install nats-server; .ci/run does)");
-        let deadline = std::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self {
-            child,
-            _store: store,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

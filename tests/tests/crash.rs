@@ -2,73 +2,11 @@
 //! can and factories working, all real processes that reconnect by themselves. Every job a
 //! miner got an acknowledgement for must be completed at least once; duplicates are counted.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use stubs::BrokerClient;
 use system_tests::*;
 
 const CRASHES: usize = 20;
-
-/// A job as both ends print it: its topic and its two operands.
-type JobKey = (&'static str, i64, i64);
-
-/// The jobs a miner printed as acknowledged: `published X and Y to TOPIC (job N)`.
-fn acknowledged(lines: &[String]) -> Vec<JobKey> {
-    lines
-        .iter()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("published ")?;
-            let (operands, rest) = rest.split_once(" to ")?;
-            let (x, y) = operands.split_once(" and ")?;
-            let topic = match rest.split_once(' ')?.0 {
-                "multiply" => "multiply",
-                "divide" => "divide",
-                _ => return None,
-            };
-            Some((topic, x.parse().ok()?, y.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The jobs a factory printed as computed: `X * Y = P` or `X / Y = Q`.
-fn computed(lines: &[String]) -> Vec<JobKey> {
-    lines
-        .iter()
-        .filter_map(|line| {
-            let (operation, _) = line.split_once(" = ")?;
-            let mut words = operation.split(' ');
-            let x = words.next()?.parse().ok()?;
-            let topic = match words.next()? {
-                "*" => "multiply",
-                "/" => "divide",
-                _ => return None,
-            };
-            let y = words.next()?.parse().ok()?;
-            Some((topic, x, y))
-        })
-        .collect()
-}
-
-/// The ready and in-flight jobs of every topic, once the broker answers.
-async fn unsettled(client: &BrokerClient) -> Option<u64> {
-    let stats = client.stats(tarpc::context::current()).await.ok()?;
-    Some(
-        stats
-            .topics
-            .iter()
-            .map(|topic| topic.ready + topic.in_flight)
-            .sum(),
-    )
-}
-
-/// A small random generator, seeded, so that a failing run can be told by its seed.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_job_is_completed_through_twenty_broker_crashes() {
@@ -122,11 +60,7 @@ async fn every_acknowledged_job_is_completed_through_twenty_broker_crashes() {
             .sum()
     };
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     println!("crash moments seeded with {seed}");
     let mut random = seed;
     for crash in 0..CRASHES {
@@ -164,35 +98,23 @@ async fn every_acknowledged_job_is_completed_through_twenty_broker_crashes() {
     })
     .await;
 
-    let mut completions: HashMap<JobKey, usize> = HashMap::new();
-    for factory in &factories {
-        for key in computed(&factory.lines()) {
-            *completions.entry(key).or_default() += 1;
-        }
-    }
-    let missing: Vec<&JobKey> = acknowledged
+    let computed = factories
         .iter()
-        .filter(|key| !completions.contains_key(key))
-        .collect();
-    let duplicates: usize = acknowledged
-        .iter()
-        .map(|key| completions.get(key).copied().unwrap_or(0).saturating_sub(1))
-        .sum();
+        .flat_map(|factory| computed(&factory.lines()));
+    let reckoning = reckon(&acknowledged, computed);
     println!(
-        "{CRASHES} crashes: {} jobs acknowledged, {} completed at least once, {} missing, {duplicates} completed more than once",
-        acknowledged.len(),
-        acknowledged.len() - missing.len(),
-        missing.len(),
+        "{CRASHES} crashes: {} jobs acknowledged, {} missing, {} completed more than once",
+        reckoning.acknowledged, reckoning.missing_count, reckoning.duplicates,
     );
     assert!(
-        missing.is_empty(),
+        reckoning.missing.is_empty(),
         "{} acknowledged jobs were never completed, the first: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
+        reckoning.missing_count,
+        reckoning.missing
     );
     assert!(
-        acknowledged.len() >= 1_000,
+        reckoning.acknowledged >= 1_000,
         "too little load to test anything: {} jobs",
-        acknowledged.len()
+        reckoning.acknowledged
     );
 }

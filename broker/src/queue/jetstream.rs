@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::compact::{from_record, to_record, QueuedJob};
-use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
+use super::{Delivery, JobId, JobStore, QueueError, StreamFigures, TopicCreation, TopicStats};
 
 /// The one durable consumer all brokers share on each topic.
 const CONSUMER: &str = "pairbroker";
@@ -35,6 +35,10 @@ const CONSUMER: &str = "pairbroker";
 const DEAD_LETTERS: &str = "pairbroker_dead_letters";
 /// How long one pull request for a job waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
+/// The most jobs one pull request asks for.
+const MOST_IN_ONE_PULL: usize = 256;
+/// How long a starting broker waits for a cluster that is not ready (electing leaders).
+const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long a publish to a full stream waits before it tries again.
 const FULL_RETRY: Duration = Duration::from_millis(5);
 
@@ -82,49 +86,72 @@ impl std::fmt::Debug for JetStreamStore {
 /// this broker holds them for a reason JetStream did not see (`None`: JetStream's count holds).
 type PutBack = Arc<Mutex<std::collections::VecDeque<(jetstream::Message, Option<u32>)>>>;
 
-/// Pulls one job for each waiting take, in turn, so that no job waits unseen in this broker,
-/// and a take dropped before its job came strands nothing: the job goes to the next take.
+/// Pulls jobs for the takes waiting, as many in one pull request as there are takes (up to
+/// [`MOST_IN_ONE_PULL`]), so that no job waits unseen in this broker, and a take dropped before
+/// its job came strands nothing: the job goes to the next take, or waits here for one.
 async fn pull_for_takers(
     consumer: jetstream::consumer::Consumer<pull::Config>,
     mut takers: mpsc::UnboundedReceiver<oneshot::Sender<jetstream::Message>>,
     put_back: PutBack,
 ) {
-    while let Some(taker) = takers.recv().await {
-        let message = loop {
-            if taker.is_closed() {
-                break None;
+    let mut waiting = std::collections::VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match takers.recv().await {
+                Some(taker) => waiting.push_back(taker),
+                None => return,
             }
-            let pulled = consumer
-                .batch()
-                .max_messages(1)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match pulled {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot pull from JetStream; trying again");
-                    tokio::time::sleep(PULL_EXPIRES).await;
-                    continue;
-                }
-            };
-            match batch.next().await {
-                Some(Ok(message)) => break Some(message),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "a pull request ended without a job");
-                    tokio::time::sleep(FULL_RETRY).await;
-                }
-                None => {}
+        }
+        while let Ok(taker) = takers.try_recv() {
+            waiting.push_back(taker);
+        }
+        waiting.retain(|taker: &oneshot::Sender<_>| !taker.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let pulled = consumer
+            .batch()
+            .max_messages(waiting.len().min(MOST_IN_ONE_PULL))
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match pulled {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull from JetStream; trying again");
+                tokio::time::sleep(PULL_EXPIRES).await;
+                continue;
             }
         };
-        if let Some(message) = message {
-            if let Err(message) = taker.send(message) {
-                // Its take was dropped meanwhile: the job waits here for the next one.
-                let _ = message.ack_with(AckKind::Progress).await;
-                lock(&put_back).push_back((message, None));
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => hand_over(message, &mut waiting, &put_back).await,
+                Err(error) => {
+                    tracing::debug!(%error, "a pull request ended early");
+                    tokio::time::sleep(FULL_RETRY).await;
+                    break;
+                }
             }
         }
     }
+}
+
+/// Gives `message` to the first take still waiting, or keeps it for the next take.
+async fn hand_over(
+    message: jetstream::Message,
+    waiting: &mut std::collections::VecDeque<oneshot::Sender<jetstream::Message>>,
+    put_back: &PutBack,
+) {
+    let mut message = message;
+    while let Some(taker) = waiting.pop_front() {
+        match taker.send(message) {
+            Ok(()) => return,
+            Err(returned) => message = returned,
+        }
+    }
+    // Every take was dropped meanwhile: the job waits here, its ack wait reset.
+    let _ = message.ack_with(AckKind::Progress).await;
+    lock(put_back).push_back((message, None));
 }
 
 struct Topic {
@@ -193,17 +220,35 @@ impl JetStreamStore {
             .connect(config.servers.as_slice())
             .await
             .map_err(|error| failed(&error))?;
+        let version = client.server_info().version;
+        if !is_trusted_version(&version) {
+            tracing::warn!(
+                %version,
+                "nats-server older than {}.{}: 2.9.10 was seen acknowledging publishes to a full \
+                 replicated stream with wrong sequences, losing jobs; 2.15.1 passes our fault test",
+                TRUSTED_VERSION.0,
+                TRUSTED_VERSION.1
+            );
+        }
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
+        let dead_letters = stream::Config {
             name: DEAD_LETTERS.into(),
             subjects: vec![format!("{DEAD_LETTERS}.>")],
             storage: stream::StorageType::File,
             num_replicas: config.replicas,
             max_messages_per_subject: config.dead_letter_limit.max(1) as i64,
             ..Default::default()
-        })
-        .await
-        .map_err(|error| failed(&error))?;
+        };
+        // A cluster that lost a node a moment ago may take seconds to elect its leaders: a
+        // broker started meanwhile waits for it rather than refusing to start.
+        let ready_by = Instant::now() + READY_WITHIN;
+        while let Err(error) = js.get_or_create_stream(dead_letters.clone()).await {
+            if !is_transient(&error) || Instant::now() >= ready_by {
+                return Err(failed(&error));
+            }
+            tracing::warn!(%error, "JetStream is not ready; trying again");
+            tokio::time::sleep(FULL_RETRY * 100).await;
+        }
         Ok(Self {
             client,
             js,
@@ -311,6 +356,7 @@ impl JetStreamStore {
             attempt: attempts.map_or(delivered, |attempts| attempts.saturating_add(1)),
             published_at: queued.published_at,
         };
+        tracing::debug!(topic = %topic.name, id, delivered, job = %delivery.job, "delivering");
         lock(&topic.in_flight).insert(id, message);
         Some(delivery)
     }
@@ -339,6 +385,41 @@ async fn confirmed(
         .ok_or_else(|| storage("not a JetStream message"))?;
     client.request(reply, kind.into()).await.map_err(storage)?;
     Ok(())
+}
+
+/// The oldest nats-server release not known to lose jobs: 2.9.10 (Debian bookworm's) answers
+/// some publishes to a full replicated stream with another job's sequence, and stores not all
+/// of those it acknowledged (`tests/tests/cluster_faults.rs` found it; 2.15.1 passes).
+const TRUSTED_VERSION: (u64, u64) = (2, 10);
+
+/// Whether `version` (`2.15.1`) is [`TRUSTED_VERSION`] or later.
+fn is_trusted_version(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= TRUSTED_VERSION,
+        _ => false,
+    }
+}
+
+/// Whether creating a stream failed for a while only: no answer in time, or a cluster still
+/// electing its leaders.
+fn is_transient(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    use jetstream::ErrorCode;
+    match error.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(error) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::CLUSTER_NOT_ASSIGNED,
+        ]
+        .contains(&error.error_code()),
+        _ => false,
+    }
 }
 
 /// Whether a publish was refused because the stream is full.
@@ -429,6 +510,60 @@ impl JobStore for JetStreamStore {
                 Err(error) => return Err(storage(error)),
             }
         }
+    }
+
+    /// Sends every job before waiting for the first acknowledgement: JetStream replicates them
+    /// together. A job refused for want of room is published again as [`JobStore::publish`]
+    /// does; if one is refused for good, the jobs after it are reported unpublished even if
+    /// JetStream stored some of them (they would be delivered twice, never lost).
+    async fn publish_many(
+        &self,
+        topic: &str,
+        jobs: Vec<Job>,
+        room_by: Instant,
+    ) -> (Vec<JobId>, Option<QueueError>) {
+        let topic_name = topic;
+        let topic = match self.topic(topic).await {
+            Ok(topic) => topic,
+            Err(error) => return (Vec::new(), Some(error)),
+        };
+        let now = SystemTime::now();
+        let mut pending = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let record = to_record(&QueuedJob {
+                id: 0,
+                job: *job,
+                attempts: 0,
+                published_at: now,
+            });
+            match self.js.publish(topic.subject.clone(), record.into()).await {
+                Ok(acknowledgement) => pending.push(acknowledgement),
+                Err(error) => {
+                    tracing::debug!(%error, "a publish was not sent; the jobs after it go one by one");
+                    break;
+                }
+            }
+        }
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut sent = pending.into_iter();
+        for job in jobs {
+            let stored = match sent.next() {
+                Some(acknowledgement) => match acknowledgement.await {
+                    Ok(ack) => {
+                        topic.published.fetch_add(1, Ordering::Relaxed);
+                        Ok(ack.sequence)
+                    }
+                    Err(error) if is_full(&error) => self.publish(topic_name, job, room_by).await,
+                    Err(error) => Err(storage(error)),
+                },
+                None => self.publish(topic_name, job, room_by).await,
+            };
+            match stored {
+                Ok(id) => ids.push(id),
+                Err(error) => return (ids, Some(error)),
+            }
+        }
+        (ids, None)
     }
 
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
@@ -584,8 +719,29 @@ impl JobStore for JetStreamStore {
         let topic = self.topic(topic).await?;
         let mut consumer = topic.consumer.clone();
         let info = consumer.info().await.map_err(storage)?;
+        let stream_name = stream_name(&topic.name);
+        let stream = self.js.get_stream(&stream_name).await.map_err(storage)?;
+        let stream = stream.cached_info();
         // Jobs put back here are unacknowledged at the server, but ready.
         let put_back = lock(&topic.put_back).len();
+        let cluster = stream.cluster.clone().unwrap_or_default();
+        let figures = StreamFigures {
+            stream: stream_name,
+            leader: cluster.leader.clone(),
+            replicas: stream.config.num_replicas.max(1),
+            current_replicas: usize::from(cluster.leader.is_some())
+                + cluster
+                    .replicas
+                    .iter()
+                    .filter(|peer| peer.current && !peer.offline)
+                    .count(),
+            messages: stream.state.messages,
+            last_sequence: stream.state.last_sequence,
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            waiting_pulls: info.num_waiting as u64,
+        };
         Ok(TopicStats {
             capacity: topic.capacity,
             ready: usize::try_from(info.num_pending)
@@ -597,6 +753,7 @@ impl JobStore for JetStreamStore {
             failed: topic.failed.load(Ordering::Relaxed),
             requeued: topic.requeued.load(Ordering::Relaxed),
             dead: 0,
+            jetstream: Some(figures),
         })
     }
 }
@@ -627,7 +784,7 @@ pub(crate) mod tests {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("nats-server is installed (apt-get install nats-server; .ci/run does)");
+                .expect("nats-server 2.10 or newer is on PATH (.ci/run installs 2.15.1)");
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -699,6 +856,16 @@ pub(crate) mod tests {
             .unwrap()
             .letters
             .is_empty());
+    }
+
+    #[test]
+    fn servers_older_than_two_ten_are_not_trusted() {
+        for version in ["2.10.0", "2.15.1", "v2.11.3", "3.0.0", "2.12.0-beta.1"] {
+            assert!(is_trusted_version(version), "{version}");
+        }
+        for version in ["2.9.10", "2.2.0", "1.4.1", "", "two", "2"] {
+            assert!(!is_trusted_version(version), "{version}");
+        }
     }
 
     #[test]

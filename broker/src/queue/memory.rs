@@ -353,6 +353,7 @@ impl JobStore for MemoryStore {
             failed: state.failed,
             requeued: state.requeued,
             dead: state.dead_letters.len(),
+            jetstream: None,
         })
     }
 }

@@ -70,7 +70,7 @@ pub enum TopicCreation {
 }
 
 /// A topic's counters, as the store sees them now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TopicStats {
     /// How many ready jobs the topic holds before a publish waits.
     pub capacity: usize,
@@ -88,6 +88,34 @@ pub struct TopicStats {
     pub requeued: u64,
     /// Dead letters kept now.
     pub dead: usize,
+    /// What JetStream reports of the topic's stream, for all brokers together; `None` for
+    /// the stores of one broker.
+    pub jetstream: Option<StreamFigures>,
+}
+
+/// A topic's stream and its shared consumer as JetStream reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamFigures {
+    /// The stream's name.
+    pub stream: String,
+    /// The server that leads the stream, if one does now.
+    pub leader: Option<String>,
+    /// Copies of the stream asked for.
+    pub replicas: usize,
+    /// Copies up to date now, the leader's included.
+    pub current_replicas: usize,
+    /// Jobs in the stream: waiting or in flight on any broker.
+    pub messages: u64,
+    /// The sequence of the last job stored: jobs ever published through any broker.
+    pub last_sequence: u64,
+    /// Jobs not yet delivered to any broker.
+    pub pending: u64,
+    /// Jobs delivered to a broker and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Jobs delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// Pull requests waiting at the server, from all brokers.
+    pub waiting_pulls: u64,
 }
 
 /// Why a store refused an operation.

@@ -18,9 +18,8 @@ use lab_console::Console;
 use stubs::{BrokerClient, BrokerError, Job, PublishRequest};
 
 mod accounting;
-mod nats;
 pub use accounting::*;
-pub use nats::*;
+pub use nats_harness::{NatsCluster, NatsServer};
 
 /// How long a test waits for a condition before it fails. Generous, because CI's two cores may
 /// be busy compiling; a passing test returns as soon as the condition holds.
@@ -316,16 +315,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `count` distinct free loopback ports (all held until all are found).
-pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("a bound port").port())
-        .collect()
-}
+pub use nats_harness::free_ports;
 
 /// One of the workspace's programs running as a child process, its standard output kept line
 /// by line. It is killed when dropped.

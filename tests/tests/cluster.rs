@@ -9,7 +9,7 @@ use system_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_published_through_one_broker_is_done_by_a_factory_of_another() {
     const JOBS: i64 = 200;
-    let nats = NatsServer::start().await;
+    let nats = NatsServer::start();
     let ports = [free_port().to_string(), free_port().to_string()];
     let brokers: Vec<Process> = ports
         .iter()

@@ -8,7 +8,7 @@ use system_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_job_is_lost_when_a_nats_node_and_a_broker_die() {
-    let mut cluster = NatsCluster::start().await;
+    let mut cluster = NatsCluster::start();
     let store = cluster.urls();
     let ports = free_ports(2);
     let ports = [ports[0].to_string(), ports[1].to_string()];
@@ -107,7 +107,7 @@ async fn no_acknowledged_job_is_lost_when_a_nats_node_and_a_broker_die() {
         at_kill + 500,
     )
     .await;
-    cluster.nodes[node].restart().await;
+    cluster.nodes[node].restart();
     let mut first_broker_again = start_broker(0);
     first_broker_again.client_when_up(address(0)).await;
     let at_restart = acknowledged_so_far();
@@ -165,7 +165,7 @@ async fn no_acknowledged_job_is_lost_when_a_nats_node_and_a_broker_die() {
             reckoning.missing,
             first_broker_again.last_errors(30),
             second_broker.last_errors(30),
-            cluster.report().await
+            cluster.report()
         );
     }
 }

@@ -73,7 +73,7 @@ pub struct JetStreamStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     /// A test's own nats-server, stopped with the store.
     #[cfg(test)]
-    server: Option<tests::NatsServer>,
+    server: Option<nats_harness::NatsServer>,
 }
 
 impl std::fmt::Debug for JetStreamStore {
@@ -761,59 +761,11 @@ impl JobStore for JetStreamStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::process::{Child, Command, Stdio};
-
-    /// A `nats-server -js` of a test's own, on a free loopback port, with its store in a
-    /// temporary folder; killed when dropped.
-    pub(crate) struct NatsServer {
-        child: Child,
-        _store: tempfile::TempDir,
-        pub(crate) url: String,
-    }
-
-    impl NatsServer {
-        pub(crate) async fn start() -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port();
-            let store = tempfile::tempdir().unwrap();
-            let child = Command::new("nats-server")
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server 2.10 or newer is on PATH (.ci/run installs 2.15.1)");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nats-server did not listen"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Self {
-                child,
-                _store: store,
-                url: format!("nats://127.0.0.1:{port}"),
-            }
-        }
-    }
-
-    impl Drop for NatsServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use nats_harness::NatsServer;
 
     /// A store on a nats-server of its own.
     pub(crate) async fn scratch_store() -> JetStreamStore {
-        let server = NatsServer::start().await;
+        let server = NatsServer::start();
         let mut store = JetStreamStore::connect(JetStreamConfig {
             servers: vec![server.url.clone()],
             replicas: 1,

@@ -14,6 +14,7 @@ const EXAMPLES: &str = "\
 Examples:
   cargo run --release -p bench -- all          # every workload, 3 runs each; writes docs/bench/
   cargo run --release -p bench -- w2d md       # the durable ones: the broker with --data-dir
+  cargo run --release -p bench -- w2c1 w2c3    # two brokers over NATS JetStream (nats-server on PATH)
   cargo run --release -p bench -- w2 --runs 5  # W2 only, median of 5
   cargo run -p bench -- all --smoke            # a few hundred jobs each, to check the runner";
 
@@ -36,6 +37,11 @@ pub enum Target {
     W2d,
     /// M durable: M with the broker's jobs on disk.
     Md,
+    /// W2 cluster, one node: W2 through two brokers over one NATS JetStream server.
+    W2c1,
+    /// W2 cluster, three nodes: W2 through two brokers over three NATS servers, replicas 3,
+    /// against JetStream used directly on the same cluster.
+    W2c3,
 }
 
 /// pairbroker's benchmark runner: starts the real broker, factory and miner programs (built
@@ -92,6 +98,8 @@ impl Cli {
                     Target::S => *workload == Workload::S,
                     Target::W2d => *workload == Workload::W2Durable,
                     Target::Md => *workload == Workload::MDurable,
+                    Target::W2c1 => *workload == Workload::W2ClusterOne,
+                    Target::W2c3 => *workload == Workload::W2ClusterThree,
                 })
             })
             .collect()
@@ -180,6 +188,8 @@ fn target(workload: Workload) -> &'static str {
         Workload::S => "",
         Workload::W2Durable => "≥ 100,000 jobs/s, publish ack p99 ≤ 2,000 µs",
         Workload::MDurable => "≤ 100 bytes a job on disk, recovery < 3 s",
+        Workload::W2ClusterOne => "",
+        Workload::W2ClusterThree => "≥ 60% of JetStream used directly",
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod charts;
 pub mod cli;
+pub mod direct;
 pub mod machine;
 pub mod processes;
 pub mod suite;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::processes::Programs;
-use crate::workloads::{self, Flow, RunFigures};
+use crate::workloads::{self, Flow, RunFigures, Store};
 
 /// How big the runs are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +66,11 @@ pub enum Workload {
     W2Durable,
     /// M with the broker's jobs on disk: memory, and bytes a job on disk.
     MDurable,
+    /// W2 through two brokers over a one-node NATS JetStream (`--store nats://…`).
+    W2ClusterOne,
+    /// W2 through two brokers over a three-node NATS JetStream cluster, three replicas, and
+    /// W2 with JetStream used directly on the same cluster just before each run.
+    W2ClusterThree,
 }
 
 /// The factory counts of the S curve.
@@ -73,7 +78,7 @@ pub const SCALING_FACTORIES: [u32; 4] = [1, 2, 4, 8];
 
 impl Workload {
     /// Every workload, in the order `all` runs them.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 9] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -81,6 +86,8 @@ impl Workload {
         Workload::S,
         Workload::W2Durable,
         Workload::MDurable,
+        Workload::W2ClusterOne,
+        Workload::W2ClusterThree,
     ];
 
     /// The flows of one run of this workload (S has one per factory count).
@@ -92,7 +99,7 @@ impl Workload {
             prefetch: 16,
             jobs: scale.concurrent_jobs,
             rate: None,
-            durable: false,
+            store: Store::Memory,
         };
         match self {
             Workload::W1 => vec![Flow {
@@ -102,7 +109,7 @@ impl Workload {
                 prefetch: 1,
                 jobs: scale.faithful_jobs,
                 rate: None,
-                durable: false,
+                store: Store::Memory,
             }],
             Workload::W2 => vec![concurrent(4)],
             Workload::W3 => vec![Flow {
@@ -113,7 +120,7 @@ impl Workload {
                 prefetch: 16,
                 jobs: u64::from(scale.latency_rate) * u64::from(scale.latency_seconds),
                 rate: Some(scale.latency_rate),
-                durable: false,
+                store: Store::Memory,
             }],
             Workload::M => vec![Flow {
                 buffer: scale.memory_jobs.min(u64::from(u32::MAX)) as u32,
@@ -122,18 +129,32 @@ impl Workload {
                 prefetch: 1,
                 jobs: scale.memory_jobs,
                 rate: None,
-                durable: false,
+                store: Store::Memory,
             }],
             Workload::S => SCALING_FACTORIES.into_iter().map(concurrent).collect(),
             Workload::W2Durable => vec![Flow {
-                durable: true,
+                store: Store::Disk,
                 ..concurrent(4)
             }],
             Workload::MDurable => {
                 let mut flows = Workload::M.flows(scale);
-                flows[0].durable = true;
+                flows[0].store = Store::Disk;
                 flows
             }
+            Workload::W2ClusterOne => vec![Flow {
+                store: Store::Nats {
+                    nodes: 1,
+                    direct: false,
+                },
+                ..concurrent(4)
+            }],
+            Workload::W2ClusterThree => vec![Flow {
+                store: Store::Nats {
+                    nodes: 3,
+                    direct: true,
+                },
+                ..concurrent(4)
+            }],
         }
     }
 
@@ -147,6 +168,8 @@ impl Workload {
             Workload::S => "S",
             Workload::W2Durable => "W2d",
             Workload::MDurable => "Md",
+            Workload::W2ClusterOne => "W2c1",
+            Workload::W2ClusterThree => "W2c3",
         }
     }
 }
@@ -214,11 +237,21 @@ impl Measured {
                     .map_or(0.0, |recovery| recovery.as_secs_f64() * 1e3)),
                 thousands(self.jobs_per_s())
             ),
-            Workload::W2Durable => format!(
+            Workload::W2Durable | Workload::W2ClusterOne => format!(
                 "{} jobs/s, publish ack p99 {:.0} µs",
                 thousands(self.jobs_per_s()),
                 self.median_of(|run| run.ack_us.1 as f64)
             ),
+            Workload::W2ClusterThree => {
+                let direct = self.median_of(|run| run.direct_jobs_per_s.unwrap_or(0.0));
+                format!(
+                    "{} jobs/s ({:.0}% of JetStream used directly: {} jobs/s), publish ack p99 {:.0} µs",
+                    thousands(self.jobs_per_s()),
+                    100.0 * self.jobs_per_s() / direct.max(1e-9),
+                    thousands(direct),
+                    self.median_of(|run| run.ack_us.1 as f64)
+                )
+            }
             _ => format!("{} jobs/s", thousands(self.jobs_per_s())),
         }
     }
@@ -234,9 +267,14 @@ impl Measured {
                 run.data_bytes as f64 / run.jobs.max(1) as f64,
                 run.recovery.map_or(0, |recovery| recovery.as_millis())
             ),
-            Workload::W2Durable => {
+            Workload::W2Durable | Workload::W2ClusterOne => {
                 format!("{} ({} µs)", thousands(run.jobs_per_s()), run.ack_us.1)
             }
+            Workload::W2ClusterThree => format!(
+                "{} vs {} direct",
+                thousands(run.jobs_per_s()),
+                thousands(run.direct_jobs_per_s.unwrap_or(0.0))
+            ),
             _ => thousands(run.jobs_per_s()),
         }
     }

@@ -35,8 +35,27 @@ pub struct Flow {
     pub jobs: u64,
     /// Jobs per second for the miner, or as fast as it can.
     pub rate: Option<u32>,
-    /// Whether the broker keeps its jobs on disk (`--data-dir`, fsync always).
-    pub durable: bool,
+    /// Where the brokers keep their jobs.
+    pub store: Store,
+}
+
+/// Where a run's brokers keep their jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// In memory: one broker.
+    Memory,
+    /// On disk (`--data-dir`, fsync always): one broker.
+    Disk,
+    /// In NATS JetStream (`--store nats://…`) on a cluster of `nodes` started for the run,
+    /// each stream with as many replicas: two brokers, each with a miner and half the
+    /// factories. With `direct`, W2 is also run with JetStream used directly, on the same
+    /// cluster, just before.
+    Nats {
+        /// NATS servers, 1 or 3.
+        nodes: u8,
+        /// Whether to measure JetStream used directly too.
+        direct: bool,
+    },
 }
 
 /// What one run measured.
@@ -67,6 +86,8 @@ pub struct RunFigures {
     /// For a durable flow that leaves its jobs queued: from a new broker's start on the data
     /// dir of a SIGKILLed one until it reports every job ready.
     pub recovery: Option<Duration>,
+    /// For a clustered flow measured both ways: JetStream used directly, jobs per second.
+    pub direct_jobs_per_s: Option<f64>,
 }
 
 impl RunFigures {
@@ -78,34 +99,47 @@ impl RunFigures {
 
 /// The processes of one run, stopped when dropped.
 struct Run {
-    broker: Process,
+    brokers: Vec<Process>,
     factories: Vec<Process>,
-    miner: Option<Process>,
+    miners: Vec<Process>,
 }
 
 impl Run {
     fn sample(&mut self) {
-        self.broker.usage();
-        for factory in &mut self.factories {
-            factory.usage();
-        }
-        if let Some(miner) = &mut self.miner {
-            miner.usage();
+        for process in self.processes() {
+            process.usage();
         }
     }
 
-    /// Fails if a process died; the miner may end, successfully, once it has published all.
+    fn processes(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.brokers
+            .iter_mut()
+            .chain(&mut self.factories)
+            .chain(&mut self.miners)
+    }
+
+    /// Fails if a process died; a miner may end, successfully, once it has published all.
     fn check(&mut self) -> anyhow::Result<()> {
-        self.broker.check_running()?;
+        for broker in &mut self.brokers {
+            broker.check_running()?;
+        }
         for factory in &mut self.factories {
             factory.check_running()?;
         }
-        if let Some(miner) = &mut self.miner {
+        for miner in &mut self.miners {
             if !miner.exited_successfully() {
                 miner.check_running()?;
             }
         }
         Ok(())
+    }
+
+    /// The CPU seconds of `processes`, all together.
+    fn cpu_s(processes: &mut [Process]) -> f64 {
+        processes
+            .iter_mut()
+            .map(|process| process.usage().cpu_s)
+            .sum()
     }
 }
 
@@ -143,15 +177,18 @@ pub async fn run(
         std::process::id(),
         broker_address.port()
     ));
-    if flow.durable {
+    if let Store::Nats { nodes, direct } = flow.store {
+        return run_clustered(programs, flow, nodes, direct, busy_before).await;
+    }
+    if flow.store == Store::Disk {
         broker_args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
     }
-    let data = DataDir(flow.durable.then(|| data_dir.clone()));
+    let data = DataDir((flow.store == Store::Disk).then(|| data_dir.clone()));
     let broker = programs.start("broker", "broker", &broker_args)?;
     let mut run = Run {
-        broker,
+        brokers: vec![broker],
         factories: Vec::new(),
-        miner: None,
+        miners: Vec::new(),
     };
     let client = connect(&broker_address, &mut run).await?;
 
@@ -205,7 +242,8 @@ pub async fn run(
         None => miner_args.extend(["--interval".to_owned(), "0".to_owned()]),
     }
     let started = Instant::now();
-    run.miner = Some(programs.start("miner", "miner", &miner_args)?);
+    run.miners
+        .push(programs.start("miner", "miner", &miner_args)?);
     let done = |topic: &TopicReport| {
         if flow.factories == 0 {
             topic.ready >= flow.jobs
@@ -225,22 +263,19 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let mut factories_cpu_s = 0.0;
-    for factory in &mut run.factories {
-        factories_cpu_s += factory.usage().cpu_s;
-    }
+    let factories_cpu_s = Run::cpu_s(&mut run.factories);
     let data_bytes = data.0.as_deref().map_or(0, dir_bytes);
-    let miner = run.miner.as_mut().context("no miner")?;
+    let miner = run.miners.first_mut().context("no miner")?;
     if !miner.exited_within(Duration::from_secs(30)).await {
         bail!("the miner did not exit once its jobs were in");
     }
     let ack_us = acknowledgement_us(&miner.log());
     let miner_cpu_s = miner.usage().cpu_s;
-    let broker = run.broker.usage();
-    let recovery = if flow.durable && flow.factories == 0 {
+    let broker = run.brokers[0].usage();
+    let recovery = if flow.store == Store::Disk && flow.factories == 0 {
         // The broker is killed, as in a crash, and a new one loads what the first left.
-        run.broker.kill();
-        run.broker = programs.start("broker", "broker-recovering", &broker_args)?;
+        run.brokers[0].kill();
+        run.brokers[0] = programs.start("broker", "broker-recovering", &broker_args)?;
         let started = Instant::now();
         let client = connect(&broker_address, &mut run).await?;
         wait_for(
@@ -272,6 +307,181 @@ pub async fn run(
         miner_cpu_s,
         busy_before,
         latency_buckets,
+        direct_jobs_per_s: None,
+    })
+}
+
+/// Runs a clustered flow: a NATS cluster of `nodes` started for the run, JetStream used
+/// directly on it first when `direct` asks, then two brokers over it (`--replicas nodes`), each
+/// with half the factories and a miner with half the publishers and jobs.
+async fn run_clustered(
+    programs: &Programs,
+    flow: Flow,
+    nodes: u8,
+    direct: bool,
+    busy_before: f64,
+) -> anyhow::Result<RunFigures> {
+    // The servers live until the run's end, then are killed.
+    let (_servers, urls): (Box<dyn std::any::Any + Send>, String) =
+        tokio::task::spawn_blocking(move || {
+            if nodes == 1 {
+                let server = nats_harness::NatsServer::start();
+                let url = server.url.clone();
+                (Box::new(server) as Box<dyn std::any::Any + Send>, url)
+            } else {
+                let cluster = nats_harness::NatsCluster::start();
+                let urls = cluster.urls();
+                (Box::new(cluster) as Box<dyn std::any::Any + Send>, urls)
+            }
+        })
+        .await?;
+    let replicas = usize::from(nodes);
+    let direct_jobs_per_s = if direct {
+        let elapsed = crate::direct::w2(&urls, replicas, flow).await?;
+        Some(flow.jobs as f64 / elapsed.as_secs_f64().max(1e-9))
+    } else {
+        None
+    };
+
+    let addresses = [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)),
+    ];
+    let mut run = Run {
+        brokers: Vec::new(),
+        factories: Vec::new(),
+        miners: Vec::new(),
+    };
+    for (index, address) in addresses.iter().enumerate() {
+        let args = [
+            "--port",
+            &address.port().to_string(),
+            "--quiet",
+            "--http",
+            "off",
+            "--store",
+            &urls,
+            "--replicas",
+            &replicas.to_string(),
+        ];
+        run.brokers.push(programs.start(
+            "broker",
+            &format!("broker-{index}"),
+            &args.map(str::to_owned),
+        )?);
+    }
+    let mut clients = Vec::new();
+    for address in &addresses {
+        clients.push(connect(address, &mut run).await?);
+    }
+    // Each program knows both brokers, its own first.
+    let both = |own: usize| format!("{},{}", addresses[own], addresses[1 - own]);
+    for index in 0..flow.factories {
+        let args = [
+            "--port",
+            "0",
+            "--broker",
+            &both(index as usize % 2),
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+            "--prefetch",
+            &flow.prefetch.to_string(),
+            "--buffer",
+            &flow.buffer.to_string(),
+            "--quiet",
+        ];
+        run.factories.push(programs.start(
+            "factory",
+            &format!("factory-{index}"),
+            &args.map(str::to_owned),
+        )?);
+    }
+    for (index, client) in clients.iter().enumerate() {
+        let factories = flow.factories / 2 + u32::from((index as u32) < flow.factories % 2);
+        wait_for(
+            client,
+            &mut run,
+            Duration::from_secs(30),
+            "the factories to subscribe",
+            |stats| stats.subscribers.len() as u32 == factories,
+        )
+        .await?;
+    }
+    let started = Instant::now();
+    for index in 0..2 {
+        let jobs = flow.jobs / 2 + u64::from(index == 0) * (flow.jobs % 2);
+        let args = [
+            "--broker",
+            &both(index),
+            "--topic",
+            TOPIC,
+            "--buffer",
+            &flow.buffer.to_string(),
+            "--concurrency",
+            &(flow.publishers / 2).max(1).to_string(),
+            "--count",
+            &jobs.to_string(),
+            "--interval",
+            "0",
+            "--quiet",
+        ];
+        run.miners.push(programs.start(
+            "miner",
+            &format!("miner-{index}"),
+            &args.map(str::to_owned),
+        )?);
+    }
+    // Each broker counts what its own factories completed.
+    let mut completed = [0u64; 2];
+    let mut latencies = [(0u64, 0u64); 2];
+    let deadline = Instant::now() + RUN_LIMIT;
+    while completed.iter().sum::<u64>() < flow.jobs {
+        for (index, client) in clients.iter().enumerate() {
+            let stats = wait_for(client, &mut run, RUN_LIMIT, "the broker's figures", |_| {
+                true
+            })
+            .await?;
+            if let Some(topic) = topic_of(&stats) {
+                completed[index] = topic.completed;
+                latencies[index] = (topic.latency_us.p50, topic.latency_us.p99);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("gave up waiting for every job after {RUN_LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let elapsed = started.elapsed();
+    run.sample();
+    let mut ack_us = (0, 0);
+    for miner in &mut run.miners {
+        if !miner.exited_within(Duration::from_secs(30)).await {
+            bail!("a miner did not exit once its jobs were in");
+        }
+        let (p50, p99) = acknowledgement_us(&miner.log());
+        ack_us = (ack_us.0.max(p50), ack_us.1.max(p99));
+    }
+    let mut broker = Usage::default();
+    for process in &mut run.brokers {
+        let usage = process.usage();
+        broker.cpu_s += usage.cpu_s;
+        broker.rss_bytes = broker.rss_bytes.max(usage.rss_bytes);
+        broker.peak_rss_bytes = broker.peak_rss_bytes.max(usage.peak_rss_bytes);
+    }
+    Ok(RunFigures {
+        elapsed,
+        jobs: completed.iter().sum(),
+        // The slower broker's: jobs do not wait less for being split between two.
+        p50_us: latencies.iter().map(|latency| latency.0).max().unwrap_or(0),
+        p99_us: latencies.iter().map(|latency| latency.1).max().unwrap_or(0),
+        broker,
+        factories_cpu_s: Run::cpu_s(&mut run.factories),
+        miner_cpu_s: Run::cpu_s(&mut run.miners),
+        busy_before,
+        ack_us,
+        direct_jobs_per_s,
+        ..RunFigures::default()
     })
 }
 
@@ -338,7 +548,9 @@ async fn connect(address: &SocketAddr, run: &mut Run) -> anyhow::Result<BrokerCl
                 bail!("the broker did not start listening: {error}")
             }
             Err(_) => {
-                run.broker.check_running()?;
+                for broker in &mut run.brokers {
+                    broker.check_running()?;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -163,9 +163,13 @@ impl<S: JobStore> Shared<S> {
         };
         match replies {
             Ok(replies) => {
-                for (delivery, reply) in deliveries.iter().zip(replies) {
-                    self.settle(delivery, reply).await;
-                }
+                // Together: a store that settles over the network (JetStream) waits for one
+                // round trip for the whole batch instead of one per job.
+                let settled = deliveries
+                    .iter()
+                    .zip(replies)
+                    .map(|(delivery, reply)| self.settle(delivery, reply));
+                futures::future::join_all(settled).await;
             }
             Err(reason) => {
                 tracing::warn!(

@@ -146,7 +146,15 @@ impl Membership<'_> {
     }
 }
 
-/// Makes a request to the broker, naming what was asked in any error.
+/// Times a request that failed for a while only is made again, and the wait before the first
+/// retry (doubled at each).
+const RETRIES: u32 = 5;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Makes a request to the broker, naming what was asked in any error. Creating a topic and
+/// subscribing are idempotent, so a request whose store failed for now (`StorageFailed`: a
+/// NATS cluster electing its leaders) or that got no answer in time is made again, a few
+/// times, before the error is given.
 async fn ask<T, F, Fut>(
     broker: &BrokerLink,
     action: impl Fn() -> String,
@@ -156,15 +164,31 @@ where
     F: Fn(stubs::BrokerClient) -> Fut,
     Fut: std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
 {
-    match broker.call(request).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(error)) => Err(FactoryError::Refused {
-            action: action(),
-            error,
-        }),
-        Err(error) => Err(FactoryError::Rpc {
-            action: action(),
-            error,
-        }),
+    let mut retry_in = FIRST_RETRY;
+    let mut retries = 0;
+    loop {
+        let outcome = broker.call(&request).await;
+        let transient = matches!(
+            &outcome,
+            Ok(Err(BrokerError::StorageFailed { .. }))
+                | Err(LinkError::Rpc(RpcError::DeadlineExceeded))
+        );
+        if !transient || retries == RETRIES {
+            return match outcome {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(error)) => Err(FactoryError::Refused {
+                    action: action(),
+                    error,
+                }),
+                Err(error) => Err(FactoryError::Rpc {
+                    action: action(),
+                    error,
+                }),
+            };
+        }
+        tracing::warn!(action = %action(), ?retry_in, "the broker could not do it now; asking again");
+        tokio::time::sleep(retry_in).await;
+        retry_in *= 2;
+        retries += 1;
     }
 }

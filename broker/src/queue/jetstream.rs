@@ -35,6 +35,8 @@ const CONSUMER: &str = "pairbroker";
 const DEAD_LETTERS: &str = "pairbroker_dead_letters";
 /// How long one pull request for a job waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
+/// How many jobs a pull asks for beyond the takes waiting.
+const LOOKAHEAD: usize = 32;
 /// The most jobs one pull request asks for.
 const MOST_IN_ONE_PULL: usize = 256;
 /// How long a starting broker waits for a cluster that is not ready (electing leaders).
@@ -84,14 +86,27 @@ impl std::fmt::Debug for JetStreamStore {
 
 /// Jobs held by this broker for its next takes, first first, with the attempts they had when
 /// this broker holds them for a reason JetStream did not see (`None`: JetStream's count holds).
-type PutBack = Arc<Mutex<std::collections::VecDeque<(jetstream::Message, Option<u32>)>>>;
+type PutBack = Arc<Mutex<std::collections::VecDeque<Held>>>;
 
-/// Pulls jobs for the takes waiting, as many in one pull request as there are takes (up to
-/// [`MOST_IN_ONE_PULL`]), so that no job waits unseen in this broker, and a take dropped before
-/// its job came strands nothing: the job goes to the next take, or waits here for one.
+/// A job this broker holds for its next take: the message, the attempts it had when this
+/// broker put it back (`None`: JetStream's count holds), and since when it is held.
+struct Held {
+    message: jetstream::Message,
+    attempts: Option<u32>,
+    since: Instant,
+}
+
+/// A take waiting for its job.
+type Taker = oneshot::Sender<Held>;
+
+/// Pulls jobs for the takes waiting, in one pull request for all of them and
+/// [`LOOKAHEAD`] more (up to [`MOST_IN_ONE_PULL`]). A job with no take waiting for it (a take
+/// dropped before its job came, or the lookahead) is held in this broker for the next take, at
+/// most half its ack wait; it is never lost: unacknowledged, JetStream delivers it again. Jobs
+/// held go to takes before any pull, and to a take that comes while a pull is under way.
 async fn pull_for_takers(
     consumer: jetstream::consumer::Consumer<pull::Config>,
-    mut takers: mpsc::UnboundedReceiver<oneshot::Sender<jetstream::Message>>,
+    mut takers: mpsc::UnboundedReceiver<Taker>,
     put_back: PutBack,
 ) {
     let mut waiting = std::collections::VecDeque::new();
@@ -105,13 +120,15 @@ async fn pull_for_takers(
         while let Ok(taker) = takers.try_recv() {
             waiting.push_back(taker);
         }
-        waiting.retain(|taker: &oneshot::Sender<_>| !taker.is_closed());
+        serve_held(&mut waiting, &put_back);
         if waiting.is_empty() {
             continue;
         }
+        // A few more than the takes waiting: a dispatcher fills its batch with the takes that
+        // are ready at once, and these are.
         let pulled = consumer
             .batch()
-            .max_messages(waiting.len().min(MOST_IN_ONE_PULL))
+            .max_messages((waiting.len() + LOOKAHEAD).min(MOST_IN_ONE_PULL))
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -123,35 +140,55 @@ async fn pull_for_takers(
                 continue;
             }
         };
-        while let Some(message) = batch.next().await {
-            match message {
-                Ok(message) => hand_over(message, &mut waiting, &put_back).await,
-                Err(error) => {
-                    tracing::debug!(%error, "a pull request ended early");
-                    tokio::time::sleep(FULL_RETRY).await;
-                    break;
-                }
+        loop {
+            tokio::select! {
+                message = batch.next() => match message {
+                    Some(Ok(message)) => {
+                        let held = Held { message, attempts: None, since: Instant::now() };
+                        hand_over(held, &mut waiting, &put_back);
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "a pull request ended early");
+                        tokio::time::sleep(FULL_RETRY).await;
+                        break;
+                    }
+                    None => break,
+                },
+                taker = takers.recv() => match taker {
+                    Some(taker) => {
+                        waiting.push_back(taker);
+                        serve_held(&mut waiting, &put_back);
+                    }
+                    None => return,
+                },
             }
         }
     }
 }
 
-/// Gives `message` to the first take still waiting, or keeps it for the next take.
-async fn hand_over(
-    message: jetstream::Message,
-    waiting: &mut std::collections::VecDeque<oneshot::Sender<jetstream::Message>>,
-    put_back: &PutBack,
-) {
-    let mut message = message;
+/// Gives the jobs held here to the takes waiting, first first.
+fn serve_held(waiting: &mut std::collections::VecDeque<Taker>, put_back: &PutBack) {
+    waiting.retain(|taker| !taker.is_closed());
+    while !waiting.is_empty() {
+        let Some(held) = lock(put_back).pop_front() else {
+            return;
+        };
+        hand_over(held, waiting, put_back);
+    }
+}
+
+/// Gives `held` to the first take still waiting, or holds it here for the next take.
+fn hand_over(held: Held, waiting: &mut std::collections::VecDeque<Taker>, put_back: &PutBack) {
+    let mut held = held;
     while let Some(taker) = waiting.pop_front() {
-        match taker.send(message) {
+        match taker.send(held) {
             Ok(()) => return,
-            Err(returned) => message = returned,
+            Err(returned) => held = returned,
         }
     }
-    // Every take was dropped meanwhile: the job waits here, its ack wait reset.
-    let _ = message.ack_with(AckKind::Progress).await;
-    lock(put_back).push_back((message, None));
+    // No take waits (a pull asks for more, or a take was dropped): the job waits here for the
+    // next take, behind those held before it.
+    lock(put_back).push_back(held);
 }
 
 struct Topic {
@@ -161,12 +198,13 @@ struct Topic {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     /// Jobs taken through this broker and not yet settled, with the message to settle.
     in_flight: Mutex<HashMap<JobId, jetstream::Message>>,
-    /// Jobs this broker put back, at the head of what it takes next (JetStream would redeliver
-    /// a nak'ed job after newer ones). Still unacknowledged at the server, whose ack wait is
-    /// reset when they are put back: should this broker die, they are delivered elsewhere.
+    /// Jobs this broker holds for its next takes: those it put back after a failed call, at
+    /// the head (JetStream would redeliver a nak'ed job after newer ones; their ack wait is
+    /// reset), then those pulled ahead. Still unacknowledged at the server: should this broker
+    /// die, they are delivered elsewhere.
     put_back: PutBack,
-    /// Takes waiting for a job, served one after another by the topic's puller.
-    waiting: mpsc::UnboundedSender<oneshot::Sender<jetstream::Message>>,
+    /// Takes waiting for a job, served by the topic's puller.
+    waiting: mpsc::UnboundedSender<Taker>,
     published: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -568,19 +606,26 @@ impl JobStore for JetStreamStore {
 
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
         let topic = self.topic(topic).await?;
-        let put_back = lock(&topic.put_back).pop_front();
-        if let Some((message, attempts)) = put_back {
-            if let Some(delivery) = Self::deliver(&topic, message, attempts).await {
-                return Ok(delivery);
-            }
-        }
         let stopped = || storage("the topic's puller has stopped");
         loop {
-            // Cancel-safe: dropped before its job comes, this take leaves the job to the next.
-            let (taker, job) = oneshot::channel();
-            topic.waiting.send(taker).map_err(|_| stopped())?;
-            let message = job.await.map_err(|_| stopped())?;
-            if let Some(delivery) = Self::deliver(&topic, message, None).await {
+            let held_here = lock(&topic.put_back).pop_front();
+            let held = match held_here {
+                Some(held) => held,
+                None => {
+                    // Cancel-safe: dropped before its job comes, this take leaves the job to
+                    // the next.
+                    let (taker, job) = oneshot::channel();
+                    topic.waiting.send(taker).map_err(|_| stopped())?;
+                    job.await.map_err(|_| stopped())?
+                }
+            };
+            // Held past half its ack wait, it may be given to another broker before its factory
+            // is done: it goes back to JetStream now instead, for whoever takes next.
+            if held.since.elapsed() > self.config.ack_wait / 2 {
+                let _ = held.message.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            if let Some(delivery) = Self::deliver(&topic, held.message, held.attempts).await {
                 return Ok(delivery);
             }
         }
@@ -589,6 +634,7 @@ impl JobStore for JetStreamStore {
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic).await?;
         let message = Self::settle(&topic, delivery)?;
+        // Confirmed by the server, so that the figures read next count it.
         message.double_ack().await.map_err(storage)?;
         topic.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -698,19 +744,30 @@ impl JobStore for JetStreamStore {
             .requeued
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         let mut put_back = lock(&topic.put_back);
-        for message in messages.into_iter().rev() {
-            put_back.push_front(message);
+        let since = Instant::now();
+        for (message, attempts) in messages.into_iter().rev() {
+            put_back.push_front(Held {
+                message,
+                attempts,
+                since,
+            });
         }
         Ok(())
     }
 
     async fn topic_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .js
-            .stream_names()
-            .filter_map(|name| async move { name.ok()?.strip_prefix("pairbroker-").map(unescaped) })
-            .collect()
-            .await;
+        let mut names = Vec::new();
+        let mut listing = self.js.stream_names();
+        while let Some(name) = listing.next().await {
+            match name {
+                Ok(name) => names.extend(name.strip_prefix("pairbroker-").map(unescaped)),
+                // The listing asks again after an error, and would for ever: what it has will do.
+                Err(error) => {
+                    tracing::warn!(%error, listed = names.len(), "cannot list every topic");
+                    break;
+                }
+            }
+        }
         names.sort();
         names
     }

@@ -106,7 +106,11 @@ pub async fn w2(urls: &str, replicas: usize, flow: Flow) -> anyhow::Result<Durat
                     };
                     match acknowledged.await {
                         Ok(_) => break,
-                        Err(error) if error.to_string().contains("maximum messages") => {
+                        // Full, or the new stream not yet known where this client asks.
+                        Err(error)
+                            if error.to_string().contains("maximum messages")
+                                || error.to_string().contains("no stream found") =>
+                        {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         Err(error) => bail!("publish failed: {error}"),

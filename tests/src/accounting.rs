@@ -1,10 +1,49 @@
-//! Job-by-job accounting of a run of real miners and factories: what the miners printed as
-//! acknowledged, what the factories printed as computed, and which acknowledged jobs were
-//! never completed or completed more than once.
+//! Job-by-job accounting of a run of real miners and factories under load: the processes that
+//! make the load, what the miners printed as acknowledged, what the factories printed as
+//! computed, and which acknowledged jobs were never completed or completed more than once.
 
 use std::collections::HashMap;
 
 use stubs::BrokerClient;
+
+use crate::Process;
+
+/// A miner publishing to `topic` as fast as it can (8 at a time, buffer 500) through
+/// `brokers` (`a,b`), printing a line per acknowledged job, reconnecting for up to 120 s.
+pub fn load_miner(brokers: &str, topic: &str) -> Process {
+    let args = [
+        "--broker",
+        brokers,
+        "--give-up-after",
+        "120s",
+        "--topic",
+        topic,
+        "--interval",
+        "0",
+        "--concurrency",
+        "8",
+        "--buffer",
+        "500",
+    ];
+    Process::start("miner", &args)
+}
+
+/// A factory of both topics (no pipeline, prefetch 8) subscribed through `brokers`, printing
+/// a line per job computed, reconnecting for up to 120 s.
+pub fn load_factory(brokers: &str) -> Process {
+    let args = [
+        "--broker",
+        brokers,
+        "--give-up-after",
+        "120s",
+        "--port",
+        "0",
+        "--no-pipeline",
+        "--prefetch",
+        "8",
+    ];
+    Process::start("factory", &args)
+}
 
 /// A job as both ends print it: its topic and its two operands.
 pub type JobKey = (&'static str, i64, i64);

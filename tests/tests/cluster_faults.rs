@@ -48,42 +48,11 @@ async fn no_acknowledged_job_is_lost_when_a_nats_node_and_a_broker_die() {
     let both = |first: usize| format!("{},{}", addresses[first], addresses[1 - first]);
     let miners: Vec<Process> = [("multiply", 0), ("divide", 1)]
         .into_iter()
-        .map(|(topic, broker)| {
-            let brokers = both(broker);
-            let args = [
-                "--broker",
-                &brokers,
-                "--give-up-after",
-                "120s",
-                "--topic",
-                topic,
-                "--interval",
-                "0",
-                "--concurrency",
-                "8",
-                "--buffer",
-                "500",
-            ];
-            Process::start("miner", &args)
-        })
+        .map(|(topic, broker)| load_miner(&both(broker), topic))
         .collect();
     let factories: Vec<Process> = [0, 1, 0]
         .into_iter()
-        .map(|broker| {
-            let brokers = both(broker);
-            let args = [
-                "--broker",
-                &brokers,
-                "--give-up-after",
-                "120s",
-                "--port",
-                "0",
-                "--no-pipeline",
-                "--prefetch",
-                "8",
-            ];
-            Process::start("factory", &args)
-        })
+        .map(|broker| load_factory(&both(broker)))
         .collect();
     let acknowledged_so_far = || -> usize {
         miners

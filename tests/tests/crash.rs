@@ -28,31 +28,11 @@ async fn every_acknowledged_job_is_completed_through_twenty_broker_crashes() {
     let mut broker = Process::start("broker", &broker_args);
     client_when_up(address).await;
 
-    let reconnecting = ["--broker", &broker_address, "--give-up-after", "120s"];
     let miners: Vec<Process> = ["multiply", "divide"]
         .into_iter()
-        .map(|topic| {
-            let mut args = reconnecting.to_vec();
-            args.extend([
-                "--topic",
-                topic,
-                "--interval",
-                "0",
-                "--concurrency",
-                "8",
-                "--buffer",
-                "500",
-            ]);
-            Process::start("miner", &args)
-        })
+        .map(|topic| load_miner(&broker_address, topic))
         .collect();
-    let factories: Vec<Process> = (0..2)
-        .map(|_| {
-            let mut args = reconnecting.to_vec();
-            args.extend(["--port", "0", "--no-pipeline", "--prefetch", "8"]);
-            Process::start("factory", &args)
-        })
-        .collect();
+    let factories: Vec<Process> = (0..2).map(|_| load_factory(&broker_address)).collect();
     let acknowledged_so_far = || -> usize {
         miners
             .iter()

@@ -192,27 +192,7 @@ pub async fn run(
     };
     let client = connect(&broker_address, &mut run).await?;
 
-    for index in 0..flow.factories {
-        let args = [
-            "--port",
-            "0",
-            "--broker",
-            &broker_address.to_string(),
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-            "--prefetch",
-            &flow.prefetch.to_string(),
-            "--buffer",
-            &flow.buffer.to_string(),
-            "--quiet",
-        ];
-        run.factories.push(programs.start(
-            "factory",
-            &format!("factory-{index}"),
-            &args.map(str::to_owned),
-        )?);
-    }
+    start_factories(programs, flow, &mut run, |_| broker_address.to_string())?;
     wait_for(
         &client,
         &mut run,
@@ -376,27 +356,7 @@ async fn run_clustered(
     }
     // Each program knows both brokers, its own first.
     let both = |own: usize| format!("{},{}", addresses[own], addresses[1 - own]);
-    for index in 0..flow.factories {
-        let args = [
-            "--port",
-            "0",
-            "--broker",
-            &both(index as usize % 2),
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-            "--prefetch",
-            &flow.prefetch.to_string(),
-            "--buffer",
-            &flow.buffer.to_string(),
-            "--quiet",
-        ];
-        run.factories.push(programs.start(
-            "factory",
-            &format!("factory-{index}"),
-            &args.map(str::to_owned),
-        )?);
-    }
+    start_factories(programs, flow, &mut run, |index| both(index as usize % 2))?;
     for (index, client) in clients.iter().enumerate() {
         let factories = flow.factories / 2 + u32::from((index as u32) < flow.factories % 2);
         wait_for(
@@ -483,6 +443,37 @@ async fn run_clustered(
         direct_jobs_per_s,
         ..RunFigures::default()
     })
+}
+
+/// Starts `flow`'s factories, factory `index` with `--broker brokers(index)`.
+fn start_factories(
+    programs: &Programs,
+    flow: Flow,
+    run: &mut Run,
+    brokers: impl Fn(u32) -> String,
+) -> anyhow::Result<()> {
+    for index in 0..flow.factories {
+        let args = [
+            "--port",
+            "0",
+            "--broker",
+            &brokers(index),
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+            "--prefetch",
+            &flow.prefetch.to_string(),
+            "--buffer",
+            &flow.buffer.to_string(),
+            "--quiet",
+        ];
+        run.factories.push(programs.start(
+            "factory",
+            &format!("factory-{index}"),
+            &args.map(str::to_owned),
+        )?);
+    }
+    Ok(())
 }
 
 /// The publish acknowledgement times a miner logs when it is done: (p50, p99) in microseconds.

@@ -230,7 +230,10 @@ impl<S: JobStore> Shared<S> {
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                let dead = this.store.dead_letter(delivery, error, &this.factory).await;
+                let dead = this
+                    .store
+                    .dead_letter(delivery, error.clone(), &this.factory)
+                    .await;
                 self.report(
                     dead,
                     delivery,

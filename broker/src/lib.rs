@@ -26,5 +26,5 @@ pub mod stats;
 pub mod subscriptions;
 
 pub use outcome::{count_results, print_results, Callback, Observer, Outcome};
-pub use requests::{Broker, Settings};
+pub use requests::{Broker, Request, Settings, Watcher};
 pub use server::serve;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, PublishBatch,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, Job, PublishBatch,
     PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport, Subscription,
     TopicReport, MAX_PUBLISH_BATCH,
 };
@@ -18,8 +18,8 @@ use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd};
 use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::{Callback, Observer};
 use crate::queue::{
-    validate_buffer, validate_prefetch, validate_topic_name, JobStore, QueueError, TopicCreation,
-    TopicStats,
+    validate_buffer, validate_prefetch, validate_topic_name, JobId, JobStore, QueueError,
+    TopicCreation, TopicStats,
 };
 use crate::subscriptions::{SubscriptionKey, Subscriptions};
 
@@ -58,12 +58,42 @@ impl Default for Settings {
     }
 }
 
+/// A request that changes what the broker does, with the broker's answer, as a [`Watcher`]
+/// hears of it.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// A subscribe, accepted or refused.
+    Subscribe {
+        /// What was asked.
+        subscription: &'a Subscription,
+        /// The answer.
+        answer: Result<&'a StatusReport, &'a BrokerError>,
+    },
+    /// A publish of one job or of a batch: the ids of the jobs stored, from the first, and why
+    /// the others were not.
+    Publish {
+        /// The topic.
+        topic: &'a str,
+        /// The jobs asked for.
+        jobs: &'a [Job],
+        /// The ids of the jobs stored, in order from the first.
+        stored: &'a [JobId],
+        /// Why the jobs after those were not stored.
+        error: Option<&'a BrokerError>,
+    },
+}
+
+/// Hears of every subscribe and publish with its answer, whichever front door it came through:
+/// what `lab mark` judges a factory by. Called on the request's task, so it must be quick.
+pub type Watcher = Arc<dyn Fn(Request<'_>) + Send + Sync>;
+
 /// The broker's state and its requests.
 pub struct Broker<S> {
     store: Arc<S>,
     subscriptions: Subscriptions,
     settings: Settings,
     observer: Observer,
+    watcher: Option<Watcher>,
     shutdown: CancellationToken,
     dispatchers: TaskTracker,
     metrics: Metrics,
@@ -78,11 +108,23 @@ impl<S: JobStore> Broker<S> {
         observer: Observer,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        Self::watched(store, settings, observer, None, shutdown)
+    }
+
+    /// A broker over `store` whose subscribes and publishes `watcher` hears of.
+    pub fn watched(
+        store: S,
+        settings: Settings,
+        observer: Observer,
+        watcher: Option<Watcher>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(store),
             subscriptions: Subscriptions::default(),
             settings,
             observer,
+            watcher,
             shutdown,
             dispatchers: TaskTracker::new(),
             metrics: Metrics::default(),
@@ -131,10 +173,24 @@ impl<S: JobStore> Broker<S> {
         let reply_by = deadline
             .checked_sub(PUBLISH_REPLY_MARGIN)
             .unwrap_or(deadline);
-        let job_id = self
+        let stored = self
             .store
             .publish(&request.topic, request.job, reply_by.into())
-            .await?;
+            .await
+            .map_err(BrokerError::from);
+        if let Some(watcher) = &self.watcher {
+            let (ids, error) = match &stored {
+                Ok(job_id) => (std::slice::from_ref(job_id), None),
+                Err(error) => (&[][..], Some(error)),
+            };
+            watcher(Request::Publish {
+                topic: &request.topic,
+                jobs: std::slice::from_ref(&request.job),
+                stored: ids,
+                error,
+            });
+        }
+        let job_id = stored?;
         tracing::debug!(topic = %request.topic, job_id, job = ?request.job, "published");
         Ok(Published { job_id })
     }
@@ -157,23 +213,46 @@ impl<S: JobStore> Broker<S> {
         let reply_by = deadline
             .checked_sub(PUBLISH_REPLY_MARGIN)
             .unwrap_or(deadline);
+        // Kept for the watcher alone: the store takes the jobs.
+        let watched_jobs = self.watcher.as_ref().map(|_| batch.jobs.clone());
         let (job_ids, error) = self
             .store
             .publish_many(&batch.topic, batch.jobs, reply_by.into())
             .await;
+        let error = error.map(BrokerError::from);
+        if let (Some(watcher), Some(jobs)) = (&self.watcher, &watched_jobs) {
+            watcher(Request::Publish {
+                topic: &batch.topic,
+                jobs,
+                stored: &job_ids,
+                error: error.as_ref(),
+            });
+        }
         match error {
             // Nothing stored: the same answer a single publish would give.
-            Some(error) if job_ids.is_empty() => Err(error.into()),
-            error => Ok(PublishedBatch {
-                job_ids,
-                error: error.map(BrokerError::from),
-            }),
+            Some(error) if job_ids.is_empty() => Err(error),
+            error => Ok(PublishedBatch { job_ids, error }),
         }
     }
 
     /// Checks a subscription, connects to its factory and starts its dispatcher, replacing
     /// the factory's earlier subscription under the same topic and callback.
     pub async fn subscribe(
+        self: &Arc<Self>,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
+        let Some(watcher) = &self.watcher else {
+            return self.start_subscription(subscription).await;
+        };
+        let answer = self.start_subscription(subscription.clone()).await;
+        watcher(Request::Subscribe {
+            subscription: &subscription,
+            answer: answer.as_ref(),
+        });
+        answer
+    }
+
+    async fn start_subscription(
         self: &Arc<Self>,
         subscription: Subscription,
     ) -> Result<StatusReport, BrokerError> {

@@ -21,7 +21,7 @@ impl FactoryService {
         Self { console, pipeline }
     }
 
-    fn print(&self, operator: char, job: Job, result: Result<i64, JobError>) {
+    fn print(&self, operator: char, job: Job, result: &Result<i64, JobError>) {
         let operation = arithmetic::describe(operator, job);
         match result {
             Ok(value) => self.console.line(format_args!("{operation} = {value}")),
@@ -35,8 +35,9 @@ impl FactoryService {
 impl FactoryService {
     async fn multiply_one(&self, job: Job) -> Result<JobReport, JobError> {
         let result = arithmetic::multiply(job);
-        self.print('*', job, result);
-        if let (Ok(value), Some(pipeline)) = (result, &self.pipeline) {
+        self.print('*', job, &result);
+        if let (Ok(value), Some(pipeline)) = (&result, &self.pipeline) {
+            let value = *value;
             let result = match job {
                 Job::Pair(_) => MultiplyResult::OfPair(value),
                 Job::Triplet(_) => MultiplyResult::OfTriplet(value),
@@ -48,7 +49,7 @@ impl FactoryService {
 
     fn divide_one(&self, job: Job) -> Result<JobReport, JobError> {
         let result = arithmetic::divide(job);
-        self.print('/', job, result);
+        self.print('/', job, &result);
         result.map(|result| JobReport { result })
     }
 }

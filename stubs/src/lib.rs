@@ -380,7 +380,7 @@ pub enum BrokerError {
 }
 
 /// Why a factory could not compute a job. The broker does not retry such a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum JobError {
     /// A divisor was zero.
     #[error("division by zero")]
@@ -388,6 +388,22 @@ pub enum JobError {
     /// The result does not fit a 64-bit signed integer.
     #[error("integer overflow")]
     Overflow,
+    /// Any other reason, in the factory's own words: a procedure a student has not written
+    /// yet says so here, and so does an error of the factory's own making.
+    #[error("{reason}")]
+    Other {
+        /// What the factory said.
+        reason: String,
+    },
+}
+
+impl JobError {
+    /// The answer of a procedure that is not written yet: `what` says what to write.
+    pub fn not_written(procedure: &str, what: &str) -> Self {
+        JobError::Other {
+            reason: format!("{procedure} is not written yet: {what}"),
+        }
+    }
 }
 
 /// The broker: topics, publishing and subscriptions.

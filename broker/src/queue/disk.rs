@@ -805,29 +805,53 @@ fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
     });
     let record_length = bytes.len() as u8;
     bytes.insert(0, record_length);
-    bytes.push(match letter.error {
-        JobError::DivideByZero => 0,
-        JobError::Overflow => 1,
-    });
+    match &letter.error {
+        JobError::DivideByZero => bytes.push(0),
+        JobError::Overflow => bytes.push(1),
+        JobError::Other { reason } => {
+            // The factory's words, cut to what a length of two bytes can say.
+            let reason = truncated(reason, usize::from(u16::MAX));
+            bytes.push(2);
+            bytes.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(reason.as_bytes());
+        }
+    }
     bytes.extend_from_slice(&letter.failed_at_unix_ms.to_le_bytes());
     bytes.extend_from_slice(letter.factory.as_bytes());
     bytes
+}
+
+/// The longest start of `text` that is at most `limit` bytes and ends on a character.
+fn truncated(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn dead_letter_from(bytes: &[u8]) -> Option<DeadLetter> {
     let (&record_length, rest) = bytes.split_first()?;
     let (record, rest) = rest.split_at_checked(usize::from(record_length))?;
     let queued = from_record(record)?;
-    let (&error, rest) = rest.split_first()?;
+    let (&code, rest) = rest.split_first()?;
+    let (error, rest) = match code {
+        0 => (JobError::DivideByZero, rest),
+        1 => (JobError::Overflow, rest),
+        2 => {
+            let (length, rest) = rest.split_at_checked(2)?;
+            let length = u16::from_le_bytes(length.try_into().ok()?);
+            let (reason, rest) = rest.split_at_checked(usize::from(length))?;
+            let reason = String::from_utf8(reason.to_vec()).ok()?;
+            (JobError::Other { reason }, rest)
+        }
+        _ => return None,
+    };
     let (failed_at, factory) = rest.split_at_checked(8)?;
     Some(DeadLetter {
         job_id: queued.id,
         job: queued.job,
-        error: match error {
-            0 => JobError::DivideByZero,
-            1 => JobError::Overflow,
-            _ => return None,
-        },
+        error,
         factory: String::from_utf8(factory.to_vec()).ok()?,
         failed_at_unix_ms: u64::from_le_bytes(failed_at.try_into().ok()?),
     })
@@ -1002,7 +1026,9 @@ impl JobStore for DiskStore {
         error: JobError,
         factory: &str,
     ) -> Result<(), QueueError> {
-        self.memory.dead_letter(delivery, error, factory).await?;
+        self.memory
+            .dead_letter(delivery, error.clone(), factory)
+            .await?;
         let failed_at_unix_ms = super::unix_ms_now();
         self.write_later(Change::Dead {
             topic: self.topic_id(&delivery.topic)?,
@@ -1689,7 +1715,15 @@ pub(crate) mod tests {
             factory: "127.0.0.1:8050".into(),
             failed_at_unix_ms: 1_764_000_000_000,
         };
-        assert_eq!(dead_letter_from(&dead_letter_record(&letter)), Some(letter));
+        assert_eq!(
+            dead_letter_from(&dead_letter_record(&letter)),
+            Some(letter.clone())
+        );
+        let other = DeadLetter {
+            error: JobError::not_written("Multiply", "return x * y"),
+            ..letter
+        };
+        assert_eq!(dead_letter_from(&dead_letter_record(&other)), Some(other));
         assert_eq!(dead_letter_from(&[3, 1, 2]), None);
     }
 }

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 
-use crate::jobs::{DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
+use stubs::Job;
+
+use crate::jobs::{parse_job, DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
 use crate::MinerConfig;
 
 /// The buffer of the topic the lab's miner creates.
@@ -17,9 +19,11 @@ Examples:
   cargo run -p miner -- --triplets                     # Part 3
   cargo run -p miner -- --interval 0 --count 10000 --concurrency 8   # load
   cargo run -p miner -- --rate 5000 --concurrency 16 --quiet          # 5,000 jobs/s, no output
-  cargo run -p miner -- --seed 42 --count 5            # the same five jobs every time";
+  cargo run -p miner -- --seed 42 --count 5            # the same five jobs every time
+  cargo run -p miner -- --topic divide --job 5,0 --job 12,-4   # these two jobs, then exit";
 
-/// A pairbroker miner: creates a topic and publishes random Pairs (or Triplets) to it.
+/// A pairbroker miner: creates a topic and publishes random Pairs (or Triplets) to it, or the
+/// jobs given with --job.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "miner", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -56,6 +60,18 @@ pub struct Cli {
     /// From 1 to 256. Their jobs travel to the broker together, in batches.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
+    /// Publish this job instead of random ones, then exit: two integers for a Pair or three
+    /// for a Triplet, separated by commas (e.g. `12,34`, `5,0`, `0,-7,2`). Repeat it for
+    /// several jobs; they are published in the order given.
+    #[arg(
+        long = "job",
+        value_name = "X,Y[,Z]",
+        value_parser = parse_job,
+        // A job may start with a negative operand, which clap would take for an option.
+        allow_hyphen_values = true,
+        conflicts_with_all = ["count", "rate", "triplets", "max", "seed", "interval", "concurrency"],
+    )]
+    pub jobs: Vec<Job>,
     /// Print nothing per job (a summary at the end still goes to the log).
     #[arg(long)]
     pub quiet: bool,
@@ -90,7 +106,9 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
     use clap::Parser;
+    use stubs::{Pair, Triplet};
 
     #[test]
     fn broker_takes_one_address_or_several_separated_by_commas() {
@@ -100,5 +118,47 @@ mod tests {
             .unwrap()
             .config();
         assert_eq!(two.link.brokers, vec!["127.0.0.1:8030", "127.0.0.1:8040"]);
+    }
+
+    #[test]
+    fn jobs_are_kept_in_the_order_given_negative_operands_included() {
+        let cli = Cli::try_parse_from([
+            "miner", "--job", "12,34", "--job", "-5,3", "--job", "0,-7,2",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.jobs,
+            [
+                Pair { x: 12, y: 34 }.into(),
+                Pair { x: -5, y: 3 }.into(),
+                Job::from(Triplet { x: 0, y: -7, z: 2 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_job_is_a_usage_error_that_says_what_a_job_looks_like() {
+        for job in ["1", "1,2,3,4", "a,b", "99999999999999999999,1"] {
+            let error = Cli::try_parse_from(["miner", "--job", job]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{job}");
+            assert!(error.to_string().contains("12,34"), "{job}: {error}");
+        }
+    }
+
+    #[test]
+    fn jobs_conflict_with_the_random_job_options() {
+        for option in [
+            &["--count", "3"][..],
+            &["--rate", "5"],
+            &["--triplets"],
+            &["--max", "9"],
+            &["--seed", "1"],
+            &["--interval", "0"],
+            &["--concurrency", "2"],
+        ] {
+            let args = ["miner", "--job", "1,2"].iter().chain(option);
+            let error = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{option:?}");
+        }
     }
 }

@@ -1,15 +1,23 @@
-//! A pairbroker miner: creates a topic and publishes random jobs to it.
+//! A pairbroker miner: creates a topic and publishes random jobs to it, or jobs chosen one by
+//! one.
 //!
-//! - [`jobs`]: the random Pairs and Triplets, reproducible from a seed.
+//! - [`jobs`]: the random Pairs and Triplets, reproducible from a seed, and jobs read from
+//!   text (`12,34`).
+//! - [`chosen`]: the chosen jobs published in order ([`publish_jobs`]).
+//! - `topic`: the topic created and each job published until stored, for both kinds of job.
 //! - [`batching`]: the publishers' jobs sent to the broker together, a batch per call.
 //! - [`cli`]: the command line of the `miner` program.
 //!
-//! [`run`] publishes from `concurrency` publishers at once until the count is reached or
-//! shutdown is signalled.
+//! [`run`] publishes random jobs from `concurrency` publishers at once until the count is
+//! reached or shutdown is signalled.
 
 pub mod batching;
+pub mod chosen;
 pub mod cli;
 pub mod jobs;
+mod topic;
+
+pub use chosen::publish_jobs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,13 +25,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use lab_console::Console;
-use stubs::{BrokerError, ChannelRequest, Job};
-use tarpc::client::RpcError;
+use stubs::{BrokerError, Job};
 use tokio_util::sync::CancellationToken;
-use transport::{BrokerLink, ConnectError, LinkConfig, LinkError};
+use transport::{ConnectError, LinkConfig, LinkError};
 
-use crate::batching::Batcher;
 use crate::jobs::JobSource;
+use crate::topic::TopicLink;
 
 /// What a miner does.
 #[derive(Clone, Debug)]
@@ -92,12 +99,6 @@ pub struct MinerReport {
     pub ack_p99_us: u64,
 }
 
-/// How long the miner waits before publishing again a job the broker could not store, at
-/// first; doubled at each refusal up to [`STORAGE_RETRY_MAX`].
-const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between two tries of a job the broker could not store.
-const STORAGE_RETRY_MAX: Duration = Duration::from_secs(2);
-
 /// The longest acknowledgement time told apart: ten minutes, in microseconds.
 const MAX_ACK_US: u64 = 600_000_000;
 
@@ -123,6 +124,17 @@ impl Output {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Self::Progress(bar)
+    }
+
+    /// Shows that the broker stored `job` in `topic` as `job_id`.
+    fn published(&self, job: Job, topic: &str, job_id: u64) {
+        match self {
+            Output::Lines(console) => {
+                console.line(format_args!("published {job} to {topic} (job {job_id})"))
+            }
+            Output::Progress(bar) => bar.inc(1),
+            Output::Quiet => {}
+        }
     }
 }
 
@@ -152,15 +164,10 @@ pub async fn run(
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
-    let broker = BrokerLink::connect(&config.link)
-        .await
-        .map_err(MinerError::BrokerUnreachable)?;
-    create_channel(&broker, &config, &shutdown).await?;
-
-    let (batcher, batcher_task) = Batcher::spawn(broker.clone(), config.topic.clone());
+    let (topic, batcher_task) =
+        TopicLink::open(&config.link, &config.topic, config.buffer, &shutdown).await?;
     let shared = Arc::new(Publishers {
-        broker,
-        batcher,
+        topic,
         schedule: config
             .rate
             .map(|rate| (Instant::now(), Duration::from_secs(1) / rate)),
@@ -217,59 +224,8 @@ pub async fn run(
     }
 }
 
-/// Creates the miner's topic (idempotent): at start, and again when a restarted broker has
-/// forgotten it. A topic the broker could not store is asked for again until `shutdown`.
-async fn create_channel(
-    broker: &BrokerLink,
-    config: &MinerConfig,
-    shutdown: &CancellationToken,
-) -> Result<(), MinerError> {
-    let action = || format!("create the topic {:?}", config.topic);
-    let request = ChannelRequest {
-        topic: config.topic.clone(),
-        buffer: config.buffer,
-    };
-    let mut storage_backoff = STORAGE_RETRY_FIRST;
-    loop {
-        let created = broker
-            .call(|client| {
-                let request = request.clone();
-                async move {
-                    client
-                        .create_channel(tarpc::context::current(), request)
-                        .await
-                }
-            })
-            .await;
-        return match created {
-            Ok(Ok(report)) => {
-                tracing::info!(message = %report.message, "channel ready");
-                Ok(())
-            }
-            Ok(Err(BrokerError::StorageFailed { reason })) => {
-                tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the topic; trying again");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(storage_backoff) => {}
-                }
-                storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
-                continue;
-            }
-            Ok(Err(error)) => Err(MinerError::Refused {
-                action: action(),
-                error,
-            }),
-            Err(error) => Err(MinerError::BrokerLost {
-                action: action(),
-                error: Arc::new(error),
-            }),
-        };
-    }
-}
-
 struct Publishers {
-    broker: Arc<BrokerLink>,
-    batcher: Batcher,
+    topic: TopicLink,
     config: MinerConfig,
     output: Output,
     /// With `rate`: when the first job is due, and the time between two jobs.
@@ -318,71 +274,12 @@ impl Publishers {
             }
             let job = lock(&self.source).next_job();
             let sent = Instant::now();
-            let Some(job_id) = self.publish(job).await? else {
+            let Some(job_id) = self.topic.publish(job, &self.shutdown).await? else {
                 return Ok(());
             };
             lock(&self.acknowledged_in).saturating_record(sent.elapsed().as_micros() as u64);
             self.published.fetch_add(1, Ordering::Relaxed);
-            match &self.output {
-                Output::Lines(console) => console.line(format_args!(
-                    "published {job} to {} (job {job_id})",
-                    self.config.topic
-                )),
-                Output::Progress(bar) => bar.inc(1),
-                Output::Quiet => {}
-            }
-        }
-    }
-
-    /// Publishes one job, waiting as long as the topic stays full: back-pressure, as a send
-    /// on a full Go channel blocks. A lost broker is reconnected and the job published again.
-    ///
-    /// Once shutdown is signalled, the publish in flight is let finish (so that every job the
-    /// broker accepted is reported) but not tried again: `None`, the job was not published.
-    async fn publish(&self, job: Job) -> Result<Option<u64>, MinerError> {
-        let action = || format!("publish to {:?}", self.config.topic);
-        let mut storage_backoff = STORAGE_RETRY_FIRST;
-        loop {
-            if self.shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            match self.batcher.publish(job).await {
-                Ok(Ok(job_id)) => return Ok(Some(job_id)),
-                // The broker's store failed for now (a NATS node gone, its disk full): the job
-                // was not acknowledged, so it is published again once the store may be back.
-                Ok(Err(BrokerError::StorageFailed { reason })) => {
-                    tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the job; publishing it again");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(storage_backoff) => {}
-                    }
-                    storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
-                }
-                Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
-                    tracing::info!(%topic, capacity, "topic full; still waiting for room");
-                }
-                Ok(Err(BrokerError::NoSuchTopic { topic })) => {
-                    tracing::warn!(%topic, "the broker does not know the topic (restarted?); creating it again");
-                    create_channel(&self.broker, &self.config, &self.shutdown).await?;
-                }
-                // The broker may have enqueued the job and answered late: publishing again
-                // risks a duplicate, never a loss (at least once).
-                Err(error) if matches!(*error, LinkError::Rpc(RpcError::DeadlineExceeded)) => {
-                    tracing::warn!("publish got no answer in time; publishing again");
-                }
-                Ok(Err(error)) => {
-                    return Err(MinerError::Refused {
-                        action: action(),
-                        error,
-                    })
-                }
-                Err(error) => {
-                    return Err(MinerError::BrokerLost {
-                        action: action(),
-                        error,
-                    })
-                }
-            }
+            self.output.published(job, self.topic.name(), job_id);
         }
     }
 }

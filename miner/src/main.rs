@@ -19,6 +19,9 @@ async fn main() -> ExitCode {
         Some(count) if std::io::stdout().is_terminal() => miner::Output::progress_bar(count),
         _ => miner::Output::Lines(Console::plain()),
     };
+    if !cli.jobs.is_empty() {
+        return publish_chosen(&cli, output, shutdown).await;
+    }
     match miner::run(cli.config(), output, shutdown).await {
         Ok(report) => {
             tracing::info!(
@@ -28,6 +31,35 @@ async fn main() -> ExitCode {
                 "miner done"
             );
             ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("miner: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Publishes the jobs given with `--job`; success only if every one was published.
+async fn publish_chosen(cli: &Cli, output: miner::Output, shutdown: CancellationToken) -> ExitCode {
+    let jobs = &cli.jobs;
+    let published = miner::chosen::run(
+        cli.broker.link(),
+        &cli.topic,
+        cli.buffer,
+        jobs,
+        output,
+        shutdown,
+    )
+    .await;
+    match published {
+        Ok(job_ids) if job_ids.len() == jobs.len() => ExitCode::SUCCESS,
+        Ok(job_ids) => {
+            eprintln!(
+                "miner: stopped with {} of the {} jobs published",
+                job_ids.len(),
+                jobs.len()
+            );
+            ExitCode::FAILURE
         }
         Err(error) => {
             eprintln!("miner: {error}");

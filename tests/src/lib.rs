@@ -279,6 +279,12 @@ async fn client_within(
 /// The program `name` of this workspace (`broker`, `factory`, `miner`), built once per test
 /// process with the same profile as the tests.
 pub fn program(name: &str) -> PathBuf {
+    program_of(name, name)
+}
+
+/// The program `name` of package `package` (`program_of("system-tests", "bad-factory")` for
+/// the tests' own), built as [`program`] builds.
+pub fn program_of(package: &str, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     if let Some(path) = built.get(name) {
@@ -293,7 +299,7 @@ pub fn program(name: &str) -> PathBuf {
         .to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", name, "--bin", name]);
+    build.args(["build", "--quiet", "-p", package, "--bin", name]);
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
@@ -301,7 +307,10 @@ pub fn program(name: &str) -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     built.insert(name.to_owned(), path.clone());
     path

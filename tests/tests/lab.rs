@@ -1,10 +1,10 @@
 //! The one-command lab: `cargo run -p lab` runs a broker, two factories and a miner.
 
-use lab::cli::{run, Cli};
+use lab::cli::{run, LabArgs};
 
 #[tokio::test]
 async fn the_lab_runs_end_to_end_and_the_pipeline_feeds_divide() {
-    let cli = Cli {
+    let cli = LabArgs {
         port: 0,
         factories: 2,
         triplets: false,
@@ -13,7 +13,6 @@ async fn the_lab_runs_end_to_end_and_the_pipeline_feeds_divide() {
         interval: std::time::Duration::from_millis(1).into(),
         count: Some(20),
         seed: Some(5),
-        log_format: lab_console::LogFormat::Text,
     };
     let summary = run(cli, Default::default()).await.expect("the lab runs");
     assert_eq!(summary.multiplied, 20);

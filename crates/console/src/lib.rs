@@ -33,8 +33,14 @@ pub const DEFAULT_LOG_FILTER: &str = "info,tarpc=warn";
 /// Sends logs to standard error in `format`, filtered by `RUST_LOG` (default
 /// [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
+    init_logging_with(format, DEFAULT_LOG_FILTER);
+}
+
+/// [`init_logging`] with another filter when `RUST_LOG` is not set: for a program whose own
+/// output says what the logs of its parts would.
+pub fn init_logging_with(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours for a person at a terminal; none in a log file or a pipe.

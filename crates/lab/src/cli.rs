@@ -19,13 +19,40 @@ Examples:
   cargo run -p lab -- --divide-miner                   # Part 2a
   cargo run -p lab -- --triplets                       # Part 3
   cargo run -p lab -- --interval 10ms --count 100      # a short run that stops by itself
-  cargo run -p lab -- --port 0                         # when 8030 is taken";
+  cargo run -p lab -- --port 0                         # when 8030 is taken
+  cargo run -p lab -- mark --factory './target/debug/factory --port {port} --broker {broker}'
+  cargo run -p lab -- new ../my-factory                # a student's starting point";
 
 /// Runs the whole lab in one process: a broker, factories and a miner (Parts 1, 2a, 2b and 3),
-/// each line prefixed by the component that printed it. Ctrl-C stops it.
+/// each line prefixed by the component that printed it. Ctrl-C stops it. `lab mark` marks a
+/// factory program part by part; `lab new` writes a student's starting point.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "lab", version, after_help = EXAMPLES)]
+#[command(name = "lab", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Something other than running the lab.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// How to run the lab.
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// How logs are written to standard error.
+    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text, global = true)]
+    pub log_format: lab_console::LogFormat,
+}
+
+/// What the lab program can do besides running the lab.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Mark a factory program part by part: start it against a broker of our own, send it
+    /// chosen jobs and judge what the broker sees. Exits 0 only when every check passes.
+    Mark(crate::mark::MarkArgs),
+    /// Write a student's starting point: a Cargo project whose factory holds the lab's TODOs.
+    New(crate::new::NewArgs),
+}
+
+/// Options of the lab run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
     /// The broker's port on 127.0.0.1; 0 takes a free one.
     #[arg(long, default_value_t = broker::cli::DEFAULT_PORT)]
     pub port: u16,
@@ -50,9 +77,6 @@ pub struct Cli {
     /// Seed the miners' random jobs.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How logs are written to standard error.
-    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
-    pub log_format: lab_console::LogFormat,
 }
 
 /// What the lab did.
@@ -89,7 +113,7 @@ pub enum LabError {
 }
 
 /// Runs the lab until `shutdown` is cancelled or, with `--count`, until the work is done.
-pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<LabSummary, LabError> {
+pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary, LabError> {
     let broker = RunningBroker::start(
         cli.port,
         Settings::default(),

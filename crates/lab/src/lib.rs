@@ -4,13 +4,15 @@
 //! - [`RunningBroker`], [`RunningFactory`] and [`start_miner`]: the pieces, started in this
 //!   process on loopback, for the lab, the system tests and benchmarks.
 //! - [`cli`]: the `lab` program, which runs them all (`cargo run -p lab`).
+//! - [`mark`]: `lab mark`, which marks a factory program part by part.
+//! - [`new`]: `lab new`, which writes a student's starting point.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::queue::{MemoryStore, TopicStats};
-use broker::{Broker, Observer, Settings};
+use broker::{Broker, Observer, Settings, Watcher};
 use factory::cli::LabTopic;
 use factory::{FactoryConfig, FactoryError};
 use lab_console::Console;
@@ -20,6 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod cli;
+pub mod mark;
+pub mod new;
 
 /// A running broker, in this process.
 pub struct RunningBroker {
@@ -34,10 +38,26 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Starts a broker on `127.0.0.1:port` (0 for a free port).
     pub async fn start(port: u16, settings: Settings, observer: Observer) -> std::io::Result<Self> {
+        Self::start_watched(port, settings, observer, None).await
+    }
+
+    /// [`RunningBroker::start`], with `watcher` hearing of every subscribe and publish.
+    pub async fn start_watched(
+        port: u16,
+        settings: Settings,
+        observer: Observer,
+        watcher: Option<Watcher>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let address = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let broker = Broker::new(MemoryStore::new(), settings, observer, shutdown.clone());
+        let broker = Broker::watched(
+            MemoryStore::new(),
+            settings,
+            observer,
+            watcher,
+            shutdown.clone(),
+        );
         let task = tokio::spawn(broker::serve(broker.clone(), listener, shutdown.clone()));
         Ok(Self {
             address,

@@ -1,0 +1,163 @@
+//! The harness's broker: a real broker in this process whose every subscribe, publish and
+//! outcome is written down, because a factory is judged by what the broker sees.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use broker::queue::JobId;
+use broker::{Outcome, Request, Settings};
+use stubs::{ChannelRequest, Job, Subscription};
+
+use super::TOPIC_BUFFER;
+use crate::RunningBroker;
+
+/// The most records of each kind kept: a factory that floods the broker is seen flooding,
+/// without growing the harness's memory for ever.
+const MAX_RECORDS: usize = 100_000;
+
+/// A subscribe the broker answered.
+#[derive(Clone, Debug)]
+pub struct SubscribeSeen {
+    /// What the factory asked for.
+    pub subscription: Subscription,
+    /// The broker's refusal, if it refused.
+    pub refusal: Option<String>,
+}
+
+/// A job the broker stored.
+#[derive(Clone, Debug)]
+pub struct PublishSeen {
+    /// Its topic.
+    pub topic: String,
+    /// The job.
+    pub job: Job,
+    /// Its id.
+    pub id: JobId,
+}
+
+/// What the broker has seen, in order.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Every subscribe, accepted or refused.
+    pub subscribes: Vec<SubscribeSeen>,
+    /// Every job stored.
+    pub publishes: Vec<PublishSeen>,
+    /// Every outcome of a call.
+    pub outcomes: Vec<Outcome>,
+    /// Records left out past [`MAX_RECORDS`].
+    pub left_out: u64,
+}
+
+impl Journal {
+    fn record<T>(records: &mut Vec<T>, left_out: &mut u64, record: T) {
+        if records.len() < MAX_RECORDS {
+            records.push(record);
+        } else {
+            *left_out += 1;
+        }
+    }
+}
+
+/// The harness's broker on a free loopback port, with its journal.
+pub struct WatchedBroker {
+    running: RunningBroker,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl WatchedBroker {
+    /// Starts a broker whose calls to a factory time out after `call_timeout`, with the lab's
+    /// two topics created.
+    pub async fn start(call_timeout: Duration) -> std::io::Result<Self> {
+        let journal = Arc::new(Mutex::new(Journal::default()));
+        let outcomes = journal.clone();
+        let requests = journal.clone();
+        let settings = Settings {
+            call_timeout,
+            ..Settings::default()
+        };
+        let running = RunningBroker::start_watched(
+            0,
+            settings,
+            Arc::new(move |outcome: &Outcome| {
+                let mut journal = lock(&outcomes);
+                let Journal {
+                    outcomes, left_out, ..
+                } = &mut *journal;
+                Journal::record(outcomes, left_out, outcome.clone());
+            }),
+            Some(Arc::new(move |request: Request<'_>| {
+                let mut journal = lock(&requests);
+                let Journal {
+                    subscribes,
+                    publishes,
+                    left_out,
+                    ..
+                } = &mut *journal;
+                match request {
+                    Request::Subscribe {
+                        subscription,
+                        answer,
+                    } => Journal::record(
+                        subscribes,
+                        left_out,
+                        SubscribeSeen {
+                            subscription: subscription.clone(),
+                            refusal: answer.err().map(ToString::to_string),
+                        },
+                    ),
+                    Request::Publish {
+                        topic,
+                        jobs,
+                        stored,
+                        ..
+                    } => {
+                        for (job, id) in jobs.iter().zip(stored) {
+                            let seen = PublishSeen {
+                                topic: topic.to_owned(),
+                                job: *job,
+                                id: *id,
+                            };
+                            Journal::record(publishes, left_out, seen);
+                        }
+                    }
+                }
+            })),
+        )
+        .await?;
+        for topic in [stubs::MULTIPLY_TOPIC, stubs::DIVIDE_TOPIC] {
+            let request = ChannelRequest {
+                topic: topic.to_owned(),
+                buffer: TOPIC_BUFFER,
+            };
+            running
+                .broker
+                .create_channel(request)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(Self { running, journal })
+    }
+
+    /// Where the broker listens.
+    pub fn address(&self) -> SocketAddr {
+        self.running.address
+    }
+
+    /// What the broker has seen so far.
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
+    }
+
+    /// Stops the broker.
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
+}
+
+/// A poisoned journal still holds what was seen.
+fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
+    journal
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -41,6 +41,17 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server of its own and waits until its JetStream is ready.
     pub fn start() -> Self {
+        /// Tries on new ports when the ones chosen were taken before the server could bind
+        /// them: a port is free when chosen, but another test's server or any outgoing
+        /// connection may take it before this one starts.
+        const PORT_TRIES: usize = 5;
+        for _ in 1..PORT_TRIES {
+            let ports = free_ports(2);
+            let mut node = Self::spawned([ports[0], ports[1]], Vec::new());
+            if node.ready_or_exited() {
+                return node;
+            }
+        }
         let ports = free_ports(2);
         let node = Self::spawned([ports[0], ports[1]], Vec::new());
         node.wait_ready();
@@ -102,10 +113,7 @@ impl NatsServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let ready = http_get(self.monitor, "/jsz").is_ok_and(|jsz| {
-                jsz.contains("\"config\"") && (!self.clustered || jsz.contains("\"leader\""))
-            });
-            if ready {
+            if self.is_ready() {
                 return;
             }
             assert!(
@@ -115,6 +123,50 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether this server, and not another on a port it meant to take, answers with JetStream
+    /// up (in a cluster: with a leader).
+    fn is_ready(&self) -> bool {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        let ours = http_get(self.monitor, "/varz")
+            .is_ok_and(|varz| varz.contains(&format!("\"port\": {port},")));
+        // nats-server opens its monitoring port and JetStream before it accepts clients.
+        let accepts = port.parse::<u16>().is_ok_and(|port| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(1),
+            )
+            .is_ok()
+        });
+        ours && accepts
+            && http_get(self.monitor, "/jsz").is_ok_and(|jsz| {
+                jsz.contains("\"config\"") && (!self.clustered || jsz.contains("\"leader\""))
+            })
+    }
+
+    /// Waits until the server is ready (true) or has exited, having found a port taken
+    /// (false, and the server is gone).
+    fn ready_or_exited(&mut self) -> bool {
+        let deadline = Instant::now() + READY_WITHIN;
+        while Instant::now() < deadline {
+            if self.is_ready() {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| child.try_wait().ok().flatten().is_some());
+            if exited {
+                self.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "nats-server {} was not ready within {READY_WITHIN:?}",
+            self.url
+        )
     }
 
     /// What the server's JetStream reports of its streams and consumers, and the warnings and

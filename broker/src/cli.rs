@@ -8,7 +8,7 @@ use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
 use crate::queue::{Fsync, DEFAULT_DEAD_LETTER_LIMIT};
-use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_TOPICS};
+use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_TOPICS};
 
 /// The port the lab's broker listens on.
 pub const DEFAULT_PORT: u16 = 8030;
@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// How many topics the broker holds at most, from 1 to 4096.
     #[arg(long, default_value_t = DEFAULT_MAX_TOPICS as u32, value_parser = clap::value_parser!(u32).range(1..=4_096))]
     pub max_topics: u32,
+    /// How many times a job is delivered before a call that fails (the factory died, hung or
+    /// closed the connection) dead-letters it instead of putting it back, so that a job that
+    /// brings down every factory it reaches stops. `0`: no limit, the job always goes back.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES.get())]
+    pub max_deliveries: u32,
     /// Keep topics, jobs and dead letters on disk in DIR (created if missing), so that a broker
     /// restarted on it, after a crash too, still holds every job it acknowledged. Without it,
     /// jobs live in the broker's memory only. One broker at a time may use a DIR.
@@ -245,6 +250,7 @@ impl ServeArgs {
                 max_requests_per_connection: self.max_requests_per_connection as usize,
             },
             max_topics: self.max_topics as usize,
+            max_deliveries: std::num::NonZeroU32::new(self.max_deliveries),
         }
     }
 }
@@ -281,6 +287,18 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["broker", "--data-dir", "/tmp/x"]).unwrap();
         assert_eq!(Fsync::from(cli.serve.fsync), Fsync::Always);
+    }
+
+    #[test]
+    fn max_deliveries_is_a_limit_or_zero_for_none() {
+        let limit = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["broker"], args].concat()).unwrap();
+            cli.serve.settings().max_deliveries.map(|limit| limit.get())
+        };
+        assert_eq!(limit(&[]), Some(DEFAULT_MAX_DELIVERIES.get()));
+        assert_eq!(limit(&["--max-deliveries", "3"]), Some(3));
+        assert_eq!(limit(&["--max-deliveries", "0"]), None);
+        assert!(Cli::try_parse_from(["broker", "--max-deliveries", "-1"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A dispatcher: the loop of one subscription. It takes jobs from its topic, calls its factory
 //! back with each (up to `prefetch` calls at once, each with a deadline) and settles every job
-//! it took: completed, failed, or put back when the factory cannot be reached.
+//! it took: completed, failed, or put back when the factory cannot be reached (dead-lettered
+//! instead once the job has been delivered as often as the broker allows).
 
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use stubs::{FactoryClient, Job, JobError, JobReport};
 use tarpc::client::RpcError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,13 +30,16 @@ pub struct Dispatcher<S> {
     /// The factory's address, for output and logs.
     pub factory: Arc<str>,
     /// The connection to the factory.
-    pub client: FactoryClient,
+    pub client: FactoryLink,
     /// How many jobs may be in flight at once.
     pub prefetch: u32,
     /// Whether the factory takes several jobs in one call (see [`accepts_batches`]).
     pub batches: bool,
     /// How long a call may take before the job is put back.
     pub call_timeout: Duration,
+    /// How many times a job may be delivered before a failed call dead-letters it instead of
+    /// putting it back (`None`: no limit).
+    pub max_deliveries: Option<NonZeroU32>,
     /// Hears of every outcome.
     pub observer: Observer,
     /// Cancelled to stop taking jobs; calls in flight still finish.
@@ -43,6 +48,14 @@ pub struct Dispatcher<S> {
     pub topic_metrics: Arc<TopicMetrics>,
     /// This subscription's counters.
     pub subscriber_metrics: Arc<SubscriberMetrics>,
+}
+
+/// How the broker reaches a factory.
+pub enum FactoryLink {
+    /// pairbroker's own RPC, with its batched procedures.
+    Tarpc(FactoryClient),
+    /// Go's net/rpc: one job a call, the callback called by its name.
+    Go(crate::go::GoFactory),
 }
 
 /// Why a dispatcher ended.
@@ -72,40 +85,67 @@ impl<S: JobStore> Dispatcher<S> {
         });
         let this = &shared.dispatcher;
         let calls = TaskTracker::new();
+        // A job taken while a batch was filled that must go in a call of its own: the next
+        // call's. Taken, it is delivered, stopping or not.
+        let mut set_aside: Option<(OwnedSemaphorePermit, Delivery)> = None;
         let end = loop {
-            // Biased towards `stop`, so that no job is taken once stopping has begun. Both
-            // `acquire_owned` and `take` are cancel-safe: dropped, they hold nothing.
-            let slot = tokio::select! {
-                biased;
-                _ = this.stop.cancelled() => break DispatcherEnd::Stopped,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break DispatcherEnd::Stopped,
-                },
+            let (mut slot, delivery) = match set_aside.take() {
+                Some(taken) => taken,
+                None => {
+                    // Biased towards `stop`, so that no job is taken once stopping has begun.
+                    // Both `acquire_owned` and `take` are cancel-safe: dropped, they hold nothing.
+                    let slot = tokio::select! {
+                        biased;
+                        _ = this.stop.cancelled() => break DispatcherEnd::Stopped,
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break DispatcherEnd::Stopped,
+                        },
+                    };
+                    let delivery = tokio::select! {
+                        biased;
+                        _ = this.stop.cancelled() => break DispatcherEnd::Stopped,
+                        taken = this.store.take(&this.topic) => match taken {
+                            Ok(delivery) => delivery,
+                            Err(error) => break DispatcherEnd::Store(error),
+                        },
+                    };
+                    (slot, delivery)
+                }
             };
-            let delivery = tokio::select! {
-                biased;
-                _ = this.stop.cancelled() => break DispatcherEnd::Stopped,
-                taken = this.store.take(&this.topic) => match taken {
-                    Ok(delivery) => delivery,
-                    Err(error) => break DispatcherEnd::Store(error),
-                },
-            };
-            // The jobs that are ready now, up to the free slots, go in the same call: under
-            // load one call carries many jobs, and a call costs both ends far more than a job
-            // (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes nothing.
             let mut deliveries = vec![delivery];
-            let mut slot = slot;
-            while this.batches && !this.stop.is_cancelled() {
-                let Ok(next_slot) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                match this.store.take(&this.topic).now_or_never() {
-                    Some(Ok(delivery)) => {
-                        deliveries.push(delivery);
-                        slot.merge(next_slot);
+            if deliveries[0].attempt > 1 {
+                // A job delivered before goes alone, with no other call of this subscription
+                // in flight: should it be the job that brings its factory down, the jobs beside
+                // it are not charged with its failed deliveries, nor it with theirs. The calls
+                // in flight end by their deadline.
+                if let Ok(others) = slots
+                    .clone()
+                    .acquire_many_owned(this.prefetch.saturating_sub(1))
+                    .await
+                {
+                    slot.merge(others);
+                }
+            } else {
+                // The jobs that are ready now, up to the free slots, go in the same call: under
+                // load one call carries many jobs, and a call costs both ends far more than a
+                // job (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes
+                // nothing.
+                while this.batches && !this.stop.is_cancelled() {
+                    let Ok(next_slot) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    match this.store.take(&this.topic).now_or_never() {
+                        Some(Ok(delivery)) if delivery.attempt > 1 => {
+                            set_aside = Some((next_slot, delivery));
+                            break;
+                        }
+                        Some(Ok(delivery)) => {
+                            deliveries.push(delivery);
+                            slot.merge(next_slot);
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
             let shared = shared.clone();
@@ -158,7 +198,7 @@ impl<S: JobStore> Shared<S> {
                 replies.len(),
                 deliveries.len()
             )),
-            Ok(Err(error)) => Err(describe_rpc_error(&error)),
+            Ok(Err(reason)) => Err(reason),
             Err(_) => Err(format!("no reply within {:?}", this.call_timeout)),
         };
         match replies {
@@ -179,13 +219,22 @@ impl<S: JobStore> Shared<S> {
                     factory = %this.factory,
                     callback = %this.callback,
                     %reason,
-                    "call failed; the jobs go back to their topic and the subscription ends"
+                    "call failed; the subscription ends, and its jobs go back to their topic unless \
+                     delivered as often as allowed"
                 );
                 self.failure
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .get_or_insert_with(|| reason.clone());
                 this.stop.cancel();
+                // The jobs delivered as often as allowed are given up on before they go back:
+                // such a job may be what brings its factories down.
+                let (spent, deliveries): (Vec<Delivery>, Vec<Delivery>) = deliveries
+                    .into_iter()
+                    .partition(|delivery| self.is_spent(delivery));
+                for delivery in &spent {
+                    self.give_up(delivery, &reason).await;
+                }
                 // Back at the head in one step, in the order they were taken.
                 let requeued = this.store.requeue_all(&deliveries).await;
                 for delivery in &deliveries {
@@ -195,7 +244,7 @@ impl<S: JobStore> Shared<S> {
                         Outcome::Requeued {
                             topic: this.topic.clone(),
                             job_id: delivery.id,
-                            callback: this.callback,
+                            callback: this.callback.clone(),
                             job: delivery.job,
                             reason: reason.clone(),
                             factory: this.factory.clone(),
@@ -204,6 +253,47 @@ impl<S: JobStore> Shared<S> {
                 }
             }
         }
+    }
+
+    /// Whether `delivery` was the last one the limit allows.
+    fn is_spent(&self, delivery: &Delivery) -> bool {
+        self.dispatcher
+            .max_deliveries
+            .is_some_and(|limit| delivery.attempt >= limit.get())
+    }
+
+    /// Dead-letters a job whose call failed on its last allowed delivery.
+    async fn give_up(&self, delivery: &Delivery, reason: &str) {
+        let this = &self.dispatcher;
+        tracing::warn!(
+            topic = %this.topic,
+            job_id = delivery.id,
+            job = %delivery.job,
+            deliveries = delivery.attempt,
+            factory = %this.factory,
+            callback = %this.callback,
+            %reason,
+            "the job was delivered as often as allowed and its calls failed; it is dead-lettered \
+             instead of going back to its topic"
+        );
+        let error = JobError::Undeliverable {
+            deliveries: delivery.attempt,
+            reason: reason.to_owned(),
+        };
+        let dead = this.store.dead_letter(delivery, error, &this.factory).await;
+        self.report(
+            dead,
+            delivery,
+            Outcome::Undeliverable {
+                topic: this.topic.clone(),
+                job_id: delivery.id,
+                callback: this.callback.clone(),
+                job: delivery.job,
+                deliveries: delivery.attempt,
+                reason: reason.to_owned(),
+                factory: this.factory.clone(),
+            },
+        );
     }
 
     /// Settles a job the factory answered: completed, or dead-lettered with its job error.
@@ -221,7 +311,7 @@ impl<S: JobStore> Shared<S> {
                     Outcome::Completed {
                         topic: this.topic.clone(),
                         job_id: delivery.id,
-                        callback: this.callback,
+                        callback: this.callback.clone(),
                         job: delivery.job,
                         result,
                         factory: this.factory.clone(),
@@ -240,7 +330,7 @@ impl<S: JobStore> Shared<S> {
                     Outcome::Failed {
                         topic: this.topic.clone(),
                         job_id: delivery.id,
-                        callback: this.callback,
+                        callback: this.callback.clone(),
                         job: delivery.job,
                         error,
                         factory: this.factory.clone(),
@@ -258,19 +348,43 @@ impl<S: JobStore> Shared<S> {
         (self.dispatcher.observer)(&outcome);
     }
 
-    /// One call for `jobs`: the lab's single-job procedure for one job, its batch form for more.
+    /// One call for `jobs`: the lab's single-job procedure for one job, its batch form for more
+    /// (a Go factory, which has none, gets one call a job); a transport failure as a sentence.
     async fn call(
         &self,
         context: tarpc::context::Context,
         jobs: Vec<Job>,
-    ) -> Result<Vec<Result<JobReport, JobError>>, RpcError> {
+    ) -> Result<Vec<Result<JobReport, JobError>>, String> {
         let this = &self.dispatcher;
-        match (this.callback, jobs.as_slice()) {
-            (Callback::Multiply, &[job]) => Ok(vec![this.client.multiply(context, job).await?]),
-            (Callback::Divide, &[job]) => Ok(vec![this.client.divide(context, job).await?]),
-            (Callback::Multiply, _) => this.client.multiply_batch(context, jobs).await,
-            (Callback::Divide, _) => this.client.divide_batch(context, jobs).await,
-        }
+        let client = match &this.client {
+            FactoryLink::Tarpc(client) => client,
+            FactoryLink::Go(factory) => {
+                let mut replies = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    replies.push(
+                        factory
+                            .call(this.callback.name(), job, context.deadline)
+                            .await?,
+                    );
+                }
+                return Ok(replies);
+            }
+        };
+        let replies = match (&this.callback, jobs.as_slice()) {
+            (Callback::Multiply, &[job]) => {
+                client.multiply(context, job).await.map(|reply| vec![reply])
+            }
+            (Callback::Divide, &[job]) => {
+                client.divide(context, job).await.map(|reply| vec![reply])
+            }
+            (Callback::Multiply, _) => client.multiply_batch(context, jobs).await,
+            (Callback::Divide, _) => client.divide_batch(context, jobs).await,
+            // Refused at subscribe: a tarpc factory serves the lab's two procedures alone.
+            (Callback::Named(name), _) => {
+                return Err(format!("a pairbroker factory has no procedure {name}"))
+            }
+        };
+        replies.map_err(|error| describe_rpc_error(&error))
     }
 }
 
@@ -278,12 +392,17 @@ impl<S: JobStore> Shared<S> {
 /// before they existed cannot read one and closes the connection, so the question is an empty
 /// batch, answered in no time by a factory that can; after a `false`, the connection may be
 /// closed and the caller should make a new one.
-pub async fn accepts_batches(client: &FactoryClient, callback: Callback, within: Duration) -> bool {
+pub async fn accepts_batches(
+    client: &FactoryClient,
+    callback: &Callback,
+    within: Duration,
+) -> bool {
     let mut context = tarpc::context::current();
     context.deadline = Instant::now() + within;
     let answer = match callback {
         Callback::Multiply => client.multiply_batch(context, Vec::new()).await,
         Callback::Divide => client.divide_batch(context, Vec::new()).await,
+        Callback::Named(_) => return false,
     };
     matches!(answer, Ok(results) if results.is_empty())
 }
@@ -382,7 +501,9 @@ mod tests {
                 .await;
         });
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let client = FactoryClient::new(Default::default(), transport::framed(stream)).spawn();
+        let client = FactoryLink::Tarpc(
+            FactoryClient::new(Default::default(), transport::framed(stream)).spawn(),
+        );
 
         let dispatcher = Dispatcher {
             store: store.clone(),
@@ -393,10 +514,11 @@ mod tests {
             prefetch: 8,
             batches: true,
             call_timeout: Duration::from_millis(200),
+            max_deliveries: None,
             observer: Arc::new(|_| {}),
             stop: CancellationToken::new(),
             topic_metrics: Arc::new(TopicMetrics::default()),
-            subscriber_metrics: Arc::new(SubscriberMetrics::new(8)),
+            subscriber_metrics: Arc::new(SubscriberMetrics::new(8, stubs::Protocol::Tarpc)),
         };
         let end = dispatcher.run().await;
         assert!(
@@ -418,5 +540,280 @@ mod tests {
             again.push(delivery.id);
         }
         assert_eq!(again, ids, "back at the head in the order they had");
+    }
+
+    /// How long a test waits for a condition before it fails.
+    const WAIT: Duration = Duration::from_secs(10);
+    /// How often a test looks at the store while it waits.
+    const POLL: Duration = Duration::from_millis(10);
+
+    type Calls = Arc<Mutex<Vec<Vec<Job>>>>;
+    type Outcomes = Arc<Mutex<Vec<Outcome>>>;
+
+    /// A factory that divides, but whose connection closes on a zero divisor, as a Go factory's
+    /// process ends on one. It records the jobs of every call.
+    #[derive(Clone)]
+    struct FragileFactory {
+        /// Cancelled to close this connection.
+        dies: CancellationToken,
+        calls: Calls,
+    }
+
+    impl FragileFactory {
+        async fn answer(&self, jobs: Vec<Job>) -> Vec<Result<JobReport, JobError>> {
+            self.calls.lock().unwrap().push(jobs.clone());
+            if jobs
+                .iter()
+                .any(|job| matches!(job, Job::Pair(Pair { y: 0, .. })))
+            {
+                self.dies.cancel();
+                std::future::pending::<()>().await;
+            }
+            jobs.into_iter()
+                .map(|job| match job {
+                    Job::Pair(Pair { x, y }) => Ok(JobReport { result: x / y }),
+                    Job::Triplet(_) => Err(JobError::Overflow),
+                })
+                .collect()
+        }
+    }
+
+    impl Factory for FragileFactory {
+        async fn multiply(
+            self,
+            _: tarpc::context::Context,
+            job: Job,
+        ) -> Result<JobReport, JobError> {
+            self.answer(vec![job]).await.remove(0)
+        }
+        async fn divide(self, _: tarpc::context::Context, job: Job) -> Result<JobReport, JobError> {
+            self.answer(vec![job]).await.remove(0)
+        }
+        async fn multiply_batch(
+            self,
+            _: tarpc::context::Context,
+            jobs: Vec<Job>,
+        ) -> Vec<Result<JobReport, JobError>> {
+            self.answer(jobs).await
+        }
+        async fn divide_batch(
+            self,
+            _: tarpc::context::Context,
+            jobs: Vec<Job>,
+        ) -> Vec<Result<JobReport, JobError>> {
+            self.answer(jobs).await
+        }
+    }
+
+    /// Serves a [`FragileFactory`] on every connection to a new loopback port: its address, and
+    /// the jobs of every call it gets.
+    async fn fragile_factory() -> (std::net::SocketAddr, Calls) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let calls = Calls::default();
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let dies = CancellationToken::new();
+                let factory = FragileFactory {
+                    dies: dies.clone(),
+                    calls: recorded.clone(),
+                };
+                tokio::spawn(async move {
+                    let serving = BaseChannel::with_defaults(transport::framed(stream))
+                        .execute(factory.serve())
+                        .for_each_concurrent(None, |call| call);
+                    // Dropped, the connection closes with its calls unanswered.
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = dies.cancelled() => {}
+                    }
+                });
+            }
+        });
+        (address, calls)
+    }
+
+    /// A new subscription of the factory at `address` to topic `t` of `store`, on a connection
+    /// of its own, calling `Factory.Divide`.
+    async fn subscription(
+        store: &Arc<MemoryStore>,
+        address: std::net::SocketAddr,
+        prefetch: u32,
+        max_deliveries: Option<NonZeroU32>,
+        outcomes: &Outcomes,
+    ) -> Dispatcher<MemoryStore> {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let client = FactoryLink::Tarpc(
+            FactoryClient::new(Default::default(), transport::framed(stream)).spawn(),
+        );
+        let outcomes = outcomes.clone();
+        Dispatcher {
+            store: store.clone(),
+            topic: Arc::from("t"),
+            callback: Callback::Divide,
+            factory: Arc::from(address.to_string()),
+            client,
+            prefetch,
+            batches: prefetch > 1,
+            call_timeout: WAIT,
+            max_deliveries,
+            observer: Arc::new(move |outcome| outcomes.lock().unwrap().push(outcome.clone())),
+            stop: CancellationToken::new(),
+            topic_metrics: Arc::default(),
+            subscriber_metrics: Arc::new(SubscriberMetrics::new(prefetch, stubs::Protocol::Tarpc)),
+        }
+    }
+
+    /// Runs `dispatcher` until a call fails, as one must within [`WAIT`]: why it failed.
+    async fn until_a_call_fails(dispatcher: Dispatcher<MemoryStore>) -> String {
+        match tokio::time::timeout(WAIT, dispatcher.run()).await {
+            Ok(DispatcherEnd::FactoryFailed(reason)) => reason,
+            other => panic!("the subscription ended otherwise: {other:?}"),
+        }
+    }
+
+    /// Runs `dispatcher` until topic `t` has `completed` jobs completed, then stops it.
+    async fn until_completed(dispatcher: Dispatcher<MemoryStore>, completed: u64) {
+        let (store, stop) = (dispatcher.store.clone(), dispatcher.stop.clone());
+        let running = tokio::spawn(dispatcher.run());
+        let deadline = Instant::now() + WAIT;
+        while store.stats("t").await.unwrap().completed < completed {
+            assert!(
+                Instant::now() < deadline,
+                "{completed} jobs were not completed within {WAIT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        stop.cancel();
+        assert_eq!(running.await.unwrap(), DispatcherEnd::Stopped);
+    }
+
+    async fn store_with(jobs: &[Pair]) -> (Arc<MemoryStore>, Vec<u64>) {
+        let store = Arc::new(MemoryStore::new());
+        store.create_topic("t", 10).await.unwrap();
+        let mut ids = Vec::new();
+        for &pair in jobs {
+            let room_by = tokio::time::Instant::now() + WAIT;
+            ids.push(store.publish("t", pair.into(), room_by).await.unwrap());
+        }
+        (store, ids)
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_calls_keep_failing_is_dead_lettered_on_its_last_allowed_delivery() {
+        let poison = Pair { x: 5, y: 0 };
+        let (store, ids) = store_with(&[Pair { x: 10, y: 2 }, poison, Pair { x: 9, y: 3 }]).await;
+        let (address, _) = fragile_factory().await;
+        let outcomes = Outcomes::default();
+        let limit = NonZeroU32::new(3);
+
+        let mut reason = String::new();
+        for _ in 0..3 {
+            reason =
+                until_a_call_fails(subscription(&store, address, 1, limit, &outcomes).await).await;
+        }
+        until_completed(subscription(&store, address, 1, limit, &outcomes).await, 2).await;
+
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!(
+            (
+                stats.completed,
+                stats.failed,
+                stats.undeliverable,
+                stats.requeued,
+                stats.ready,
+                stats.in_flight
+            ),
+            (2, 1, 1, 2, 0, 0)
+        );
+        let dead = store.dead_letters("t").await.unwrap();
+        assert_eq!(dead.letters.len(), 1);
+        assert_eq!(dead.letters[0].job_id, ids[1]);
+        assert_eq!(
+            dead.letters[0].error,
+            JobError::Undeliverable {
+                deliveries: 3,
+                reason: reason.clone()
+            }
+        );
+        let lines: Vec<String> = outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|outcome| !matches!(outcome, Outcome::Requeued { .. }))
+            .map(|outcome| outcome.to_string())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "Factory.Divide of 10 and 2 is 5".to_owned(),
+                format!("Factory.Divide of 5 and 0 dead-lettered: delivered 3 times; every call failed: {reason}"),
+                "Factory.Divide of 9 and 3 is 3".to_owned(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_limit_a_job_whose_calls_keep_failing_always_goes_back() {
+        let (store, ids) = store_with(&[Pair { x: 5, y: 0 }]).await;
+        let (address, calls) = fragile_factory().await;
+        let outcomes = Outcomes::default();
+        for _ in 0..6 {
+            until_a_call_fails(subscription(&store, address, 1, None, &outcomes).await).await;
+        }
+        assert_eq!(calls.lock().unwrap().len(), 6);
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!(
+            (
+                stats.requeued,
+                stats.failed,
+                stats.undeliverable,
+                stats.ready
+            ),
+            (6, 0, 0, 1)
+        );
+        let again = store.take("t").await.unwrap();
+        assert_eq!((again.id, again.attempt), (ids[0], 7));
+    }
+
+    #[tokio::test]
+    async fn a_job_delivered_before_goes_alone_so_the_jobs_beside_it_are_not_dead_lettered() {
+        let jobs = [
+            Pair { x: 1, y: 1 },
+            Pair { x: 5, y: 0 },
+            Pair { x: 2, y: 1 },
+            Pair { x: 3, y: 1 },
+        ];
+        let (store, ids) = store_with(&jobs).await;
+        let (address, calls) = fragile_factory().await;
+        let outcomes = Outcomes::default();
+        let limit = NonZeroU32::new(2);
+
+        // All four in one call, which the zero divisor brings down: all four go back.
+        until_a_call_fails(subscription(&store, address, 4, limit, &outcomes).await).await;
+        // Delivered before, each goes alone: the zero divisor is given up on by itself.
+        until_a_call_fails(subscription(&store, address, 4, limit, &outcomes).await).await;
+        until_completed(subscription(&store, address, 4, limit, &outcomes).await, 3).await;
+
+        let alone = |pair: Pair| vec![Job::from(pair)];
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                jobs.map(Job::from).to_vec(),
+                alone(jobs[0]),
+                alone(jobs[1]),
+                alone(jobs[2]),
+                alone(jobs[3]),
+            ]
+        );
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!(
+            (stats.completed, stats.undeliverable, stats.requeued),
+            (3, 1, 4)
+        );
+        let dead = store.dead_letters("t").await.unwrap();
+        let dead: Vec<u64> = dead.letters.iter().map(|letter| letter.job_id).collect();
+        assert_eq!(dead, [ids[1]]);
     }
 }

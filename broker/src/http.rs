@@ -93,13 +93,22 @@ pub fn prometheus_text(stats: &BrokerStats, latency: crate::metrics::LatencyHist
         }
         registry.register(name, help, family);
     }
-    let topic_counters: [TopicFigure; 4] = [
+    let topic_counters: [TopicFigure; 5] = [
         ("jobs_published", "Jobs published", |t| t.published),
         ("jobs_completed", "Jobs completed", |t| t.completed),
-        ("jobs_failed", "Jobs failed with a job error", |t| t.failed),
+        (
+            "jobs_failed",
+            "Jobs dead-lettered: failed with a job error, or undeliverable",
+            |t| t.failed,
+        ),
         ("jobs_requeued", "Jobs put back after a failed call", |t| {
             t.requeued
         }),
+        (
+            "jobs_undeliverable",
+            "Jobs dead-lettered because every call that carried them failed, up to the delivery limit",
+            |t| t.undeliverable,
+        ),
     ];
     for (name, help, value) in topic_counters {
         let family = Family::<TopicLabels, Counter>::default();
@@ -118,6 +127,7 @@ pub fn prometheus_text(stats: &BrokerStats, latency: crate::metrics::LatencyHist
             ("topic".to_owned(), subscriber.topic.clone()),
             ("subscriber".to_owned(), subscriber.address.clone()),
             ("callback".to_owned(), subscriber.callback.clone()),
+            ("protocol".to_owned(), subscriber.protocol.name().to_owned()),
         ];
         in_flight
             .get_or_create(&labels)

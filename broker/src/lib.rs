@@ -9,12 +9,15 @@
 //! - [`metrics`]: latency, rate and per-subscription counters, for `stats`.
 //! - [`outcome`]: what became of each job, and the lab's result lines.
 //! - [`service`] and [`server`]: the tarpc adapter and the TCP server.
+//! - [`go`]: Go's net/rpc, for the Go lab's own programs: a front door and a way to call
+//!   factories.
 //! - [`http`]: `/metrics`, `/api/stats` and the dashboard page.
 //! - [`stats`]: `broker stats`, the figures as a table or JSON.
 //! - [`cli`]: the command line of the `broker` program.
 
 pub mod cli;
 pub mod dispatcher;
+pub mod go;
 pub mod http;
 pub mod metrics;
 pub mod outcome;

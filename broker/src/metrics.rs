@@ -160,6 +160,8 @@ impl Metrics {
 pub struct SubscriberMetrics {
     /// Calls allowed in flight.
     pub prefetch: u32,
+    /// How the factory is reached.
+    pub protocol: stubs::Protocol,
     /// When it subscribed.
     pub connected_since: SystemTime,
     /// Calls in flight now.
@@ -172,9 +174,10 @@ pub struct SubscriberMetrics {
 
 impl SubscriberMetrics {
     /// Counters for a subscription made now.
-    pub fn new(prefetch: u32) -> Self {
+    pub fn new(prefetch: u32, protocol: stubs::Protocol) -> Self {
         Self {
             prefetch,
+            protocol,
             connected_since: SystemTime::now(),
             in_flight: AtomicU64::new(0),
             completed: AtomicU64::new(0),

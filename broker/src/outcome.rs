@@ -10,12 +10,15 @@ use stubs::{Job, JobError};
 use crate::queue::JobId;
 
 /// The procedure a subscription calls on its factory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Callback {
     /// `Factory.Multiply`.
     Multiply,
     /// `Factory.Divide`.
     Divide,
+    /// Another method of a Go factory, called by its name over net/rpc: a student's own type
+    /// and method names, which the broker calls verbatim.
+    Named(Arc<str>),
 }
 
 impl Callback {
@@ -28,11 +31,17 @@ impl Callback {
         }
     }
 
-    /// The lab's name of the callback.
-    pub fn name(self) -> &'static str {
+    /// A Go factory's method name: the lab's two by their names, any other as it is.
+    pub fn from_go_name(name: &str) -> Self {
+        Self::from_name(name).unwrap_or_else(|| Callback::Named(Arc::from(name)))
+    }
+
+    /// The callback's name, as a factory serves it.
+    pub fn name(&self) -> &str {
         match self {
             Callback::Multiply => stubs::MULTIPLY,
             Callback::Divide => stubs::DIVIDE,
+            Callback::Named(name) => name,
         }
     }
 }
@@ -91,10 +100,30 @@ pub enum Outcome {
         /// The factory's address.
         factory: Arc<str>,
     },
+    /// The call failed in transport or passed its deadline, and the job had been delivered as
+    /// many times as the broker allows: it was dead-lettered instead of going back, because it
+    /// may well be what brings its factories down.
+    Undeliverable {
+        /// The topic of the job.
+        topic: Arc<str>,
+        /// The job's identifier.
+        job_id: JobId,
+        /// The procedure called.
+        callback: Callback,
+        /// The job.
+        job: Job,
+        /// How many times the job was delivered, this time included.
+        deliveries: u32,
+        /// Why the last call failed.
+        reason: String,
+        /// The address of the factory whose call failed last.
+        factory: Arc<str>,
+    },
 }
 
-/// The broker's result lines: `Factory.Multiply of 12 and 34 is 408` and
-/// `Factory.Divide of 5 and 0 failed: division by zero`.
+/// The broker's result lines: `Factory.Multiply of 12 and 34 is 408`,
+/// `Factory.Divide of 5 and 0 failed: division by zero`, and for a job given up on,
+/// `Factory.Divide of 5 and 0 dead-lettered: delivered 5 times; every call failed: …`.
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -117,6 +146,20 @@ impl fmt::Display for Outcome {
                 factory,
                 ..
             } => write!(f, "{callback} of {job} on {factory} requeued: {reason}"),
+            Outcome::Undeliverable {
+                callback,
+                job,
+                deliveries,
+                reason,
+                ..
+            } => {
+                // The dead letter's own words, so that the line and the letter agree.
+                let error = JobError::Undeliverable {
+                    deliveries: *deliveries,
+                    reason: reason.clone(),
+                };
+                write!(f, "{callback} of {job} dead-lettered: {error}")
+            }
         }
     }
 }
@@ -125,8 +168,8 @@ impl fmt::Display for Outcome {
 /// dispatcher's task, so it must be quick.
 pub type Observer = Arc<dyn Fn(&Outcome) + Send + Sync>;
 
-/// The lab's output: a line for each completed or failed job on `console`. Requeues are
-/// logged by the dispatcher instead, since they are about the factory, not the job.
+/// The lab's output: a line for each completed, failed or dead-lettered job on `console`.
+/// Requeues are logged by the dispatcher instead, since they are about the factory, not the job.
 pub fn print_results(console: Console) -> Observer {
     Arc::new(move |outcome| {
         if !matches!(outcome, Outcome::Requeued { .. }) {
@@ -161,7 +204,7 @@ pub fn count_results() -> Observer {
         Outcome::Completed { .. } => {
             observer_counts[0].fetch_add(1, Ordering::Relaxed);
         }
-        Outcome::Failed { .. } => {
+        Outcome::Failed { .. } | Outcome::Undeliverable { .. } => {
             observer_counts[1].fetch_add(1, Ordering::Relaxed);
         }
         Outcome::Requeued { .. } => {}
@@ -208,13 +251,29 @@ mod tests {
             failed.to_string(),
             "Factory.Divide of 5 and 0 failed: division by zero"
         );
+        let undeliverable = Outcome::Undeliverable {
+            topic: "divide".into(),
+            job_id: 4,
+            callback: Callback::Divide,
+            job: Pair { x: 5, y: 0 }.into(),
+            deliveries: 5,
+            reason: "connection closed".into(),
+            factory: "127.0.0.1:8050".into(),
+        };
+        assert_eq!(
+            undeliverable.to_string(),
+            "Factory.Divide of 5 and 0 dead-lettered: delivered 5 times; every call failed: connection closed"
+        );
     }
 
     #[test]
     fn callback_names_round_trip() {
         for callback in [Callback::Multiply, Callback::Divide] {
-            assert_eq!(Callback::from_name(callback.name()), Some(callback));
+            assert_eq!(Callback::from_name(callback.name()), Some(callback.clone()));
+            assert_eq!(Callback::from_go_name(callback.name()), callback);
         }
         assert_eq!(Callback::from_name("Factory.Add"), None);
+        let named = Callback::from_go_name("Worker.Times");
+        assert_eq!(named.name(), "Worker.Times");
     }
 }

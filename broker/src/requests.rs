@@ -1,20 +1,22 @@
 //! [`Broker`]: the broker's four requests, checked and carried out over a [`JobStore`]. The
 //! tarpc service in `service.rs` only forwards to it.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, Job, PublishBatch,
-    PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport, Subscription,
-    TopicReport, MAX_PUBLISH_BATCH,
+    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, Job, Protocol,
+    PublishBatch, PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport,
+    Subscription, TopicReport, MAX_PUBLISH_BATCH,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use transport::{Admission, ConnectError};
 
-use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd};
+use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd, FactoryLink};
+use crate::go::GoFactory;
 use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::{Callback, Observer};
 use crate::queue::{
@@ -30,8 +32,17 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// publisher before the publisher gives up on its own.
 pub const PUBLISH_REPLY_MARGIN: Duration = Duration::from_millis(50);
 
+/// The longest callback name a Go factory may give: far longer than any `Type.Method`.
+pub const MAX_CALLBACK_LENGTH: usize = 255;
+
 /// How many topics a broker holds by default.
 pub const DEFAULT_MAX_TOPICS: usize = 1_024;
+
+/// How many times a job is delivered by default before a failed call dead-letters it: enough
+/// for a job to outlive a few factories that die of other causes, few enough that a job that
+/// kills every factory it reaches stops after taking down a handful (RabbitMQ's quorum queues
+/// and JetStream's MaxDeliver set the same kind of limit).
+pub const DEFAULT_MAX_DELIVERIES: NonZeroU32 = NonZeroU32::new(5).expect("five is not zero");
 
 /// The broker's tunable limits.
 #[derive(Clone, Debug)]
@@ -45,6 +56,10 @@ pub struct Settings {
     /// How many topics the broker holds at most, so that no client can grow its memory
     /// without bound by creating topics.
     pub max_topics: usize,
+    /// How many times a job may be delivered before a failed call dead-letters it instead of
+    /// putting it back, so that a job that brings down every factory it reaches stops
+    /// (`None`: no limit).
+    pub max_deliveries: Option<NonZeroU32>,
 }
 
 impl Default for Settings {
@@ -54,6 +69,7 @@ impl Default for Settings {
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
             admission: Admission::default(),
             max_topics: DEFAULT_MAX_TOPICS,
+            max_deliveries: Some(DEFAULT_MAX_DELIVERIES),
         }
     }
 }
@@ -241,10 +257,30 @@ impl<S: JobStore> Broker<S> {
         self: &Arc<Self>,
         subscription: Subscription,
     ) -> Result<StatusReport, BrokerError> {
+        self.watched_subscribe(subscription, Protocol::Tarpc).await
+    }
+
+    /// [`Broker::subscribe`] for a factory that Go's net/rpc reaches: its callback is any
+    /// method it registered, called by name, one job a call.
+    pub async fn subscribe_go(
+        self: &Arc<Self>,
+        subscription: Subscription,
+    ) -> Result<StatusReport, BrokerError> {
+        self.watched_subscribe(subscription, Protocol::GoNetRpc)
+            .await
+    }
+
+    async fn watched_subscribe(
+        self: &Arc<Self>,
+        subscription: Subscription,
+        protocol: Protocol,
+    ) -> Result<StatusReport, BrokerError> {
         let Some(watcher) = &self.watcher else {
-            return self.start_subscription(subscription).await;
+            return self.start_subscription(subscription, protocol).await;
         };
-        let answer = self.start_subscription(subscription.clone()).await;
+        let answer = self
+            .start_subscription(subscription.clone(), protocol)
+            .await;
         watcher(Request::Subscribe {
             subscription: &subscription,
             answer: answer.as_ref(),
@@ -255,12 +291,17 @@ impl<S: JobStore> Broker<S> {
     async fn start_subscription(
         self: &Arc<Self>,
         subscription: Subscription,
+        protocol: Protocol,
     ) -> Result<StatusReport, BrokerError> {
-        let (key, prefetch) = self.check_subscription(&subscription).await?;
+        let (key, prefetch) = self.check_subscription(&subscription, protocol).await?;
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         let address = subscription.factory_address;
+        let unreachable = |reason: String| BrokerError::Unreachable {
+            address: address.clone(),
+            reason,
+        };
         let connect = || async {
             transport::connect_factory(
                 &key.factory.to_string(),
@@ -268,33 +309,42 @@ impl<S: JobStore> Broker<S> {
                 &self.settings.admission.token,
             )
             .await
-            .map_err(|error| BrokerError::Unreachable {
-                address: address.clone(),
-                reason: error.to_string(),
-            })
+            .map_err(|error| unreachable(error.to_string()))
         };
-        let mut client = connect().await?;
-        let batches = prefetch > 1
-            && accepts_batches(&client, key.callback, self.settings.connect_timeout).await;
-        if prefetch > 1 && !batches {
-            tracing::info!(factory = %key.factory, callback = %key.callback, "the factory takes no batched calls; calling it one job at a time");
-            // It may have closed the connection on the question.
-            client = connect().await?;
-        }
+        let (client, batches) = match protocol {
+            Protocol::GoNetRpc => {
+                let factory = GoFactory::connect(key.factory, self.settings.connect_timeout)
+                    .await
+                    .map_err(unreachable)?;
+                (FactoryLink::Go(factory), false)
+            }
+            Protocol::Tarpc => {
+                let mut client = connect().await?;
+                let batches = prefetch > 1
+                    && accepts_batches(&client, &key.callback, self.settings.connect_timeout).await;
+                if prefetch > 1 && !batches {
+                    tracing::info!(factory = %key.factory, callback = %key.callback, "the factory takes no batched calls; calling it one job at a time");
+                    // It may have closed the connection on the question.
+                    client = connect().await?;
+                }
+                (FactoryLink::Tarpc(client), batches)
+            }
+        };
         let stop = self.shutdown.child_token();
-        let subscriber_metrics = Arc::new(SubscriberMetrics::new(prefetch));
+        let subscriber_metrics = Arc::new(SubscriberMetrics::new(prefetch, protocol));
         let (generation, replaced) =
             self.subscriptions
                 .insert(key.clone(), stop.clone(), subscriber_metrics.clone());
         let dispatcher = Dispatcher {
             store: self.store.clone(),
             topic: key.topic.clone(),
-            callback: key.callback,
+            callback: key.callback.clone(),
             factory: Arc::from(key.factory.to_string()),
             client,
             prefetch,
             batches,
             call_timeout: self.settings.call_timeout,
+            max_deliveries: self.settings.max_deliveries,
             observer: self.observer.clone(),
             stop,
             topic_metrics: self.metrics.topic(&key.topic),
@@ -315,7 +365,7 @@ impl<S: JobStore> Broker<S> {
         } else {
             "subscribed"
         };
-        tracing::info!(topic = %subscription.topic, factory = %address, callback = %subscription.callback, prefetch, "{verb}");
+        tracing::info!(topic = %subscription.topic, factory = %address, callback = %subscription.callback, protocol = protocol.name(), prefetch, "{verb}");
         Ok(StatusReport {
             message: format!(
                 "{verb} {address} to {:?} with {} (prefetch {prefetch})",
@@ -329,7 +379,9 @@ impl<S: JobStore> Broker<S> {
         &self,
         subscription: Subscription,
     ) -> Result<StatusReport, BrokerError> {
-        let (key, _) = self.check_subscription(&subscription).await?;
+        let (key, _) = self
+            .check_subscription(&subscription, Protocol::Tarpc)
+            .await?;
         if !self.subscriptions.remove(&key) {
             return Err(BrokerError::NoSuchSubscription {
                 topic: subscription.topic,
@@ -369,6 +421,7 @@ impl<S: JobStore> Broker<S> {
                 completed: stats.completed,
                 failed: stats.failed,
                 requeued: stats.requeued,
+                undeliverable: stats.undeliverable,
                 dead: stats.dead as u64,
                 subscribers: subscriptions
                     .iter()
@@ -397,6 +450,7 @@ impl<S: JobStore> Broker<S> {
                 topic: key.topic.to_string(),
                 address: key.factory.to_string(),
                 callback: key.callback.name().to_owned(),
+                protocol: counters.protocol,
                 prefetch: counters.prefetch,
                 in_flight: counters.in_flight.load(Ordering::Relaxed),
                 completed: counters.completed.load(Ordering::Relaxed),
@@ -418,7 +472,9 @@ impl<S: JobStore> Broker<S> {
 
     /// Whether the subscription is in force.
     pub async fn is_subscribed(&self, subscription: Subscription) -> Result<bool, BrokerError> {
-        let (key, _) = self.check_subscription(&subscription).await?;
+        let (key, _) = self
+            .check_subscription(&subscription, Protocol::Tarpc)
+            .await?;
         Ok(self.subscriptions.contains(&key))
     }
 
@@ -447,6 +503,7 @@ impl<S: JobStore> Broker<S> {
     async fn check_subscription(
         &self,
         subscription: &Subscription,
+        protocol: Protocol,
     ) -> Result<(SubscriptionKey, u32), BrokerError> {
         validate_topic_name(&subscription.topic)?;
         if !self.store.has_topic(&subscription.topic).await {
@@ -454,11 +511,24 @@ impl<S: JobStore> Broker<S> {
                 topic: subscription.topic.clone(),
             });
         }
-        let callback = Callback::from_name(&subscription.callback).ok_or_else(|| {
-            BrokerError::UnknownCallback {
-                callback: subscription.callback.clone(),
+        let unknown = || BrokerError::UnknownCallback {
+            callback: subscription.callback.clone(),
+        };
+        let callback = match protocol {
+            Protocol::Tarpc => Callback::from_name(&subscription.callback).ok_or_else(unknown)?,
+            // net/rpc names a method `Type.Method`; the factory says whether it has it.
+            Protocol::GoNetRpc => {
+                let name = &subscription.callback;
+                let well_formed = name.len() <= MAX_CALLBACK_LENGTH
+                    && name
+                        .split_once('.')
+                        .is_some_and(|(service, method)| !service.is_empty() && !method.is_empty());
+                if !well_formed {
+                    return Err(unknown());
+                }
+                Callback::from_go_name(name)
             }
-        })?;
+        };
         validate_prefetch(subscription.prefetch)?;
         let factory = transport::resolve(&subscription.factory_address)
             .await

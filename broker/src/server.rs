@@ -1,4 +1,5 @@
-//! Serving a [`Broker`] on a TCP listener until shutdown.
+//! Serving a [`Broker`] on a TCP listener until shutdown: tarpc clients, and Go's net/rpc
+//! clients on the same port.
 
 use std::sync::Arc;
 
@@ -25,7 +26,20 @@ pub async fn serve<S: JobStore>(
     let admission = broker.settings().admission.clone();
     let max_requests = admission.max_requests_per_connection;
     let stop_connections = shutdown.clone();
-    transport::accept(
+    // Go's net/rpc clients on the same port: the lab's own programs, unchanged.
+    let go_clients: transport::OtherProtocol = {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        Arc::new(move |stream, read, peer| {
+            Box::pin(crate::go::serve_connection(
+                broker.clone(),
+                stream,
+                read,
+                peer,
+                shutdown.clone(),
+            ))
+        })
+    };
+    transport::accept_or(
         listener,
         admission,
         shutdown.clone(),
@@ -49,6 +63,7 @@ pub async fn serve<S: JobStore>(
                 }
             }
         },
+        Some(go_clients),
     )
     .await;
     connections.close();

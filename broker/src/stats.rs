@@ -79,6 +79,7 @@ pub fn format_table(stats: &BrokerStats, now: SystemTime) -> String {
         "completed",
         "failed",
         "requeued",
+        "undeliverable",
         "dead",
         "subs",
         "rate/s",
@@ -97,6 +98,7 @@ pub fn format_table(stats: &BrokerStats, now: SystemTime) -> String {
             topic.completed.to_string(),
             topic.failed.to_string(),
             topic.requeued.to_string(),
+            topic.undeliverable.to_string(),
             topic.dead.to_string(),
             topic.subscribers.to_string(),
             format!("{:.1}", topic.rate_per_s),
@@ -111,6 +113,7 @@ pub fn format_table(stats: &BrokerStats, now: SystemTime) -> String {
         "subscriber",
         "topic",
         "callback",
+        "protocol",
         "prefetch",
         "in_flight",
         "completed",
@@ -125,6 +128,7 @@ pub fn format_table(stats: &BrokerStats, now: SystemTime) -> String {
             subscriber.address.clone(),
             subscriber.topic.clone(),
             subscriber.callback.clone(),
+            subscriber.protocol.name().to_owned(),
             subscriber.prefetch.to_string(),
             subscriber.in_flight.to_string(),
             subscriber.completed.to_string(),
@@ -215,10 +219,11 @@ mod tests {
                 ready: 3,
                 in_flight: 2,
                 published: 1_000,
-                completed: 995,
-                failed: 0,
+                completed: 994,
+                failed: 1,
                 requeued: 4,
-                dead: 0,
+                undeliverable: 1,
+                dead: 1,
                 subscribers: 2,
                 rate_per_s: 98.7,
                 latency_us: Latency {
@@ -231,6 +236,7 @@ mod tests {
                 topic: "multiply".into(),
                 address: "127.0.0.1:8031".into(),
                 callback: "Factory.Multiply".into(),
+                protocol: stubs::Protocol::Tarpc,
                 prefetch: 1,
                 in_flight: 1,
                 completed: 500,
@@ -266,7 +272,8 @@ mod tests {
                 "rate_per_s",
                 "ready",
                 "requeued",
-                "subscribers"
+                "subscribers",
+                "undeliverable"
             ]
         );
         assert_eq!(json["topics"][0]["latency_us"]["p99"], 1_200);

@@ -157,9 +157,9 @@ pub struct DeadLetter {
     pub job_id: u64,
     /// The job.
     pub job: Job,
-    /// What the factory answered.
+    /// What the factory answered, or [`JobError::Undeliverable`] for a job whose calls failed.
     pub error: JobError,
-    /// The address of the factory that answered.
+    /// The address of the factory that answered, or whose call failed last.
     pub factory: String,
     /// When the broker received the answer, in milliseconds since the Unix epoch.
     pub failed_at_unix_ms: u64,
@@ -203,10 +203,13 @@ pub struct TopicReport {
     pub published: u64,
     /// Jobs completed.
     pub completed: u64,
-    /// Jobs failed with a job error.
+    /// Jobs dead-lettered: failed with a job error, or undeliverable.
     pub failed: u64,
     /// Times a job was put back after a failed call.
     pub requeued: u64,
+    /// Of the `failed` jobs, those dead-lettered because every call that carried them failed
+    /// in transport, as many times as the broker's `--max-deliveries` allows.
+    pub undeliverable: u64,
     /// Dead letters kept now.
     pub dead: u64,
     /// Subscriptions in force.
@@ -255,6 +258,27 @@ pub struct Latency {
     pub p99: u64,
 }
 
+/// How the broker reaches a factory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// pairbroker's own RPC, the [`Factory`] service (`tarpc` in JSON).
+    #[default]
+    Tarpc,
+    /// Go's net/rpc with its gob codec, as the Go lab's factories serve (`go-net-rpc`).
+    GoNetRpc,
+}
+
+impl Protocol {
+    /// The name in `broker stats`, JSON and /metrics: `tarpc` or `go-net-rpc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tarpc => "tarpc",
+            Protocol::GoNetRpc => "go-net-rpc",
+        }
+    }
+}
+
 /// One subscription's figures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberReport {
@@ -264,6 +288,8 @@ pub struct SubscriberReport {
     pub address: String,
     /// The procedure called.
     pub callback: String,
+    /// How the broker reaches the factory.
+    pub protocol: Protocol,
     /// Calls allowed in flight.
     pub prefetch: u32,
     /// Calls in flight now.
@@ -395,6 +421,27 @@ pub enum JobError {
         /// What the factory said.
         reason: String,
     },
+    // Last, so that the errors before it keep their numbers on the wire. Never sent by a
+    // factory: the broker gives it to a job it stopped delivering.
+    /// Every call that carried the job failed in transport (the factory died, hung or closed
+    /// the connection), as many times as the broker's `--max-deliveries` allows: the job is
+    /// not delivered again, because it may well be what brings its factories down.
+    #[error("delivered {deliveries} {}; every call failed: {reason}", times(*.deliveries))]
+    Undeliverable {
+        /// How many times the job was delivered.
+        deliveries: u32,
+        /// Why the last call failed.
+        reason: String,
+    },
+}
+
+/// `time` or `times`, as `count` needs.
+fn times(count: u32) -> &'static str {
+    if count == 1 {
+        "time"
+    } else {
+        "times"
+    }
 }
 
 impl JobError {

@@ -18,6 +18,7 @@ use lab_console::Console;
 use stubs::{BrokerClient, BrokerError, Job, PublishRequest};
 
 mod accounting;
+pub mod go;
 pub use accounting::*;
 pub use nats_harness::{NatsCluster, NatsServer};
 

@@ -131,11 +131,22 @@ async fn the_broker_never_dials_a_subscriber_before_the_connection_is_authentica
 async fn random_bytes_a_4_gib_frame_header_and_a_frame_of_the_wrong_type_are_shut_out() {
     let (broker, _) = start_broker(Settings::default()).await;
 
-    // Not a pairbroker handshake at all.
+    // Not a pairbroker handshake at all: tried as Go's net/rpc, which cannot read it either,
+    // and closed without an answer.
     let mut random = TcpStream::connect(broker.address).await.unwrap();
     let noise: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
+    let _ = random.write_all(&noise).await;
+    assert_eq!(closed_by_server(&mut random).await, Vec::<u8>::new());
+    // A factory speaks pairbroker alone: it says so, and closes.
+    let factory = start_factory(
+        &broker,
+        0,
+        factory_config(broker.address, &[Multiply], false),
+    )
+    .await;
+    let mut random = TcpStream::connect(factory.address).await.unwrap();
     let _ = random.write_all(&noise).await;
     assert_eq!(closed_by_server(&mut random).await, vec![NOT_PAIRBROKER]);
 

@@ -392,3 +392,73 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z")
     })
 }
+
+/// The project's Go factory, in the lab skeleton's shape, as a marker would run a Go submission.
+fn go_factory(flags: &str) -> String {
+    format!(
+        "{} {flags} -ip 127.0.0.1:{{port}} -broker {{broker}}",
+        system_tests::go::go_program("factory").display()
+    )
+}
+
+#[tokio::test]
+async fn a_go_factory_is_marked_as_a_rust_one_and_gets_full_marks() {
+    let pairs = run(&MarkArgs {
+        parts: vec![Part::One, Part::TwoA, Part::TwoB],
+        ..MarkArgs::new(&go_factory(""))
+    })
+    .await;
+    assert!(pairs.all_passed(), "{pairs}");
+    assert_eq!(pairs.total, 11);
+    // The Go skeleton's Part 3 is a factory of Triplets alone.
+    let triplets = run(&MarkArgs {
+        parts: vec![Part::Three],
+        ..MarkArgs::new(&go_factory("-triplets"))
+    })
+    .await;
+    assert!(triplets.all_passed(), "{triplets}");
+}
+
+#[tokio::test]
+async fn a_go_factory_with_parts_left_out_fails_just_those() {
+    let no_divide = run(&MarkArgs {
+        parts: vec![Part::One, Part::TwoA],
+        ..MarkArgs::new(&go_factory("-no-divide -no-pipeline"))
+    })
+    .await;
+    assert_eq!(
+        failures(&no_divide),
+        vec![
+            (Part::TwoA, SUBSCRIBES_DIVIDE.to_owned()),
+            (Part::TwoA, DIVIDES.to_owned()),
+            (Part::TwoA, ZERO_DIVISOR.to_owned()),
+        ],
+        "{no_divide}"
+    );
+    let no_pipeline = run(&MarkArgs {
+        parts: vec![Part::TwoB],
+        ..MarkArgs::new(&go_factory("-no-pipeline"))
+    })
+    .await;
+    assert_eq!(no_pipeline.passed, 0, "{no_pipeline}");
+    // The Go original's weak spot: a zero divisor panics the whole factory.
+    let panics = run(&MarkArgs {
+        parts: vec![Part::TwoA],
+        ..MarkArgs::new(&go_factory("-panic-on-zero"))
+    })
+    .await;
+    assert_eq!(
+        failures(&panics),
+        vec![(Part::TwoA, ZERO_DIVISOR.to_owned())],
+        "{panics}"
+    );
+    let seen = seen(&panics, Part::TwoA, ZERO_DIVISOR);
+    assert!(
+        seen.starts_with("a division by zero killed the factory"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("integer divide by zero"),
+        "its last words: {seen}"
+    );
+}

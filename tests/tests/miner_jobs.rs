@@ -158,7 +158,7 @@ async fn publish_jobs_returns_the_ids_in_the_order_of_the_jobs() {
                 Outcome::Completed { job_id: id, .. } | Outcome::Failed { job_id: id, .. } => {
                     id == job_id
                 }
-                Outcome::Requeued { .. } => false,
+                Outcome::Requeued { .. } | Outcome::Undeliverable { .. } => false,
             })
             .unwrap_or_else(|| panic!("job {job_id} is settled: {outcomes:?}"));
         assert_eq!(outcome.to_string(), expected, "job {job_id}");

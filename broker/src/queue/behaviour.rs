@@ -244,6 +244,61 @@ pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     );
 }
 
+pub async fn each_delivery_of_a_job_counts_and_an_undeliverable_job_is_counted_apart(
+    store: impl JobStore,
+) {
+    // The broker's delivery limit reads `attempt`: every take of a job put back counts.
+    store.create_topic("t", 4).await.unwrap();
+    let id = store.publish("t", job(1), later()).await.unwrap();
+    for attempt in 1..=3 {
+        let delivery = store.take("t").await.unwrap();
+        assert_eq!((delivery.id, delivery.attempt), (id, attempt));
+        if attempt < 3 {
+            store.requeue(&delivery).await.unwrap();
+            continue;
+        }
+        let undeliverable = JobError::Undeliverable {
+            deliveries: attempt,
+            reason: "connection closed".into(),
+        };
+        store
+            .dead_letter(&delivery, undeliverable, "127.0.0.1:1")
+            .await
+            .unwrap();
+    }
+    store.publish("t", job(2), later()).await.unwrap();
+    let failed = store.take("t").await.unwrap();
+    store
+        .dead_letter(&failed, JobError::DivideByZero, "127.0.0.1:1")
+        .await
+        .unwrap();
+    let stats = store.stats("t").await.unwrap();
+    assert_eq!(
+        (
+            stats.failed,
+            stats.undeliverable,
+            stats.requeued,
+            stats.ready,
+            stats.in_flight
+        ),
+        (2, 1, 2, 0, 0)
+    );
+    let dead = store.dead_letters("t").await.unwrap();
+    let errors: Vec<String> = dead
+        .letters
+        .iter()
+        .map(|letter| letter.error.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "delivered 3 times; every call failed: connection closed",
+            "division by zero"
+        ]
+    );
+    assert_eq!((dead.letters[0].job_id, dead.total), (id, 2));
+}
+
 pub async fn each_job_goes_to_exactly_one_of_many_takers(store: impl JobStore) {
     const JOBS: u64 = 200;
     let store = Arc::new(store);
@@ -325,6 +380,11 @@ macro_rules! store_behaviour_tests {
             #[tokio::test(start_paused = $paused)]
             async fn a_delivery_is_settled_once() {
                 b::a_delivery_is_settled_once($make).await
+            }
+            #[tokio::test(start_paused = $paused)]
+            async fn each_delivery_of_a_job_counts_and_an_undeliverable_job_is_counted_apart() {
+                b::each_delivery_of_a_job_counts_and_an_undeliverable_job_is_counted_apart($make)
+                    .await
             }
             #[tokio::test(start_paused = $paused)]
             async fn each_job_goes_to_exactly_one_of_many_takers() {

@@ -795,7 +795,9 @@ fn mark_from(value: &[u8]) -> Option<JobId> {
     Some(JobId::from_le_bytes(value.try_into().ok()?))
 }
 
-/// A dead letter as stored: its job's record, the error, when, and the factory.
+/// A dead letter as stored: its job's record, the error (a code: 0 division by zero,
+/// 1 overflow, 2 another reason, then the reason; 3 undeliverable, then the deliveries and the
+/// reason), when, and the factory.
 fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
     let mut bytes = to_record(&QueuedJob {
         id: letter.job_id,
@@ -809,16 +811,33 @@ fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
         JobError::DivideByZero => bytes.push(0),
         JobError::Overflow => bytes.push(1),
         JobError::Other { reason } => {
-            // The factory's words, cut to what a length of two bytes can say.
-            let reason = truncated(reason, usize::from(u16::MAX));
             bytes.push(2);
-            bytes.extend_from_slice(&(reason.len() as u16).to_le_bytes());
-            bytes.extend_from_slice(reason.as_bytes());
+            push_reason(&mut bytes, reason);
+        }
+        JobError::Undeliverable { deliveries, reason } => {
+            bytes.push(3);
+            bytes.extend_from_slice(&deliveries.to_le_bytes());
+            push_reason(&mut bytes, reason);
         }
     }
     bytes.extend_from_slice(&letter.failed_at_unix_ms.to_le_bytes());
     bytes.extend_from_slice(letter.factory.as_bytes());
     bytes
+}
+
+/// Appends `reason` with its length in two bytes, cut to what they can say.
+fn push_reason(bytes: &mut Vec<u8>, reason: &str) {
+    let reason = truncated(reason, usize::from(u16::MAX));
+    bytes.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(reason.as_bytes());
+}
+
+/// A reason written by [`push_reason`], and the bytes after it.
+fn reason_from(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let (length, rest) = bytes.split_at_checked(2)?;
+    let length = u16::from_le_bytes(length.try_into().ok()?);
+    let (reason, rest) = rest.split_at_checked(usize::from(length))?;
+    Some((String::from_utf8(reason.to_vec()).ok()?, rest))
 }
 
 /// The longest start of `text` that is at most `limit` bytes and ends on a character.
@@ -839,11 +858,14 @@ fn dead_letter_from(bytes: &[u8]) -> Option<DeadLetter> {
         0 => (JobError::DivideByZero, rest),
         1 => (JobError::Overflow, rest),
         2 => {
-            let (length, rest) = rest.split_at_checked(2)?;
-            let length = u16::from_le_bytes(length.try_into().ok()?);
-            let (reason, rest) = rest.split_at_checked(usize::from(length))?;
-            let reason = String::from_utf8(reason.to_vec()).ok()?;
+            let (reason, rest) = reason_from(rest)?;
             (JobError::Other { reason }, rest)
+        }
+        3 => {
+            let (deliveries, rest) = rest.split_at_checked(4)?;
+            let deliveries = u32::from_le_bytes(deliveries.try_into().ok()?);
+            let (reason, rest) = reason_from(rest)?;
+            (JobError::Undeliverable { deliveries, reason }, rest)
         }
         _ => return None,
     };
@@ -1150,6 +1172,42 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(next > first_ids[3]);
+    }
+
+    #[tokio::test]
+    async fn an_undeliverable_job_is_still_a_dead_letter_and_counted_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let undeliverable = JobError::Undeliverable {
+            deliveries: 3,
+            reason: "connection closed".into(),
+        };
+        let id = {
+            let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+                .await
+                .unwrap();
+            store.create_topic("t", 10).await.unwrap();
+            let id = store
+                .publish("t", Pair { x: 5, y: 0 }.into(), later())
+                .await
+                .unwrap();
+            let delivery = store.take("t").await.unwrap();
+            store
+                .dead_letter(&delivery, undeliverable.clone(), "127.0.0.1:9")
+                .await
+                .unwrap();
+            id
+        };
+        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
+            .await
+            .unwrap();
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!((stats.failed, stats.undeliverable, stats.ready), (1, 1, 0));
+        let dead = store.dead_letters("t").await.unwrap();
+        assert_eq!(dead.letters.len(), 1);
+        assert_eq!(
+            (dead.letters[0].job_id, &dead.letters[0].error),
+            (id, &undeliverable)
+        );
     }
 
     #[tokio::test]
@@ -1723,7 +1781,21 @@ pub(crate) mod tests {
             error: JobError::not_written("Multiply", "return x * y"),
             ..letter
         };
-        assert_eq!(dead_letter_from(&dead_letter_record(&other)), Some(other));
+        assert_eq!(
+            dead_letter_from(&dead_letter_record(&other)),
+            Some(other.clone())
+        );
+        let undeliverable = DeadLetter {
+            error: JobError::Undeliverable {
+                deliveries: 5,
+                reason: "connection reset".into(),
+            },
+            ..other
+        };
+        assert_eq!(
+            dead_letter_from(&dead_letter_record(&undeliverable)),
+            Some(undeliverable)
+        );
         assert_eq!(dead_letter_from(&[3, 1, 2]), None);
     }
 }

@@ -209,6 +209,8 @@ struct Topic {
     completed: AtomicU64,
     failed: AtomicU64,
     requeued: AtomicU64,
+    /// Of the `failed`, those given up on as undeliverable.
+    undeliverable: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,6 +360,7 @@ impl JetStreamStore {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             requeued: AtomicU64::new(0),
+            undeliverable: AtomicU64::new(0),
         });
         let mut topics = self
             .topics
@@ -648,6 +651,7 @@ impl JobStore for JetStreamStore {
     ) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic).await?;
         let message = Self::settle(&topic, delivery)?;
+        let undeliverable = matches!(error, JobError::Undeliverable { .. });
         let letter = DeadLetter {
             job_id: delivery.id,
             job: delivery.job,
@@ -667,6 +671,9 @@ impl JobStore for JetStreamStore {
             .map_err(storage)?;
         confirmed(&self.client, &message, AckKind::Term).await?;
         topic.failed.fetch_add(1, Ordering::Relaxed);
+        if undeliverable {
+            topic.undeliverable.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -809,6 +816,7 @@ impl JobStore for JetStreamStore {
             completed: topic.completed.load(Ordering::Relaxed),
             failed: topic.failed.load(Ordering::Relaxed),
             requeued: topic.requeued.load(Ordering::Relaxed),
+            undeliverable: topic.undeliverable.load(Ordering::Relaxed),
             dead: 0,
             jetstream: Some(figures),
         })

@@ -53,8 +53,20 @@ struct TopicState {
     completed: u64,
     failed: u64,
     requeued: u64,
+    /// Of the `failed`, those given up on as undeliverable.
+    undeliverable: u64,
     dead_letters: VecDeque<DeadLetter>,
     dead_letters_dropped: u64,
+}
+
+impl TopicState {
+    /// Counts a job dead-lettered with `error`.
+    fn count_failure(&mut self, error: &JobError) {
+        self.failed += 1;
+        if matches!(error, JobError::Undeliverable { .. }) {
+            self.undeliverable += 1;
+        }
+    }
 }
 
 impl Topic {
@@ -134,7 +146,7 @@ impl MemoryStore {
     ) -> Result<(), QueueError> {
         let topic = self.topic(name)?;
         let mut state = topic.lock();
-        state.failed += 1;
+        state.count_failure(&letter.error);
         if state.dead_letters.len() == self.dead_letter_limit {
             state.dead_letters.pop_front();
             state.dead_letters_dropped += 1;
@@ -272,7 +284,7 @@ impl JobStore for MemoryStore {
     ) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic)?;
         let (queued, mut state) = topic.settle(delivery)?;
-        state.failed += 1;
+        state.count_failure(&error);
         if self.dead_letter_limit == 0 {
             state.dead_letters_dropped += 1;
             return Ok(());
@@ -352,6 +364,7 @@ impl JobStore for MemoryStore {
             completed: state.completed,
             failed: state.failed,
             requeued: state.requeued,
+            undeliverable: state.undeliverable,
             dead: state.dead_letters.len(),
             jetstream: None,
         })

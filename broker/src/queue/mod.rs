@@ -82,10 +82,13 @@ pub struct TopicStats {
     pub published: u64,
     /// Jobs completed.
     pub completed: u64,
-    /// Jobs failed with a job error.
+    /// Jobs dead-lettered: failed with a job error, or undeliverable.
     pub failed: u64,
     /// Times a job was put back after a failed delivery.
     pub requeued: u64,
+    /// Of the `failed` jobs, those dead-lettered with [`JobError::Undeliverable`]: their calls
+    /// kept failing in transport.
+    pub undeliverable: u64,
     /// Dead letters kept now.
     pub dead: usize,
     /// What JetStream reports of the topic's stream, for all brokers together; `None` for
@@ -201,7 +204,8 @@ pub trait JobStore: Send + Sync + 'static {
     fn complete(&self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Settles a delivery as failed with a job error from the factory at `factory`: the job
-    /// leaves the topic for its bounded dead-letter list, and is never delivered again.
+    /// leaves the topic for its bounded dead-letter list, and is never delivered again. A job
+    /// the broker gives up on ([`JobError::Undeliverable`]) is counted apart as well.
     fn dead_letter(
         &self,
         delivery: &Delivery,

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use crate::charts;
 use crate::processes::Programs;
 use crate::suite::{self, Measured, Scale, Workload};
+use crate::workloads::Language;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -16,6 +17,7 @@ Examples:
   cargo run --release -p bench -- w2d md       # the durable ones: the broker with --data-dir
   cargo run --release -p bench -- w2c1 w2c3    # two brokers over NATS JetStream (nats-server on PATH)
   cargo run --release -p bench -- w2 --runs 5  # W2 only, median of 5
+  cargo run --release -p bench -- w1 w2 w1go w2go  # W1 and W2, ours beside the Go lab's (go on PATH)
   cargo run -p bench -- all --smoke            # a few hundred jobs each, to check the runner";
 
 /// What to run.
@@ -27,6 +29,10 @@ pub enum Target {
     W1,
     /// W2 concurrent: buffer 1,000, 32 publishers, 4 factories with prefetch 16, 200,000 jobs.
     W2,
+    /// W1 with the Go lab's miner and factories (tests/go, built with the `go` on PATH).
+    W1go,
+    /// W2 with the Go lab's miner and factories (tests/go, built with the `go` on PATH).
+    W2go,
     /// W3 latency: 5,000 jobs/s for 10 s, 4 factories with prefetch 16.
     W3,
     /// M memory: 1,000,000 jobs queued in one topic, no factory.
@@ -93,6 +99,8 @@ impl Cli {
                     Target::All => true,
                     Target::W1 => *workload == Workload::W1,
                     Target::W2 => *workload == Workload::W2,
+                    Target::W1go => *workload == Workload::W1Go,
+                    Target::W2go => *workload == Workload::W2Go,
                     Target::W3 => *workload == Workload::W3,
                     Target::M => *workload == Workload::M,
                     Target::S => *workload == Workload::S,
@@ -117,10 +125,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let logs = std::env::temp_dir().join(format!("pairbroker-bench-{}", std::process::id()));
-    let programs = match &cli.programs {
+    let workloads = cli.workloads();
+    // Built first: a machine without Go learns it before a long cargo build.
+    let go = if workloads.iter().any(|w| w.language() == Language::Go) {
+        Some(crate::go::build(&crate::processes::target_dir()?)?)
+    } else {
+        None
+    };
+    let mut programs = match &cli.programs {
         Some(dir) => Programs::prebuilt(dir, &logs)?,
         None => Programs::build(&logs)?,
     };
+    if let Some(go) = &go {
+        programs = programs.with_go(&go.dir);
+    }
     let scale = cli.scale();
     let machine = crate::machine::describe();
     println!("machine: {machine}");
@@ -133,12 +151,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         logs.display()
     );
+    if let Some(go) = &go {
+        println!("Go lab's programs: tests/go built with {}", go.version);
+    }
     let mut measured = Vec::new();
-    for workload in cli.workloads() {
+    for workload in workloads {
         measured.extend(suite::measure(&programs, workload, scale).await?);
     }
+    for (ours, go) in suite::go_beside_ours(&measured) {
+        println!("{}", suite::beside_line(ours, go));
+    }
     write_charts(&out, &measured)?;
-    let report = report(&machine, scale, programs.release(), &measured);
+    let invocation = Invocation {
+        machine: &machine,
+        command: &command(programs.release()),
+        scale,
+        release: programs.release(),
+        go_version: go.as_ref().map(|go| go.version.as_str()),
+    };
+    let report = report(&invocation, &measured);
     let path = out.join("latest.md");
     std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
     println!("report: {}", path.display());
@@ -183,6 +214,7 @@ fn target(workload: Workload) -> &'static str {
     match workload {
         Workload::W1 => "≥ 15,000 jobs/s",
         Workload::W2 => "≥ 300,000 jobs/s",
+        Workload::W1Go | Workload::W2Go => "",
         Workload::W3 => "p50 ≤ 100 µs, p99 ≤ 250 µs",
         Workload::M => "≤ 40 MiB",
         Workload::S => "",
@@ -193,22 +225,43 @@ fn target(workload: Workload) -> &'static str {
     }
 }
 
-/// The report as Markdown: the machine, then a row per flow.
-fn report(machine: &str, scale: Scale, release: bool, measured: &[Measured]) -> String {
+/// What the report says of how its figures were made.
+struct Invocation<'a> {
+    machine: &'a str,
+    command: &'a str,
+    scale: Scale,
+    release: bool,
+    /// The Go that built the Go lab's programs, when they ran.
+    go_version: Option<&'a str>,
+}
+
+/// The command that ran this report, as it would be typed.
+fn command(release: bool) -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "cargo run{} -p bench -- {}",
+        if release { " --release" } else { "" },
+        args.join(" ")
+    )
+}
+
+/// The report as Markdown: the machine, then a row per flow, then the Go lab's programs
+/// beside ours when both ran.
+fn report(invocation: &Invocation, measured: &[Measured]) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "# Latest benchmark figures\n");
-    let _ = writeln!(text, "- machine: {machine}");
+    let _ = writeln!(text, "- machine: {}", invocation.machine);
     let _ = writeln!(
         text,
         "- build: {}; medians of {} run(s) per row",
-        if release {
+        if invocation.release {
             "release"
         } else {
             "debug (not comparable)"
         },
-        scale.runs
+        invocation.scale.runs
     );
-    let _ = writeln!(text, "- command: `cargo run --release -p bench -- all`\n");
+    let _ = writeln!(text, "- command: `{}`\n", invocation.command);
     let _ = writeln!(
         text,
         "| workload | shape | median | target | runs | broker peak RSS | CPU s broker / factories / miner |"
@@ -244,5 +297,44 @@ fn report(machine: &str, scale: Scale, release: bool, measured: &[Measured]) -> 
             cpu(|run| run.miner_cpu_s),
         );
     }
+    let beside = suite::go_beside_ours(measured);
+    if !beside.is_empty() {
+        go_section(&mut text, invocation.go_version.unwrap_or("go"), &beside);
+    }
     text
+}
+
+/// The section that sets the Go lab's miner and factories beside ours, shape by shape.
+fn go_section(text: &mut String, go_version: &str, beside: &[(&Measured, &Measured)]) {
+    let _ = writeln!(
+        text,
+        "\n## The Go lab's miner and factories through our broker\n"
+    );
+    let _ = writeln!(
+        text,
+        "W1go and W2go are W1 and W2 with the Go lab's own programs (`tests/go`, built with \
+         {go_version}, the same for every run) in place of ours, over Go's net/rpc: the miner with \
+         `-concurrency` publishers and `-interval 0`, each factory with `-no-pipeline -no-divide` \
+         and `-subscribe-times` as its prefetch; the runner creates the topic first with the \
+         shape's buffer. Broker CPU per job is the broker's CPU time from the miner's start until \
+         the last job was completed, over the jobs.\n"
+    );
+    let _ = writeln!(
+        text,
+        "| shape | jobs/s, ours | jobs/s, Go lab's | Go / ours | broker CPU per job, ours | broker CPU per job, Go lab's |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|---|");
+    for (ours, go) in beside {
+        let _ = writeln!(
+            text,
+            "| {} / {} | {} | {} | {:.0}% | {:.1} µs | {:.1} µs |",
+            ours.workload.name(),
+            go.workload.name(),
+            suite::thousands(ours.jobs_per_s()),
+            suite::thousands(go.jobs_per_s()),
+            100.0 * go.jobs_per_s() / ours.jobs_per_s().max(1e-9),
+            ours.broker_cpu_per_job_us(),
+            go.broker_cpu_per_job_us(),
+        );
+    }
 }

@@ -4,14 +4,17 @@
 //!
 //! - [`machine`]: CPU time and memory of processes, and how busy the machine is, from `/proc`.
 //! - [`processes`]: building and starting the programs.
+//! - [`go`]: the Go lab's own miner and factory, built from `tests/go`, and their flags.
 //! - [`workloads`]: one run of a flow of jobs, and its figures.
-//! - [`suite`]: the workloads W1, W2, W3, M and S, repeated and reduced to medians.
+//! - [`suite`]: the workloads W1, W2, W3, M and S (and W1go, W2go: W1 and W2 with the Go lab's
+//!   miner and factories), repeated and reduced to medians.
 //! - [`charts`]: the S curve and W3's latency histogram as SVG.
 //! - [`cli`]: the `bench` program's command line and report.
 
 pub mod charts;
 pub mod cli;
 pub mod direct;
+pub mod go;
 pub mod machine;
 pub mod processes;
 pub mod suite;

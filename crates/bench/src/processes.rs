@@ -8,11 +8,23 @@ use anyhow::{bail, Context};
 
 use crate::machine::{self, Usage};
 
-/// The `broker`, `factory` and `miner` programs, built with the runner's own profile.
+/// The `broker`, `factory` and `miner` programs, built with the runner's own profile, and the
+/// Go lab's `miner` and `factory` when a workload needs them.
 #[derive(Clone, Debug)]
 pub struct Programs {
     dir: PathBuf,
     logs: PathBuf,
+    go: Option<PathBuf>,
+}
+
+/// Cargo's target directory: the runner runs from `<target>/<profile>/`.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let runner = std::env::current_exe().context("cannot find the runner's own path")?;
+    runner
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .context("the runner does not run from <target>/<profile>/")
 }
 
 impl Programs {
@@ -44,6 +56,7 @@ impl Programs {
         Ok(Self {
             dir,
             logs: logs.to_path_buf(),
+            go: None,
         })
     }
 
@@ -59,6 +72,7 @@ impl Programs {
         Ok(Self {
             dir: dir.to_path_buf(),
             logs: logs.to_path_buf(),
+            go: None,
         })
     }
 
@@ -67,14 +81,34 @@ impl Programs {
         !cfg!(debug_assertions)
     }
 
+    /// The same programs, and the Go lab's built in `dir` (see [`crate::go::build`]).
+    pub fn with_go(self, dir: &Path) -> Self {
+        Self {
+            go: Some(dir.to_path_buf()),
+            ..self
+        }
+    }
+
     /// Starts `program` with `args`; its standard output is dropped and its standard error
     /// kept in the log folder under `label`.
     pub fn start(&self, program: &str, label: &str, args: &[String]) -> anyhow::Result<Process> {
-        let path = self.dir.join(program);
-        let log_path = self.logs.join(format!("{label}.log"));
+        Self::spawn(&self.dir.join(program), &self.logs, label, args)
+    }
+
+    /// Starts the Go lab's `program` (`miner` or `factory`) as [`Programs::start`] starts ours.
+    pub fn start_go(&self, program: &str, label: &str, args: &[String]) -> anyhow::Result<Process> {
+        let dir = self
+            .go
+            .as_deref()
+            .context("the Go lab's programs were not built for this run")?;
+        Self::spawn(&dir.join(program), &self.logs, label, args)
+    }
+
+    fn spawn(path: &Path, logs: &Path, label: &str, args: &[String]) -> anyhow::Result<Process> {
+        let log_path = logs.join(format!("{label}.log"));
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let child = Command::new(&path)
+        let child = Command::new(path)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::processes::Programs;
-use crate::workloads::{self, Flow, RunFigures, Store};
+use crate::workloads::{self, Flow, Language, RunFigures, Store};
 
 /// How big the runs are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub enum Workload {
     W1,
     /// W2: buffer 1,000, 32 publishers, four factories with prefetch 16.
     W2,
+    /// W1 with the Go lab's miner and factories, over Go's net/rpc.
+    W1Go,
+    /// W2 with the Go lab's miner and factories, over Go's net/rpc.
+    W2Go,
     /// W3: 5,000 jobs/s for 10 s, four factories with prefetch 16: latency.
     W3,
     /// M: 1,000,000 jobs queued, no factory: the broker's memory.
@@ -78,9 +82,11 @@ pub const SCALING_FACTORIES: [u32; 4] = [1, 2, 4, 8];
 
 impl Workload {
     /// Every workload, in the order `all` runs them.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 11] = [
         Workload::W1,
         Workload::W2,
+        Workload::W1Go,
+        Workload::W2Go,
         Workload::W3,
         Workload::M,
         Workload::S,
@@ -100,6 +106,16 @@ impl Workload {
             jobs: scale.concurrent_jobs,
             rate: None,
             store: Store::Memory,
+            language: Language::Rust,
+        };
+        let in_go = |flows: Vec<Flow>| {
+            flows
+                .into_iter()
+                .map(|flow| Flow {
+                    language: Language::Go,
+                    ..flow
+                })
+                .collect()
         };
         match self {
             Workload::W1 => vec![Flow {
@@ -110,8 +126,11 @@ impl Workload {
                 jobs: scale.faithful_jobs,
                 rate: None,
                 store: Store::Memory,
+                language: Language::Rust,
             }],
             Workload::W2 => vec![concurrent(4)],
+            Workload::W1Go => in_go(Workload::W1.flows(scale)),
+            Workload::W2Go => in_go(Workload::W2.flows(scale)),
             Workload::W3 => vec![Flow {
                 buffer: 1_000,
                 // Enough publishers that a slow round trip never holds the schedule back.
@@ -121,6 +140,7 @@ impl Workload {
                 jobs: u64::from(scale.latency_rate) * u64::from(scale.latency_seconds),
                 rate: Some(scale.latency_rate),
                 store: Store::Memory,
+                language: Language::Rust,
             }],
             Workload::M => vec![Flow {
                 buffer: scale.memory_jobs.min(u64::from(u32::MAX)) as u32,
@@ -130,6 +150,7 @@ impl Workload {
                 jobs: scale.memory_jobs,
                 rate: None,
                 store: Store::Memory,
+                language: Language::Rust,
             }],
             Workload::S => SCALING_FACTORIES.into_iter().map(concurrent).collect(),
             Workload::W2Durable => vec![Flow {
@@ -158,11 +179,30 @@ impl Workload {
         }
     }
 
+    /// Whose miner and factories it runs.
+    pub fn language(self) -> Language {
+        match self {
+            Workload::W1Go | Workload::W2Go => Language::Go,
+            _ => Language::Rust,
+        }
+    }
+
+    /// For a workload of the Go lab's programs, the same shape with ours.
+    pub fn ours(self) -> Option<Workload> {
+        match self {
+            Workload::W1Go => Some(Workload::W1),
+            Workload::W2Go => Some(Workload::W2),
+            _ => None,
+        }
+    }
+
     /// The workload's name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Workload::W1 => "W1",
             Workload::W2 => "W2",
+            Workload::W1Go => "W1go",
+            Workload::W2Go => "W2go",
             Workload::W3 => "W3",
             Workload::M => "M",
             Workload::S => "S",
@@ -202,6 +242,11 @@ impl Measured {
     /// Median jobs per second.
     pub fn jobs_per_s(&self) -> f64 {
         self.median_of(RunFigures::jobs_per_s)
+    }
+
+    /// Median microseconds of broker CPU time per job, while the jobs flowed.
+    pub fn broker_cpu_per_job_us(&self) -> f64 {
+        self.median_of(RunFigures::broker_cpu_per_job_us)
     }
 
     /// Median p50 and p99 latency, in microseconds.
@@ -252,6 +297,11 @@ impl Measured {
                     self.median_of(|run| run.ack_us.1 as f64)
                 )
             }
+            Workload::W1 | Workload::W2 | Workload::W1Go | Workload::W2Go => format!(
+                "{} jobs/s, broker CPU {:.1} µs/job",
+                thousands(self.jobs_per_s()),
+                self.broker_cpu_per_job_us()
+            ),
             _ => format!("{} jobs/s", thousands(self.jobs_per_s())),
         }
     }
@@ -274,6 +324,11 @@ impl Measured {
                 "{} vs {} direct",
                 thousands(run.jobs_per_s()),
                 thousands(run.direct_jobs_per_s.unwrap_or(0.0))
+            ),
+            Workload::W1 | Workload::W2 | Workload::W1Go | Workload::W2Go => format!(
+                "{} ({:.1} µs/job)",
+                thousands(run.jobs_per_s()),
+                run.broker_cpu_per_job_us()
             ),
             _ => thousands(run.jobs_per_s()),
         }
@@ -309,6 +364,33 @@ impl Measured {
         }
         line
     }
+}
+
+/// Each measured workload of the Go lab's programs with the same shape measured with ours:
+/// (ours, the Go lab's).
+pub fn go_beside_ours(measured: &[Measured]) -> Vec<(&Measured, &Measured)> {
+    measured
+        .iter()
+        .filter_map(|go| {
+            let ours = go.workload.ours()?;
+            let ours = measured.iter().find(|result| result.workload == ours)?;
+            Some((ours, go))
+        })
+        .collect()
+}
+
+/// One line comparing a shape run with our programs and with the Go lab's.
+pub fn beside_line(ours: &Measured, go: &Measured) -> String {
+    format!(
+        "ours vs the Go lab's, {} vs {}: {} vs {} jobs/s ({:.0}%) | broker CPU {:.1} vs {:.1} µs/job",
+        ours.workload.name(),
+        go.workload.name(),
+        thousands(ours.jobs_per_s()),
+        thousands(go.jobs_per_s()),
+        100.0 * go.jobs_per_s() / ours.jobs_per_s().max(1e-9),
+        ours.broker_cpu_per_job_us(),
+        go.broker_cpu_per_job_us(),
+    )
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -380,5 +462,38 @@ mod tests {
             .map(|flow| flow.factories)
             .collect();
         assert_eq!(s, vec![1, 2, 4, 8]);
+    }
+
+    #[test]
+    fn the_go_workloads_have_the_shapes_of_w1_and_w2() {
+        for (go, ours) in [
+            (Workload::W1Go, Workload::W1),
+            (Workload::W2Go, Workload::W2),
+        ] {
+            let go_flow = go.flows(Scale::FULL)[0];
+            let our_flow = ours.flows(Scale::FULL)[0];
+            assert_eq!(go_flow.language, Language::Go);
+            assert_eq!(go.language(), Language::Go);
+            assert_eq!(
+                Flow {
+                    language: Language::Rust,
+                    ..go_flow
+                },
+                our_flow
+            );
+            assert_eq!(go.ours(), Some(ours));
+        }
+        assert_eq!(Workload::W1.language(), Language::Rust);
+    }
+
+    #[test]
+    fn broker_cpu_per_job_is_over_the_jobs_counted() {
+        let run = RunFigures {
+            jobs: 20_000,
+            broker_flow_cpu_s: 0.5,
+            ..RunFigures::default()
+        };
+        assert_eq!(run.broker_cpu_per_job_us(), 25.0);
+        assert_eq!(RunFigures::default().broker_cpu_per_job_us(), 0.0);
     }
 }

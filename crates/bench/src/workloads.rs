@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use stubs::{BrokerClient, BrokerStats, TopicReport};
 
+use crate::go;
 use crate::machine::{self, Usage};
 use crate::processes::{Process, Programs};
 
@@ -37,6 +38,18 @@ pub struct Flow {
     pub rate: Option<u32>,
     /// Where the brokers keep their jobs.
     pub store: Store,
+    /// Whose miner and factories: ours, or the Go lab's.
+    pub language: Language,
+}
+
+/// Whose miner and factories a run starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    /// Ours (`miner`, `factory`), over tarpc.
+    Rust,
+    /// The Go lab's (`tests/go`), unchanged, over Go's net/rpc: the miner publishes from
+    /// goroutines on one client, and each factory subscribes once per call in flight.
+    Go,
 }
 
 /// Where a run's brokers keep their jobs.
@@ -71,6 +84,9 @@ pub struct RunFigures {
     pub p99_us: u64,
     /// The broker's CPU time and memory at the end.
     pub broker: Usage,
+    /// The broker's CPU time while the jobs flowed, from the miner's start until the last job
+    /// was counted, in seconds (all brokers', for a clustered flow).
+    pub broker_flow_cpu_s: f64,
     /// The factories' CPU time, all together.
     pub factories_cpu_s: f64,
     /// The miner's CPU time.
@@ -94,6 +110,11 @@ impl RunFigures {
     /// Jobs per second over the run.
     pub fn jobs_per_s(&self) -> f64 {
         self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds of broker CPU time per job counted, while the jobs flowed.
+    pub fn broker_cpu_per_job_us(&self) -> f64 {
+        self.broker_flow_cpu_s * 1e6 / self.jobs.max(1) as f64
     }
 }
 
@@ -191,6 +212,11 @@ pub async fn run(
         miners: Vec::new(),
     };
     let client = connect(&broker_address, &mut run).await?;
+    if flow.language == Language::Go {
+        // The Go programs create the topic with the lab's buffer of 10; made first, it keeps
+        // the flow's.
+        create_topic(&client, flow.buffer).await?;
+    }
 
     start_factories(programs, flow, &mut run, |_| broker_address.to_string())?;
     wait_for(
@@ -198,32 +224,18 @@ pub async fn run(
         &mut run,
         Duration::from_secs(30),
         "the factories to subscribe",
-        |stats| stats.subscribers.len() as u32 == flow.factories,
+        |stats| subscribed(stats, flow, flow.factories),
     )
     .await?;
 
-    let mut miner_args: Vec<String> = [
-        "--broker",
-        &broker_address.to_string(),
-        "--topic",
-        TOPIC,
-        "--buffer",
-        &flow.buffer.to_string(),
-        "--concurrency",
-        &flow.publishers.to_string(),
-        "--count",
-        &flow.jobs.to_string(),
-        "--quiet",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    match flow.rate {
-        Some(rate) => miner_args.extend(["--rate".to_owned(), rate.to_string()]),
-        None => miner_args.extend(["--interval".to_owned(), "0".to_owned()]),
-    }
     let started = Instant::now();
-    run.miners
-        .push(programs.start("miner", "miner", &miner_args)?);
+    let broker_cpu_before = run.brokers[0].usage().cpu_s;
+    run.miners.push(start_miner(
+        programs,
+        flow,
+        &broker_address.to_string(),
+        "miner",
+    )?);
     let done = |topic: &TopicReport| {
         if flow.factories == 0 {
             topic.ready >= flow.jobs
@@ -237,7 +249,16 @@ pub async fn run(
     .await?;
     let elapsed = started.elapsed();
     run.sample();
+    let broker_flow_cpu_s = run.brokers[0].usage().cpu_s - broker_cpu_before;
     let topic = topic_of(&stats).context("the topic is gone")?;
+    if topic.capacity != u64::from(flow.buffer) {
+        // The Go programs ask for the lab's buffer of 10: the flow's, asked for first, must hold.
+        bail!(
+            "the topic's buffer is {}, not the flow's {}",
+            topic.capacity,
+            flow.buffer
+        );
+    }
     let latency_buckets = if histogram {
         latency_buckets(http_address).await?
     } else {
@@ -283,6 +304,7 @@ pub async fn run(
         p50_us: topic.latency_us.p50,
         p99_us: topic.latency_us.p99,
         broker,
+        broker_flow_cpu_s,
         factories_cpu_s,
         miner_cpu_s,
         busy_before,
@@ -364,32 +386,23 @@ async fn run_clustered(
             &mut run,
             Duration::from_secs(30),
             "the factories to subscribe",
-            |stats| stats.subscribers.len() as u32 == factories,
+            |stats| subscribed(stats, flow, factories),
         )
         .await?;
     }
     let started = Instant::now();
+    let broker_cpu_before = Run::cpu_s(&mut run.brokers);
     for index in 0..2 {
-        let jobs = flow.jobs / 2 + u64::from(index == 0) * (flow.jobs % 2);
-        let args = [
-            "--broker",
+        let half = Flow {
+            publishers: (flow.publishers / 2).max(1),
+            jobs: flow.jobs / 2 + u64::from(index == 0) * (flow.jobs % 2),
+            ..flow
+        };
+        run.miners.push(start_miner(
+            programs,
+            half,
             &both(index),
-            "--topic",
-            TOPIC,
-            "--buffer",
-            &flow.buffer.to_string(),
-            "--concurrency",
-            &(flow.publishers / 2).max(1).to_string(),
-            "--count",
-            &jobs.to_string(),
-            "--interval",
-            "0",
-            "--quiet",
-        ];
-        run.miners.push(programs.start(
-            "miner",
             &format!("miner-{index}"),
-            &args.map(str::to_owned),
         )?);
     }
     // Each broker counts what its own factories completed.
@@ -414,6 +427,7 @@ async fn run_clustered(
     }
     let elapsed = started.elapsed();
     run.sample();
+    let broker_flow_cpu_s = Run::cpu_s(&mut run.brokers) - broker_cpu_before;
     let mut ack_us = (0, 0);
     for miner in &mut run.miners {
         if !miner.exited_within(Duration::from_secs(30)).await {
@@ -436,6 +450,7 @@ async fn run_clustered(
         p50_us: latencies.iter().map(|latency| latency.0).max().unwrap_or(0),
         p99_us: latencies.iter().map(|latency| latency.1).max().unwrap_or(0),
         broker,
+        broker_flow_cpu_s,
         factories_cpu_s: Run::cpu_s(&mut run.factories),
         miner_cpu_s: Run::cpu_s(&mut run.miners),
         busy_before,
@@ -445,7 +460,66 @@ async fn run_clustered(
     })
 }
 
-/// Starts `flow`'s factories, factory `index` with `--broker brokers(index)`.
+/// Creates the workload's topic with `buffer`, as our miner and factories do themselves.
+async fn create_topic(client: &BrokerClient, buffer: u32) -> anyhow::Result<()> {
+    let request = stubs::ChannelRequest {
+        topic: TOPIC.to_owned(),
+        buffer,
+    };
+    client
+        .create_channel(tarpc::context::current(), request)
+        .await
+        .context("the broker stopped answering")?
+        .context("the broker refused the topic")?;
+    Ok(())
+}
+
+/// Whether `factories` factories have subscribed to the topic with the flow's prefetch: a Go
+/// factory reaches it one subscribe at a time.
+fn subscribed(stats: &BrokerStats, flow: Flow, factories: u32) -> bool {
+    let complete = stats
+        .subscribers
+        .iter()
+        .filter(|subscriber| subscriber.topic == TOPIC && subscriber.prefetch == flow.prefetch)
+        .count();
+    complete == factories as usize
+}
+
+/// Starts `flow`'s miner (ours or the Go lab's) against `brokers`, its log under `label`.
+fn start_miner(
+    programs: &Programs,
+    flow: Flow,
+    brokers: &str,
+    label: &str,
+) -> anyhow::Result<Process> {
+    if flow.language == Language::Go {
+        let args = go::miner_args(flow, brokers)?;
+        return programs.start_go("miner", &format!("go-{label}"), &args);
+    }
+    let mut args: Vec<String> = [
+        "--broker",
+        brokers,
+        "--topic",
+        TOPIC,
+        "--buffer",
+        &flow.buffer.to_string(),
+        "--concurrency",
+        &flow.publishers.to_string(),
+        "--count",
+        &flow.jobs.to_string(),
+        "--quiet",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    match flow.rate {
+        Some(rate) => args.extend(["--rate".to_owned(), rate.to_string()]),
+        None => args.extend(["--interval".to_owned(), "0".to_owned()]),
+    }
+    programs.start("miner", label, &args)
+}
+
+/// Starts `flow`'s factories (ours or the Go lab's), factory `index` with broker(s)
+/// `brokers(index)`.
 fn start_factories(
     programs: &Programs,
     flow: Flow,
@@ -453,6 +527,15 @@ fn start_factories(
     brokers: impl Fn(u32) -> String,
 ) -> anyhow::Result<()> {
     for index in 0..flow.factories {
+        if flow.language == Language::Go {
+            let args = go::factory_args(flow, &brokers(index));
+            run.factories.push(programs.start_go(
+                "factory",
+                &format!("go-factory-{index}"),
+                &args,
+            )?);
+            continue;
+        }
         let args = [
             "--port",
             "0",

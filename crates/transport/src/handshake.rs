@@ -118,15 +118,49 @@ pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), Ha
         .map_err(|_| HandshakeError::TimedOut)?
 }
 
+/// What a connection's first bytes said it speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Greeting {
+    /// A pairbroker handshake, with an accepted token.
+    Pairbroker,
+    /// Something else: the bytes read so far, which belong to that other protocol.
+    Other(Vec<u8>),
+}
+
 /// The accepting side: reads the peer's handshake, checks its token against `expected` (any
 /// token passes when `expected` is none) and answers.
 pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(), HandshakeError> {
+    match greet(stream, expected, false).await? {
+        Greeting::Pairbroker => Ok(()),
+        Greeting::Other(_) => Err(HandshakeError::NotPairbroker),
+    }
+}
+
+/// [`check`], but a peer whose first bytes are not [`MAGIC`] is not answered: its bytes are
+/// handed back, for a server that speaks another protocol on the same port. They are told
+/// apart as soon as a byte differs from the magic, so that the other protocol's first message
+/// need not be longer than the magic.
+pub async fn greet(
+    stream: &mut TcpStream,
+    expected: &AccessToken,
+    others_welcome: bool,
+) -> Result<Greeting, HandshakeError> {
     let exchange = async {
         let mut magic = [0; MAGIC.len()];
-        stream.read_exact(&mut magic).await?;
-        if &magic != MAGIC {
-            let _ = stream.write_u8(NOT_PAIRBROKER).await;
-            return Err(HandshakeError::NotPairbroker);
+        let mut read = 0;
+        while read < MAGIC.len() {
+            let got = stream.read(&mut magic[read..]).await?;
+            if got == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            read += got;
+            if magic[..read] != MAGIC[..read] {
+                if others_welcome {
+                    return Ok(Greeting::Other(magic[..read].to_vec()));
+                }
+                let _ = stream.write_u8(NOT_PAIRBROKER).await;
+                return Err(HandshakeError::NotPairbroker);
+            }
         }
         let length = stream.read_u16().await? as usize;
         if length > MAX_TOKEN_LENGTH {
@@ -139,7 +173,7 @@ pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(),
         let accepted = !expected.is_set() || bool::from(offered.ct_eq(expected.bytes()));
         if accepted {
             stream.write_u8(ACCEPTED).await?;
-            Ok(())
+            Ok(Greeting::Pairbroker)
         } else {
             let _ = stream.write_u8(WRONG_TOKEN).await;
             Err(HandshakeError::WrongToken)

@@ -3,7 +3,8 @@
 //! - [`framed`]: a bincode transport over one TCP stream, with [`MAX_FRAME_LENGTH`] on both ends,
 //!   whose flushes are [`coalesce`]d.
 //! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
-//! - [`accept`]: accept connections until shutdown and hand each to a connection handler.
+//! - [`accept`]: accept connections until shutdown and hand each to a connection handler;
+//!   [`accept_or`] hands those that open with another protocol to a second one.
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
 
@@ -12,7 +13,7 @@ pub mod handshake;
 pub mod link;
 
 pub use coalesce::Coalescing;
-pub use handshake::{AccessToken, HandshakeError};
+pub use handshake::{AccessToken, Greeting, HandshakeError};
 pub use link::{BrokerLink, LinkConfig, LinkError};
 
 use std::collections::HashMap;
@@ -287,6 +288,29 @@ pub async fn accept<H, F>(
     H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    accept_or(listener, admission, shutdown, tracker, handle, None).await
+}
+
+/// A server for connections that do not open with a pairbroker handshake: it gets the stream,
+/// the bytes already read from it, and the peer's address.
+pub type OtherProtocol = Arc<
+    dyn Fn(TcpStream, Vec<u8>, SocketAddr) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
+>;
+
+/// [`accept`], with the connections whose first bytes are not a pairbroker handshake handed to
+/// `other` instead of closed. Another protocol has no place for the access token, so with a
+/// token set they are closed, with a line in the log that says why.
+pub async fn accept_or<H, F>(
+    listener: TcpListener,
+    admission: Admission,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handle: H,
+    other: Option<OtherProtocol>,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     /// How long to wait before accepting again after an accept error, so that a persistent
     /// error (out of file descriptors) does not spin a core.
     const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -316,20 +340,28 @@ pub async fn accept<H, F>(
         };
         let token = admission.token.clone();
         let handle = handle.clone();
+        let other = other.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slots = (slot, ip_slot);
             // A peer still silent when the server stops must not hold the stop up.
-            let checked = tokio::select! {
+            let greeted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                checked = handshake::check(&mut stream, &token) => checked,
+                greeted = handshake::greet(&mut stream, &token, other.is_some()) => greeted,
             };
-            if let Err(error) = checked {
-                tracing::debug!(%peer, %error, "handshake failed; closing");
-                return;
+            match (greeted, other) {
+                (Ok(Greeting::Pairbroker), _) => {
+                    tracing::debug!(%peer, "connection accepted");
+                    handle(stream, peer).await;
+                }
+                (Ok(Greeting::Other(_)), Some(_)) if token.is_set() => tracing::warn!(
+                    %peer,
+                    "a client that is not pairbroker's (Go's net/rpc?) was refused: this server has an access token, and such a client cannot give one"
+                ),
+                (Ok(Greeting::Other(read)), Some(other)) => other(stream, read, peer).await,
+                (Ok(Greeting::Other(_)), None) => {}
+                (Err(error), _) => tracing::debug!(%peer, %error, "handshake failed; closing"),
             }
-            tracing::debug!(%peer, "connection accepted");
-            handle(stream, peer).await;
         });
     }
 }

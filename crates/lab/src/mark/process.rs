@@ -13,6 +13,9 @@ use tokio::process::{Child, Command};
 
 /// How many of its last lines a factory's evidence quotes.
 const LAST_LINES: usize = 4;
+/// How many of its last lines the harness keeps: enough to find a panic's own line above the
+/// stack trace that follows it.
+const KEPT_LINES: usize = 40;
 /// The longest line kept: a factory that writes without newlines cannot grow the harness.
 const MAX_LINE: usize = 300;
 /// How often a stopping factory is checked for its exit.
@@ -104,13 +107,25 @@ impl FactoryProcess {
         })
     }
 
-    /// `; its last lines: …`, or nothing when it printed nothing.
+    /// `; its last lines: …`, or nothing when it printed nothing. A panic's line (Rust's
+    /// `panicked at`, Go's `panic:`) is quoted first when the stack trace after it would push
+    /// it out of the last lines.
     pub fn last_words(&self) -> String {
         let lines = lock(&self.lines);
         if lines.is_empty() {
             return String::new();
         }
-        let quoted: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let last = lines.len().saturating_sub(LAST_LINES);
+        let mut quoted: Vec<&str> = Vec::new();
+        if let Some(panic) = lines
+            .iter()
+            .take(last)
+            .find(|line| line.contains("panicked at") || line.starts_with("panic:"))
+        {
+            quoted.push(panic);
+            quoted.push("…");
+        }
+        quoted.extend(lines.iter().skip(last).map(String::as_str));
         format!("; its last lines: {}", quoted.join(" | "))
     }
 
@@ -228,7 +243,7 @@ fn push_line(lines: &Mutex<VecDeque<String>>, line: &[u8]) {
         return;
     }
     let mut lines = lock(lines);
-    if lines.len() == LAST_LINES {
+    if lines.len() == KEPT_LINES {
         lines.pop_front();
     }
     lines.push_back(text);

@@ -358,6 +358,18 @@ pub fn answer_of(journal: &Journal, topic: &str, id: JobId) -> Answer {
                 reason,
                 ..
             } if **of == *topic && *job_id == id => answer = Answer::CallFailed(reason.clone()),
+            // Its calls failed as often as the broker allows: no answer will come.
+            Outcome::Undeliverable {
+                topic: of,
+                job_id,
+                deliveries,
+                reason,
+                ..
+            } if **of == *topic && *job_id == id => {
+                return Answer::CallFailed(format!(
+                    "delivered {deliveries} times; every call failed: {reason}"
+                ))
+            }
             _ => {}
         }
     }

@@ -1,0 +1,3 @@
+module pairbroker.test/golab
+
+go 1.19

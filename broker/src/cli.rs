@@ -2,8 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use lab_console::usage::{at_least, duration_from_to, from_to};
 use lab_console::LogFormat;
 use transport::{AccessToken, Admission};
 
@@ -13,6 +15,15 @@ use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_DELIVERIES, DE
 /// The port the lab's broker listens on.
 pub const DEFAULT_PORT: u16 = 8030;
 
+/// The copies of each topic JetStream keeps unless told: one, the most a single NATS server
+/// can keep.
+pub const DEFAULT_REPLICAS: u8 = 1;
+
+/// The shortest timeout: a shorter one fails every call.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest timeout: a longer one overflows deadlines.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+
 const EXAMPLES: &str = "\
 Examples:
   cargo run -p broker                                  # serve on 127.0.0.1:8030
@@ -21,7 +32,9 @@ Examples:
   PAIRBROKER_TOKEN=s3cret cargo run -p broker -- --bind 0.0.0.0
   cargo run -p broker -- stats                         # what a running broker is doing
   cargo run -p broker -- stats --watch                 # ... redrawn every second
-  cargo run -p broker -- stats --json";
+  cargo run -p broker -- stats --json
+  cargo run -p broker -- dead-letters                  # the jobs that failed, every topic's
+  cargo run -p broker -- dead-letters --topic divide --json";
 
 /// The pairbroker broker: miners publish jobs to topics, and each job is called back on exactly
 /// one subscribed factory.
@@ -44,30 +57,57 @@ pub struct Cli {
 pub enum Command {
     /// Show what a running broker is doing: its topics and subscribers.
     Stats(StatsArgs),
+    /// List the jobs that failed on a running broker and are kept as dead letters: every
+    /// topic's, or one topic's.
+    DeadLetters(DeadLetterArgs),
+}
+
+/// Which running broker to ask, and how: the options every command that asks one shares.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// The broker to ask.
+    #[arg(long, value_name = "HOST:PORT", default_value = lab_console::DEFAULT_BROKER, value_parser = lab_console::usage::broker_address)]
+    pub broker: String,
+    /// The broker's shared secret.
+    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<AccessToken>,
 }
 
 /// Options of `broker stats`.
 #[derive(Debug, Clone, Args)]
 pub struct StatsArgs {
-    /// The broker to ask.
-    #[arg(long, default_value = lab_console::DEFAULT_BROKER)]
-    pub broker: String,
+    /// The broker to ask, and its secret.
+    #[command(flatten)]
+    pub target: BrokerArgs,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Redraw every second, like `top`, until Ctrl-C.
+    /// Show the figures again every second until Ctrl-C: on a terminal, redrawn in place like
+    /// `top`; into a pipe or a file, each snapshot after a blank line (with --json, one object
+    /// a line), without terminal codes.
     #[arg(long)]
     pub watch: bool,
-    /// The broker's shared secret.
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
-    pub token: Option<AccessToken>,
+}
+
+/// Options of `broker dead-letters`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterArgs {
+    /// The broker to ask, and its secret.
+    #[command(flatten)]
+    pub target: BrokerArgs,
+    /// Only this topic's dead letters; without it, every topic's.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of the broker itself.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The TCP port to listen on.
-    #[arg(long, default_value_t = DEFAULT_PORT)]
+    #[arg(long, default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX))]
     pub port: u16,
     /// The address to listen on. The default serves this machine only; `--bind 0.0.0.0` serves
     /// other machines too, and anyone who can reach the port can then publish and subscribe
@@ -77,36 +117,40 @@ pub struct ServeArgs {
     /// How long a factory may take to answer one call before its job goes back to its topic
     /// and the subscription is dropped (e.g. `10s`, `500ms`).
     /// From 1ms to 1h.
-    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.into(), value_parser = timeout_up_to_an_hour)]
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CALL_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the call timeout", MIN_TIMEOUT, MAX_TIMEOUT))]
     pub call_timeout: humantime::Duration,
     /// How long `subscribe` waits to connect to a factory, from 1ms to 1h.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), value_parser = timeout_up_to_an_hour)]
+    #[arg(long, value_name = "DURATION", default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the connect timeout", MIN_TIMEOUT, MAX_TIMEOUT))]
     pub connect_timeout: humantime::Duration,
     /// How many failed jobs each topic keeps in its dead-letter list; older ones are dropped
     /// (and counted) first.
     /// From 0 to 10000, so that the list fits one reply.
-    #[arg(long, default_value_t = DEFAULT_DEAD_LETTER_LIMIT as u32, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DEAD_LETTER_LIMIT as u32, allow_negative_numbers = true, value_parser = from_to("the dead-letter limit", 0u32, 10_000))]
     pub dead_letter_limit: u32,
     /// How many topics the broker holds at most, from 1 to 4096.
-    #[arg(long, default_value_t = DEFAULT_MAX_TOPICS as u32, value_parser = clap::value_parser!(u32).range(1..=4_096))]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOPICS as u32, allow_negative_numbers = true, value_parser = from_to("the topic limit", 1u32, 4_096))]
     pub max_topics: u32,
     /// How many times a job is delivered before a call that fails (the factory died, hung or
     /// closed the connection) dead-letters it instead of putting it back, so that a job that
     /// brings down every factory it reaches stops. `0`: no limit, the job always goes back.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES.get())]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES.get(), allow_negative_numbers = true, value_parser = at_least("the delivery limit", 0u32))]
     pub max_deliveries: u32,
     /// Keep topics, jobs and dead letters on disk in DIR (created if missing), so that a broker
     /// restarted on it, after a crash too, still holds every job it acknowledged. Without it,
     /// jobs live in the broker's memory only. One broker at a time may use a DIR.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// With --data-dir, when writes are synced to the disk: `always` before a publish is
-    /// acknowledged (nothing acknowledged is lost, even in a power cut); a duration such as
-    /// `100ms` (or `100`: milliseconds), at least that often (a crash or a power cut may lose
+    /// With --data-dir, when writes are synced to the disk: `always` (the default) before a
+    /// publish is acknowledged (nothing acknowledged is lost, even in a power cut); a duration
+    /// from 1ms to 1h such as `100ms`, at least that often (a crash or a power cut may lose
     /// what was acknowledged since the last sync); `never`, only when the broker stops (a crash
     /// or a power cut loses every job acknowledged since it started).
-    #[arg(long, default_value = "always", value_name = "always|DURATION|never")]
-    pub fsync: FsyncSetting,
+    #[arg(
+        long,
+        value_name = "always|DURATION|never",
+        allow_negative_numbers = true
+    )]
+    pub fsync: Option<FsyncSetting>,
     /// Keep topics in a NATS JetStream cluster instead of this process: `nats://HOST:PORT`,
     /// several separated by commas. Brokers on one cluster share their topics: a job
     /// published through any of them goes to a factory subscribed to any of them.
@@ -116,11 +160,11 @@ pub struct ServeArgs {
         conflicts_with = "data_dir"
     )]
     pub store: Option<NatsServers>,
-    /// With --store, the copies JetStream keeps of each topic: 1, or 3 on a cluster of three
-    /// nodes or more (a node may then die and no job is lost).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
-    pub replicas: u8,
-    /// Where to serve /metrics, /api/stats and the dashboard page, or `off`.
+    /// With --store, the copies JetStream keeps of each topic: 1 (the default), or 3 on a
+    /// cluster of three nodes or more (a node may then die and no job is lost). From 1 to 5.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = from_to("the replica count", 1u8, 5))]
+    pub replicas: Option<u8>,
+    /// Where to serve /metrics, /api/stats, /api/dead-letters and the dashboard page, or `off`.
     #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
     pub http: HttpSetting,
     /// No line per job on standard output; a count of jobs per second is logged instead.
@@ -131,33 +175,28 @@ pub struct ServeArgs {
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<AccessToken>,
     /// Connections held at once; more are closed at once.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit", 1u32, 65_536))]
     pub max_connections: u32,
     /// Connections held at once from one IP address.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit per IP address", 1u32, 65_536))]
     pub max_connections_per_ip: u32,
     /// Threads that serve requests and dispatch jobs. One is fastest while the miners and
-    /// factories share the machine (measured, issue 5); more pay off when the broker has cores
+    /// factories share the machine; more pay off when the broker has cores
     /// of its own. From 1 to 256.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the thread count", 1u16, 256))]
     pub threads: u16,
     /// Requests in flight at once on one connection.
-    #[arg(long, default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, allow_negative_numbers = true, value_parser = from_to("the request limit per connection", 1u32, 65_536))]
     pub max_requests_per_connection: u32,
 }
 
-/// A timeout from 1 ms to 1 h: shorter fails every call, longer overflows deadlines.
-fn timeout_up_to_an_hour(text: &str) -> Result<humantime::Duration, String> {
-    let duration: humantime::Duration = text.parse().map_err(|error| format!("{error}"))?;
-    let range = std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(3_600);
-    if range.contains(&*duration) {
-        Ok(duration)
-    } else {
-        Err(format!("{text} is outside 1ms..=1h"))
-    }
-}
+/// The shortest `--fsync` interval: a shorter one is `always` in all but name.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest `--fsync` interval: a longer one is `never` in all but name.
+const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(3_600);
 
-/// `--fsync`: `always`, `never`, or an interval from 1ms to 1h (a bare number: milliseconds).
+/// `--fsync`: `always`, `never`, or an interval from 1ms to 1h, with its unit as every
+/// duration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsyncSetting(pub Fsync);
 
@@ -168,17 +207,14 @@ impl std::str::FromStr for FsyncSetting {
         match text {
             "always" => Ok(Self(Fsync::Always)),
             "never" => Ok(Self(Fsync::Never)),
-            // A bare number is milliseconds: `--fsync 100` is `--fsync 100ms`.
-            millis if !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()) => {
-                Self::from_str(&format!("{millis}ms"))
-            }
-            interval => timeout_up_to_an_hour(interval)
+            // A number is meant as an interval: say what is wrong with it.
+            interval if interval.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {
+                duration_from_to("the sync interval", MIN_SYNC_INTERVAL, MAX_SYNC_INTERVAL)(
+                    interval,
+                )
                 .map(|every| Self(Fsync::Interval(every.into())))
-                .map_err(|_| {
-                    format!(
-                        "{text} is not 'always', 'never' nor a duration from 1ms to 1h (a bare number is milliseconds)"
-                    )
-                }),
+            }
+            _ => Err("expected always, never or a duration such as 100ms".to_owned()),
         }
     }
 }
@@ -238,6 +274,33 @@ impl ServeArgs {
         SocketAddr::new(self.bind, self.port)
     }
 
+    /// When writes to `--data-dir` are synced: `--fsync`, or `always`.
+    pub fn fsync(&self) -> Fsync {
+        self.fsync.map_or(Fsync::Always, Fsync::from)
+    }
+
+    /// The copies JetStream keeps of each topic: `--replicas`, or [`DEFAULT_REPLICAS`].
+    pub fn replicas(&self) -> u8 {
+        self.replicas.unwrap_or(DEFAULT_REPLICAS)
+    }
+
+    /// A sentence for each option given that does nothing with the others given, to warn of at
+    /// start, so that nobody trusts a setting that is not in force.
+    pub fn options_without_effect(&self) -> Vec<&'static str> {
+        let mut ignored = Vec::new();
+        if self.fsync.is_some() && self.data_dir.is_none() {
+            ignored.push(
+                "--fsync does nothing without --data-dir: only the jobs kept in a data directory are synced",
+            );
+        }
+        if self.replicas.is_some() && self.store.is_none() {
+            ignored.push(
+                "--replicas does nothing without --store: only a NATS JetStream cluster keeps copies of the topics",
+            );
+        }
+        ignored
+    }
+
     /// The broker's limits.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -258,7 +321,6 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn fsync_is_always_never_or_an_interval() {
@@ -269,24 +331,77 @@ mod tests {
             parse("100ms"),
             Ok(Fsync::Interval(Duration::from_millis(100)))
         );
-        assert_eq!(
-            parse("250"),
-            Ok(Fsync::Interval(Duration::from_millis(250)))
-        );
-        for wrong in [
-            "sometimes",
-            "0ms",
-            "2h",
-            "",
-            "0",
-            "3600001",
-            "99999999999999999999",
+        for (wrong, expected) in [
+            (
+                "sometimes",
+                "expected always, never or a duration such as 100ms",
+            ),
+            ("", "expected always, never or a duration such as 100ms"),
+            ("0ms", "the sync interval is from 1ms to 1h"),
+            ("2h", "the sync interval is from 1ms to 1h"),
+            ("0", "the sync interval is from 1ms to 1h"),
+            ("-1", "a duration cannot be negative"),
+            // A bare number needs its unit, as every duration does.
+            ("250", "give a unit, e.g. 5s or 100ms"),
+            ("99999999999999999999", "give a unit, e.g. 5s or 100ms"),
         ] {
             let error = parse(wrong).unwrap_err();
-            assert!(error.contains("'always', 'never'"), "{wrong:?}: {error}");
+            assert!(error.contains(expected), "{wrong:?}: {error}");
         }
         let cli = Cli::try_parse_from(["broker", "--data-dir", "/tmp/x"]).unwrap();
-        assert_eq!(Fsync::from(cli.serve.fsync), Fsync::Always);
+        assert_eq!(cli.serve.fsync(), Fsync::Always);
+        let cli = Cli::try_parse_from(["broker", "--fsync", "-1"]).unwrap_err();
+        assert!(cli.to_string().contains("cannot be negative"), "{cli}");
+    }
+
+    #[test]
+    fn options_that_do_nothing_with_the_others_given_are_named() {
+        let ignored = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["broker"], args].concat()).unwrap();
+            cli.serve.options_without_effect()
+        };
+        assert!(ignored(&[]).is_empty());
+        assert!(ignored(&["--data-dir", "/tmp/x", "--fsync", "100ms"]).is_empty());
+        assert!(ignored(&["--store", "nats://127.0.0.1:4222", "--replicas", "3"]).is_empty());
+        let both = ignored(&["--fsync", "never", "--replicas", "3"]);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[0].starts_with("--fsync does nothing without --data-dir"));
+        assert!(both[1].starts_with("--replicas does nothing without --store"));
+    }
+
+    #[test]
+    fn numbers_are_read_with_their_sign_and_refused_out_of_range() {
+        for (option, expected) in [
+            ("--port", "the port is from 0 to 65535"),
+            ("--max-topics", "the topic limit is from 1 to 4096"),
+            (
+                "--dead-letter-limit",
+                "the dead-letter limit is from 0 to 10000",
+            ),
+            (
+                "--max-deliveries",
+                "the delivery limit is a whole number, 0 or more",
+            ),
+            ("--replicas", "the replica count is from 1 to 5"),
+            ("--threads", "the thread count is from 1 to 256"),
+            (
+                "--max-connections",
+                "the connection limit is from 1 to 65536",
+            ),
+            ("--call-timeout", "a duration cannot be negative"),
+        ] {
+            let error = Cli::try_parse_from(["broker", option, "-1"]).unwrap_err();
+            assert!(error.to_string().contains(expected), "{option}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_broker_to_ask_is_host_colon_port() {
+        for command in ["stats", "dead-letters"] {
+            let error =
+                Cli::try_parse_from(["broker", command, "--broker", "127.0.0.1"]).unwrap_err();
+            assert!(error.to_string().contains("expected HOST:PORT"), "{error}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A dispatcher: the loop of one subscription. It takes jobs from its topic, calls its factory
 //! back with each (up to `prefetch` calls at once, each with a deadline) and settles every job
 //! it took: completed, failed, or put back when the factory cannot be reached (dead-lettered
-//! instead once the job has been delivered as often as the broker allows).
+//! instead once the job has been delivered as often as the broker allows). A subscription whose
+//! factory's connection closes ends too, even with no call in flight to find out.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use stubs::{FactoryClient, Job, JobError, JobReport};
-use tarpc::client::RpcError;
+use tarpc::client::NewClient;
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,9 +55,56 @@ pub struct Dispatcher<S> {
 /// How the broker reaches a factory.
 pub enum FactoryLink {
     /// pairbroker's own RPC, with its batched procedures.
-    Tarpc(FactoryClient),
+    Tarpc(TarpcFactory),
     /// Go's net/rpc: one job a call, the callback called by its name.
     Go(crate::go::GoFactory),
+}
+
+impl FactoryLink {
+    /// Waits until the connection to the factory has ended; while it is open, never returns.
+    async fn closed(&self) {
+        match self {
+            FactoryLink::Tarpc(factory) => factory.closed().await,
+            FactoryLink::Go(factory) => factory.closed().await,
+        }
+    }
+}
+
+/// Why a subscription ended when its factory's connection closed with no call on it to fail.
+const CONNECTION_CLOSED: &str = "the connection to the factory closed";
+
+/// A connection to a pairbroker factory over tarpc that knows when it has ended.
+pub struct TarpcFactory {
+    client: FactoryClient,
+    /// Cancelled when the task that carries the connection's calls ends: the factory closed
+    /// the connection (its process died), or reading or writing failed. tarpc's client says so
+    /// only to a call, so the broker runs that task itself to hear of it without one.
+    ended: CancellationToken,
+}
+
+impl TarpcFactory {
+    /// A client over `stream`, a connection to the factory that has passed the handshake.
+    /// Spawns the task that carries the calls, so it must be called within a tokio runtime.
+    pub fn new(stream: TcpStream) -> Self {
+        let peer = stream.peer_addr().ok();
+        let NewClient { client, dispatch } =
+            FactoryClient::new(tarpc::client::Config::default(), transport::framed(stream));
+        let ended = CancellationToken::new();
+        let ending = ended.clone().drop_guard();
+        tokio::spawn(async move {
+            // Dropped however the task ends, a panic included.
+            let _ending = ending;
+            if let Err(error) = dispatch.await {
+                tracing::debug!(factory = ?peer, error = %describe_error(&error), "the connection to the factory failed");
+            }
+        });
+        Self { client, ended }
+    }
+
+    /// Waits until the connection has ended. Every call on it fails from then on.
+    pub async fn closed(&self) {
+        self.ended.cancelled().await
+    }
 }
 
 /// Why a dispatcher ended.
@@ -85,6 +134,10 @@ impl<S: JobStore> Dispatcher<S> {
         });
         let this = &shared.dispatcher;
         let calls = TaskTracker::new();
+        // A factory that dies while this subscription has no call in flight (its topic idle
+        // while its others are busy) fails no call, and would stay listed until its next job.
+        // Made once, and polled only while no job is ready: it costs nothing per job.
+        let mut closed = std::pin::pin!(this.client.closed());
         // A job taken while a batch was filled that must go in a call of its own: the next
         // call's. Taken, it is delivered, stopping or not.
         let mut set_aside: Option<(OwnedSemaphorePermit, Delivery)> = None;
@@ -109,6 +162,11 @@ impl<S: JobStore> Dispatcher<S> {
                             Ok(delivery) => delivery,
                             Err(error) => break DispatcherEnd::Store(error),
                         },
+                        // The calls in flight, if any, fail by themselves; `take`, dropped, has
+                        // taken nothing.
+                        () = closed.as_mut() => {
+                            break DispatcherEnd::FactoryFailed(CONNECTION_CLOSED.to_owned())
+                        }
                     };
                     (slot, delivery)
                 }
@@ -129,7 +187,7 @@ impl<S: JobStore> Dispatcher<S> {
             } else {
                 // The jobs that are ready now, up to the free slots, go in the same call: under
                 // load one call carries many jobs, and a call costs both ends far more than a
-                // job (profile, issue 5). `take` polled once is cancel-safe: not ready, it takes
+                // job (a profile showed it). `take` polled once is cancel-safe: not ready, it takes
                 // nothing.
                 while this.batches && !this.stop.is_cancelled() {
                     let Ok(next_slot) = slots.clone().try_acquire_owned() else {
@@ -162,7 +220,10 @@ impl<S: JobStore> Dispatcher<S> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         match (end, failure) {
-            (DispatcherEnd::Stopped, Some(reason)) => DispatcherEnd::FactoryFailed(reason),
+            // A failed call says more than the closed connection seen beside it.
+            (DispatcherEnd::Stopped | DispatcherEnd::FactoryFailed(_), Some(reason)) => {
+                DispatcherEnd::FactoryFailed(reason)
+            }
             (end, _) => end,
         }
     }
@@ -357,7 +418,7 @@ impl<S: JobStore> Shared<S> {
     ) -> Result<Vec<Result<JobReport, JobError>>, String> {
         let this = &self.dispatcher;
         let client = match &this.client {
-            FactoryLink::Tarpc(client) => client,
+            FactoryLink::Tarpc(factory) => &factory.client,
             FactoryLink::Go(factory) => {
                 let mut replies = Vec::with_capacity(jobs.len());
                 for job in jobs {
@@ -384,19 +445,20 @@ impl<S: JobStore> Shared<S> {
                 return Err(format!("a pairbroker factory has no procedure {name}"))
             }
         };
-        replies.map_err(|error| describe_rpc_error(&error))
+        replies.map_err(|error| describe_error(&error))
     }
 }
 
-/// Whether the factory behind `client` takes batched calls for `callback`. A factory built
-/// before they existed cannot read one and closes the connection, so the question is an empty
-/// batch, answered in no time by a factory that can; after a `false`, the connection may be
-/// closed and the caller should make a new one.
+/// Whether `factory` takes batched calls for `callback`. A factory built before they existed
+/// cannot read one and closes the connection, so the question is an empty batch, answered in
+/// no time by a factory that can; after a `false`, the connection may be closed and the caller
+/// should make a new one.
 pub async fn accepts_batches(
-    client: &FactoryClient,
+    factory: &TarpcFactory,
     callback: &Callback,
     within: Duration,
 ) -> bool {
+    let client = &factory.client;
     let mut context = tarpc::context::current();
     context.deadline = Instant::now() + within;
     let answer = match callback {
@@ -408,8 +470,7 @@ pub async fn accepts_batches(
 }
 
 /// Names a transport failure in a sentence, with its cause.
-fn describe_rpc_error(error: &RpcError) -> String {
-    use std::error::Error;
+fn describe_error(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -501,9 +562,7 @@ mod tests {
                 .await;
         });
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let client = FactoryLink::Tarpc(
-            FactoryClient::new(Default::default(), transport::framed(stream)).spawn(),
-        );
+        let client = FactoryLink::Tarpc(TarpcFactory::new(stream));
 
         let dispatcher = Dispatcher {
             store: store.clone(),
@@ -608,13 +667,19 @@ mod tests {
     /// Serves a [`FragileFactory`] on every connection to a new loopback port: its address, and
     /// the jobs of every call it gets.
     async fn fragile_factory() -> (std::net::SocketAddr, Calls) {
+        fragile_factory_closed_by(CancellationToken::new()).await
+    }
+
+    /// [`fragile_factory`], whose connections all close, as its process's would in dying, when
+    /// `closes` is cancelled.
+    async fn fragile_factory_closed_by(closes: CancellationToken) -> (std::net::SocketAddr, Calls) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let calls = Calls::default();
         let recorded = calls.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let dies = CancellationToken::new();
+                let dies = closes.child_token();
                 let factory = FragileFactory {
                     dies: dies.clone(),
                     calls: recorded.clone(),
@@ -644,9 +709,7 @@ mod tests {
         outcomes: &Outcomes,
     ) -> Dispatcher<MemoryStore> {
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let client = FactoryLink::Tarpc(
-            FactoryClient::new(Default::default(), transport::framed(stream)).spawn(),
-        );
+        let client = FactoryLink::Tarpc(TarpcFactory::new(stream));
         let outcomes = outcomes.clone();
         Dispatcher {
             store: store.clone(),
@@ -673,10 +736,8 @@ mod tests {
         }
     }
 
-    /// Runs `dispatcher` until topic `t` has `completed` jobs completed, then stops it.
-    async fn until_completed(dispatcher: Dispatcher<MemoryStore>, completed: u64) {
-        let (store, stop) = (dispatcher.store.clone(), dispatcher.stop.clone());
-        let running = tokio::spawn(dispatcher.run());
+    /// Waits until topic `t` of `store` has `completed` jobs completed.
+    async fn wait_until_completed(store: &MemoryStore, completed: u64) {
         let deadline = Instant::now() + WAIT;
         while store.stats("t").await.unwrap().completed < completed {
             assert!(
@@ -685,6 +746,13 @@ mod tests {
             );
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Runs `dispatcher` until topic `t` has `completed` jobs completed, then stops it.
+    async fn until_completed(dispatcher: Dispatcher<MemoryStore>, completed: u64) {
+        let (store, stop) = (dispatcher.store.clone(), dispatcher.stop.clone());
+        let running = tokio::spawn(dispatcher.run());
+        wait_until_completed(&store, completed).await;
         stop.cancel();
         assert_eq!(running.await.unwrap(), DispatcherEnd::Stopped);
     }
@@ -815,5 +883,69 @@ mod tests {
         let dead = store.dead_letters("t").await.unwrap();
         let dead: Vec<u64> = dead.letters.iter().map(|letter| letter.job_id).collect();
         assert_eq!(dead, [ids[1]]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_with_nothing_in_flight_ends_when_its_factory_closes_the_connection() {
+        let (store, _) = store_with(&[Pair { x: 8, y: 2 }]).await;
+        let closes = CancellationToken::new();
+        let (address, calls) = fragile_factory_closed_by(closes.clone()).await;
+        let outcomes = Outcomes::default();
+        let running = tokio::spawn(
+            subscription(&store, address, 4, None, &outcomes)
+                .await
+                .run(),
+        );
+        wait_until_completed(&store, 1).await;
+
+        // The factory's process dies while its subscription waits for a job.
+        closes.cancel();
+        let end = tokio::time::timeout(WAIT, running)
+            .await
+            .expect("the subscription ends without a call to find out")
+            .unwrap();
+        assert_eq!(
+            end,
+            DispatcherEnd::FactoryFailed(CONNECTION_CLOSED.to_owned())
+        );
+
+        // It took nothing in ending: the next job waits for its first delivery.
+        let room_by = tokio::time::Instant::now() + WAIT;
+        let id = store
+            .publish("t", Pair { x: 9, y: 3 }.into(), room_by)
+            .await
+            .unwrap();
+        let stats = store.stats("t").await.unwrap();
+        assert_eq!((stats.ready, stats.in_flight, stats.requeued), (1, 0, 0));
+        let next = store.take("t").await.unwrap();
+        assert_eq!((next.id, next.attempt), (id, 1));
+        assert_eq!(calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_live_factory_with_nothing_to_do_keeps_its_subscription_and_gets_the_next_job() {
+        /// Far longer than any timer of the broker's; the clock is paused while it passes.
+        const IDLE: Duration = Duration::from_secs(24 * 3600);
+        let (store, _) = store_with(&[]).await;
+        let (address, calls) = fragile_factory().await;
+        let outcomes = Outcomes::default();
+        let dispatcher = subscription(&store, address, 4, None, &outcomes).await;
+        let stop = dispatcher.stop.clone();
+        let running = tokio::spawn(dispatcher.run());
+
+        tokio::time::pause();
+        tokio::time::sleep(IDLE).await;
+        assert!(!running.is_finished(), "an idle subscription ended");
+        tokio::time::resume();
+
+        let room_by = tokio::time::Instant::now() + WAIT;
+        store
+            .publish("t", Pair { x: 9, y: 3 }.into(), room_by)
+            .await
+            .unwrap();
+        wait_until_completed(&store, 1).await;
+        stop.cancel();
+        assert_eq!(running.await.unwrap(), DispatcherEnd::Stopped);
+        assert_eq!(calls.lock().unwrap().len(), 1);
     }
 }

@@ -6,7 +6,8 @@
 //!   unsubscribe) checked and carried out over a store.
 //! - [`dispatcher`]: one subscription's loop, calling its factory back with each job.
 //! - [`subscriptions`]: the registry of subscriptions in force.
-//! - [`metrics`]: latency, rate and per-subscription counters, for `stats`.
+//! - [`metrics`]: latency, rate and per-subscription counters, for `stats` and `/metrics`, and
+//!   the process's own figures.
 //! - [`outcome`]: what became of each job, and the lab's result lines.
 //! - [`service`] and [`server`]: the tarpc adapter and the TCP server.
 //! - [`go`]: Go's net/rpc, for the Go lab's own programs: a front door and a way to call

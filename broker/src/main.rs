@@ -3,15 +3,14 @@ use std::process::ExitCode;
 use broker::cli::{Cli, Command, ServeArgs};
 use broker::queue::{DiskStore, JetStreamConfig, JetStreamStore, JobStore, MemoryStore};
 use broker::{count_results, print_results, Broker};
-use clap::Parser;
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = lab_console::usage::parse(&[]);
     lab_console::init_logging(cli.log_format);
     let threads = match cli.command {
-        Some(Command::Stats(_)) => 1,
+        Some(Command::Stats(_) | Command::DeadLetters(_)) => 1,
         None => cli.serve.threads,
     };
     let runtime = if threads == 1 {
@@ -36,20 +35,38 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Stats(stats)) => {
-            let token = stats.token.unwrap_or_default();
-            match broker::stats::show(&stats.broker, &token, stats.json, stats.watch).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("broker stats: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            let token = stats.target.token.unwrap_or_default();
+            let shown =
+                broker::stats::show(&stats.target.broker, &token, stats.json, stats.watch).await;
+            report("broker stats", shown)
+        }
+        Some(Command::DeadLetters(args)) => {
+            let token = args.target.token.unwrap_or_default();
+            let topic = args.topic.as_deref();
+            let shown =
+                broker::stats::show_dead_letters(&args.target.broker, &token, topic, args.json)
+                    .await;
+            report("broker dead-letters", shown)
         }
         None => serve(cli.serve).await,
     }
 }
 
+/// The exit code of a command that asks a running broker, its error on standard error.
+fn report(command: &str, result: Result<(), broker::stats::StatsError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{command}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
+    for warning in args.options_without_effect() {
+        tracing::warn!("{warning}");
+    }
     let address = args.listen_address();
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -78,7 +95,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(servers) = args.store.clone() {
         let config = JetStreamConfig {
             servers: servers.0,
-            replicas: usize::from(args.replicas),
+            replicas: usize::from(args.replicas()),
             ack_wait: args.call_timeout.into(),
             dead_letter_limit,
         };
@@ -98,7 +115,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             let store = MemoryStore::with_dead_letter_limit(dead_letter_limit);
             serve_with(store, args, listener, http_listener).await
         }
-        Some(dir) => match DiskStore::open(&dir, args.fsync.into(), dead_letter_limit).await {
+        Some(dir) => match DiskStore::open(&dir, args.fsync(), dead_letter_limit).await {
             Ok(store) => {
                 tracing::info!(data_dir = %dir.display(), "jobs are kept on disk");
                 serve_with(store, args, listener, http_listener).await
@@ -129,7 +146,9 @@ async fn serve_with<S: JobStore>(
     tracing::info!(%address, "broker listening");
     if let Some(listener) = http_listener {
         if let Ok(http) = listener.local_addr() {
-            tracing::info!("dashboard on http://{http}/ (metrics: /metrics, JSON: /api/stats)");
+            tracing::info!(
+                "dashboard on http://{http}/ (metrics: /metrics, JSON: /api/stats, /api/dead-letters)"
+            );
         }
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
         tokio::spawn(async move {

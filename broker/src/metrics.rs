@@ -1,5 +1,6 @@
 //! Figures the broker keeps beside its store, for `stats`: latency from publish to completion
-//! and the completion rate per topic, and each subscription's counters.
+//! and the completion rate per topic, and each subscription's counters; and, for `/metrics`,
+//! what the operating system reports of the broker's process.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -7,10 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{
-    exponential_buckets, Histogram as PrometheusHistogram,
-};
+use prometheus_client::metrics::histogram::Histogram as PrometheusHistogram;
 use stubs::Latency;
 
 /// The longest latency the histograms tell apart: an hour, in microseconds. Longer ones are
@@ -98,32 +96,38 @@ impl TopicMetrics {
     }
 }
 
-/// The labels of a per-topic Prometheus metric.
-pub type TopicLabels = Vec<(String, String)>;
+/// The Prometheus latency histogram of every topic, in seconds, by topic name.
+pub type LatencyHistograms = Vec<(Arc<str>, PrometheusHistogram)>;
 
-/// The Prometheus latency histogram of every topic, in seconds.
-pub type LatencyHistograms = Family<TopicLabels, PrometheusHistogram, fn() -> PrometheusHistogram>;
-
-/// Buckets from 20 µs growing by half to about 5.8 s: fine enough to draw a latency
+/// The first latency bucket's bound, in microseconds.
+const FIRST_BUCKET_US: f64 = 20.0;
+/// Each latency bucket's bound is about this many times the one before.
+const BUCKET_GROWTH: f64 = 1.5;
+/// Latency buckets besides `+Inf`: from 20 µs to 5.8 s, fine enough to draw a latency
 /// histogram of a loopback run (the benchmark runner reads them), 33 series a topic.
+const LATENCY_BUCKETS: i32 = 32;
+
+/// The latency buckets' bounds, in seconds. Each is a whole number of microseconds rounded to two
+/// significant digits, so that it is written as the short decimal it is (`0.000068`) and not as
+/// the float noise of a repeated product (`0.000030000000000000005`): a bound is part of its
+/// series' identity, and scrapers and charts show it.
+fn latency_bucket_bounds() -> impl Iterator<Item = f64> {
+    (0..LATENCY_BUCKETS).map(|i| {
+        let us = FIRST_BUCKET_US * BUCKET_GROWTH.powi(i);
+        let step = 10f64.powi(us.log10().floor() as i32 - 1);
+        // A whole number of microseconds divided once: the nearest float to the decimal.
+        ((us / step).round() * step) / 1e6
+    })
+}
+
 fn latency_buckets() -> PrometheusHistogram {
-    PrometheusHistogram::new(exponential_buckets(0.000_02, 1.5, 32))
+    PrometheusHistogram::new(latency_bucket_bounds())
 }
 
 /// The topics' metrics, made on first use.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     topics: Mutex<HashMap<Arc<str>, Arc<TopicMetrics>>>,
-    prometheus_latency: LatencyHistograms,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            topics: Mutex::default(),
-            prometheus_latency: Family::new_with_constructor(latency_buckets),
-        }
-    }
 }
 
 impl Metrics {
@@ -133,13 +137,7 @@ impl Metrics {
         if let Some(metrics) = topics.get(topic) {
             return metrics.clone();
         }
-        let metrics = Arc::new(TopicMetrics {
-            prometheus_latency: self
-                .prometheus_latency
-                .get_or_create(&vec![("topic".to_owned(), topic.to_owned())])
-                .clone(),
-            ..TopicMetrics::default()
-        });
+        let metrics = Arc::new(TopicMetrics::default());
         topics.insert(Arc::from(topic), metrics.clone());
         metrics
     }
@@ -149,9 +147,15 @@ impl Metrics {
         lock(&self.topics).get(topic).cloned()
     }
 
-    /// The latency histograms of every topic, for `/metrics`.
+    /// The latency histograms of every topic, for `/metrics`, in the order of the topics' names
+    /// so that a scrape lists its series as the one before did.
     pub fn prometheus_latency(&self) -> LatencyHistograms {
-        self.prometheus_latency.clone()
+        let mut histograms: LatencyHistograms = lock(&self.topics)
+            .iter()
+            .map(|(topic, metrics)| (topic.clone(), metrics.prometheus_latency.clone()))
+            .collect();
+        histograms.sort_by(|a, b| a.0.cmp(&b.0));
+        histograms
     }
 }
 
@@ -191,6 +195,101 @@ impl SubscriberMetrics {
     }
 }
 
+/// What the operating system reports of the broker's process, for `/metrics`'s `process_*`
+/// families, named as Prometheus's own clients name them so that dashboards made for those work.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessFigures {
+    /// CPU time spent, in user and system mode together, in seconds.
+    pub cpu_seconds: f64,
+    /// Memory resident in RAM.
+    pub resident_memory_bytes: u64,
+    /// Virtual memory mapped.
+    pub virtual_memory_bytes: u64,
+    /// File descriptors open.
+    pub open_fds: u64,
+    /// The soft limit on open file descriptors; `None` when unlimited.
+    pub max_fds: Option<u64>,
+    /// When the process started, in seconds since the Unix epoch.
+    pub start_time_unix_s: f64,
+}
+
+/// Clock ticks a second in /proc's CPU and start times (the kernel's `USER_HZ`): 100 on every
+/// architecture Linux runs on. Asking `sysconf` would need unsafe code for a constant;
+/// Prometheus's own reader of /proc takes it as a constant too.
+#[cfg(target_os = "linux")]
+const USER_HZ: f64 = 100.0;
+
+impl ProcessFigures {
+    /// This process's figures, read from /proc/self; `None` if /proc cannot be read.
+    #[cfg(target_os = "linux")]
+    pub fn of_this_process() -> Option<Self> {
+        let read = |path| std::fs::read_to_string(path).ok();
+        let stat = ProcStat::parse(&read("/proc/self/stat")?)?;
+        let boot_time_unix_s = field_after(&read("/proc/stat")?, "btime")?;
+        let resident_kib = field_after(&read("/proc/self/status")?, "VmRSS:")?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let max_fds =
+            read("/proc/self/limits").and_then(|limits| field_after(&limits, "Max open files"));
+        Some(Self {
+            cpu_seconds: (stat.user_ticks + stat.system_ticks) as f64 / USER_HZ,
+            resident_memory_bytes: resident_kib * 1024,
+            virtual_memory_bytes: stat.virtual_memory_bytes,
+            open_fds,
+            max_fds,
+            start_time_unix_s: boot_time_unix_s as f64 + stat.start_ticks as f64 / USER_HZ,
+        })
+    }
+
+    /// Elsewhere than on Linux there is no /proc to read, and the `process_*` families are left
+    /// out rather than made up.
+    #[cfg(not(target_os = "linux"))]
+    pub fn of_this_process() -> Option<Self> {
+        None
+    }
+}
+
+/// The fields of /proc/self/stat that [`ProcessFigures`] needs.
+#[cfg(target_os = "linux")]
+#[derive(Debug, PartialEq)]
+struct ProcStat {
+    user_ticks: u64,
+    system_ticks: u64,
+    /// Since the machine booted.
+    start_ticks: u64,
+    virtual_memory_bytes: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl ProcStat {
+    /// Reads `pid (comm) state ppid …`: the fields are counted after the command's closing
+    /// parenthesis, the last one on the line, since the command may hold spaces and parentheses.
+    fn parse(stat: &str) -> Option<Self> {
+        let (_, after_command) = stat.rsplit_once(')')?;
+        // Field 3 of proc(5), the state, comes first.
+        let fields: Vec<&str> = after_command.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3)?.parse::<u64>().ok();
+        Some(Self {
+            user_ticks: field(14)?,
+            system_ticks: field(15)?,
+            start_ticks: field(22)?,
+            virtual_memory_bytes: field(23)?,
+        })
+    }
+}
+
+/// The number after `key` on the line of `text` that starts with it (`btime 1700000000`,
+/// `VmRSS:   1234 kB`, `Max open files   1024   524288   files`: the soft limit); `None` if
+/// that is no number (`unlimited`).
+#[cfg(target_os = "linux")]
+fn field_after(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +323,77 @@ mod tests {
         // The test may straddle a second boundary; then the figure shifts by at most one slot.
         let rate = metrics.rate_per_s();
         assert!(rate == 5.0 || rate == 105.0, "{rate}");
+    }
+
+    #[test]
+    fn latency_bounds_are_short_decimals_that_grow() {
+        let bounds: Vec<f64> = latency_bucket_bounds().collect();
+        assert_eq!(bounds.len(), LATENCY_BUCKETS as usize);
+        assert_eq!(
+            (bounds[0], bounds[1], bounds[2], bounds[3]),
+            (0.00002, 0.00003, 0.000045, 0.000068)
+        );
+        assert_eq!(bounds.last(), Some(&5.8));
+        for pair in bounds.windows(2) {
+            let growth = pair[1] / pair[0];
+            assert!((1.4..=1.6).contains(&growth), "{pair:?}");
+        }
+        for bound in bounds {
+            let digits = format!("{bound:e}");
+            let mantissa = digits.split('e').next().unwrap();
+            assert!(mantissa.len() <= 3, "{bound} is written {digits}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_command() {
+        // A command with a space and a parenthesis in it, as a process may name itself.
+        let stat = "4242 (broker (x) y) S 1 4242 4242 0 -1 4194560 1500 0 0 0 \
+                    250 75 0 0 20 0 3 0 123456 987654321 2048 18446744073709551615";
+        assert_eq!(
+            ProcStat::parse(stat),
+            Some(ProcStat {
+                user_ticks: 250,
+                system_ticks: 75,
+                start_ticks: 123456,
+                virtual_memory_bytes: 987654321,
+            })
+        );
+        assert_eq!(ProcStat::parse("4242 (broker) S 1"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn status_stat_and_limits_lines_are_read_by_key() {
+        let status = "Name:\tbroker\nVmSize:\t  964516 kB\nVmRSS:\t   10240 kB\n";
+        assert_eq!(field_after(status, "VmRSS:"), Some(10240));
+        assert_eq!(
+            field_after("cpu 1 2 3\nbtime 1700000000\n", "btime"),
+            Some(1_700_000_000)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n\
+                      Max locked memory         unlimited            unlimited            bytes     \n";
+        assert_eq!(field_after(limits, "Max open files"), Some(1024));
+        assert_eq!(field_after(limits, "Max locked memory"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_has_figures_on_linux() {
+        let figures = ProcessFigures::of_this_process().expect("/proc/self is readable");
+        assert!(figures.resident_memory_bytes > 0, "{figures:?}");
+        assert!(
+            figures.virtual_memory_bytes >= figures.resident_memory_bytes,
+            "{figures:?}"
+        );
+        assert!(figures.open_fds > 0, "{figures:?}");
+        let now = unix_seconds(SystemTime::now()) as f64;
+        assert!(figures.start_time_unix_s <= now + 1.0, "{figures:?}");
+        assert!(
+            figures.start_time_unix_s > now - 24.0 * 3600.0,
+            "{figures:?}"
+        );
     }
 }

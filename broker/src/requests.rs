@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use transport::{Admission, ConnectError};
 
-use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd, FactoryLink};
+use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd, FactoryLink, TarpcFactory};
 use crate::go::GoFactory;
 use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::{Callback, Observer};
@@ -303,13 +303,14 @@ impl<S: JobStore> Broker<S> {
             reason,
         };
         let connect = || async {
-            transport::connect_factory(
+            let stream = transport::dial(
                 &key.factory.to_string(),
                 self.settings.connect_timeout,
                 &self.settings.admission.token,
             )
             .await
-            .map_err(|error| unreachable(error.to_string()))
+            .map_err(|error| unreachable(error.to_string()))?;
+            Ok::<_, BrokerError>(TarpcFactory::new(stream))
         };
         let (client, batches) = match protocol {
             Protocol::GoNetRpc => {

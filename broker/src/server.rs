@@ -55,7 +55,7 @@ pub async fn serve<S: JobStore>(
                     .execute(service.serve())
                     // The connection's requests run side by side, so that a publish waiting for
                     // room does not hold up the requests behind it; in the connection's own task,
-                    // because a task per request cost more than the request (profile, issue 5).
+                    // because a task per request cost more than the request (a profile showed it).
                     .for_each_concurrent(None, |request| request);
                 tokio::select! {
                     _ = requests => tracing::debug!(%peer, "connection closed"),

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
+use lab_console::usage::{at_least, from_to, GoFlag};
 
 use crate::{FactoryConfig, DEFAULT_BUFFER};
 
@@ -15,6 +16,22 @@ Examples:
   cargo run -p factory -- --port 8032 --topics multiply --no-pipeline   # Part 1
   cargo run -p factory -- --port 0 --prefetch 16       # a free port, 16 jobs in flight
   cargo run -p factory -- --broker 127.0.0.1:9000 --log-format json";
+
+/// The Go factory's options that take another name or shape here, and what to type instead.
+pub const GO_FLAGS: &[GoFlag] = &[
+    GoFlag {
+        name: "ip",
+        instead: "--ip IP --port PORT (the address and the port are two options)",
+    },
+    GoFlag {
+        name: "no-divide",
+        instead: "--topics multiply",
+    },
+    GoFlag {
+        name: "subscribe-times",
+        instead: "--prefetch N",
+    },
+];
 
 /// A topic of the lab a factory can work on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,10 +66,10 @@ impl LabTopic {
 #[command(name = "factory", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// The TCP port to serve on; 0 takes a free one (and subscribes with it).
-    #[arg(long, default_value_t = DEFAULT_PORT)]
+    #[arg(long, default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX))]
     pub port: u16,
     /// The address to serve on, which is also the address given to the broker.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), value_parser = ip_address)]
     pub ip: IpAddr,
     /// How to reach the broker.
     #[command(flatten)]
@@ -62,10 +79,10 @@ pub struct Cli {
     pub topics: Vec<LabTopic>,
     /// How many jobs the broker keeps in flight to this factory per topic; jobs that are ready
     /// together travel in one call.
-    #[arg(long, default_value_t = stubs::DEFAULT_PREFETCH)]
+    #[arg(long, value_name = "N", default_value_t = stubs::DEFAULT_PREFETCH, allow_negative_numbers = true, value_parser = at_least("the prefetch", 1u32))]
     pub prefetch: u32,
     /// The buffer of the topics this factory creates if they do not exist yet.
-    #[arg(long, default_value_t = DEFAULT_BUFFER)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32))]
     pub buffer: u32,
     /// Do not publish Divide jobs from Multiply results (Parts 1 and 2a).
     #[arg(long)]
@@ -94,5 +111,63 @@ impl Cli {
             buffer: self.buffer,
             pipeline: !self.no_pipeline,
         }
+    }
+}
+
+/// `--ip`: an IP address alone. `127.0.0.1:8050`, as the Go factory's `-ip` takes it, gets
+/// what to type here.
+fn ip_address(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| match text.parse::<SocketAddr>() {
+        Ok(address) => format!(
+            "the port is an option of its own: --ip {} --port {}",
+            address.ip(),
+            address.port()
+        ),
+        Err(_) => "expected an IP address, e.g. 127.0.0.1".to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn a_negative_number_is_out_of_range_rather_than_an_unknown_option() {
+        for (option, expected) in [
+            ("--port", "the port is from 0 to 65535"),
+            ("--prefetch", "the prefetch is a whole number, 1 or more"),
+            ("--buffer", "the buffer is a whole number, 1 or more"),
+        ] {
+            let error = Cli::try_parse_from(["factory", option, "-1"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{option}");
+            assert!(error.to_string().contains(expected), "{option}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_ip_with_a_port_says_that_the_port_is_an_option_of_its_own() {
+        let error = Cli::try_parse_from(["factory", "--ip", "127.0.0.1:8051"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("the port is an option of its own: --ip 127.0.0.1 --port 8051"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_go_factory_s_options_get_what_to_type_here() {
+        let error = lab_console::usage::try_parse_from::<Cli, _, _>(
+            ["factory", "-ip", "127.0.0.1:8051"],
+            GO_FLAGS,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("tip: pairbroker's options take two dashes: --ip IP --port PORT"),
+            "{error}"
+        );
     }
 }

@@ -64,10 +64,10 @@ pub enum FactoryError {
     #[error("cannot read the listening address: {0}")]
     Listener(#[source] std::io::Error),
     /// The broker cannot be reached.
-    #[error("cannot reach broker at {address} ({cause}): is 'cargo run -p broker' running?", address = .0.address(), cause = .0.cause())]
+    #[error("cannot reach broker at {address} ({cause}): start the broker ({start}), or give its address with --broker", address = .0.address(), cause = .0.cause(), start = lab_console::how_to_start("broker"))]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time.
-    #[error("{0}; start the broker again (cargo run -p broker), then this factory")]
+    #[error("{0}; start the broker again ({start}), then this factory", start = lab_console::how_to_start("broker"))]
     BrokerLost(#[source] LinkError),
     /// The broker refused a request.
     #[error("the broker refused to {action}: {error}")]

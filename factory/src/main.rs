@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use factory::cli::Cli;
+use factory::cli::{Cli, GO_FLAGS};
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = lab_console::usage::parse(GO_FLAGS);
     lab_console::init_logging(cli.log_format);
     let address = cli.listen_address();
     let listener = match tokio::net::TcpListener::bind(address).await {

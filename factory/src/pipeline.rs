@@ -1,12 +1,17 @@
 //! The pipeline of Part 2b: every two Multiply results of Pairs become a new Pair on the
 //! `divide` topic, and every three results of Triplets a new Triplet. One task does the
 //! grouping, fed by a channel, so that the Multiply handler never waits on the broker.
+//!
+//! When it stops, the pipeline tells what it did in a [`PipelineReport`]: how many results it
+//! was handed, how many groups it published and what was left over. A caller that wants the
+//! report runs the factory inside [`reporting_to`].
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use lab_console::Console;
-use std::sync::Arc;
 use stubs::{BrokerError, Job, Pair, PublishRequest, Triplet};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -52,27 +57,106 @@ pub struct Leftovers {
     pub triplets: Vec<i64>,
 }
 
+/// What a pipeline did, from its start until its input closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineReport {
+    /// Multiply results of Pairs it was handed.
+    pub pair_results: u64,
+    /// Pairs it published to `divide`, two results each.
+    pub pairs_published: u64,
+    /// Multiply results of Triplets it was handed.
+    pub triplet_results: u64,
+    /// Triplets it published to `divide`, three results each.
+    pub triplets_published: u64,
+    /// The results that made no whole group.
+    pub leftovers: Leftovers,
+}
+
+impl PipelineReport {
+    /// The Divide jobs it published, Pairs and Triplets.
+    pub fn published(&self) -> u64 {
+        self.pairs_published + self.triplets_published
+    }
+
+    fn handed(&mut self, result: MultiplyResult) {
+        match result {
+            MultiplyResult::OfPair(_) => self.pair_results += 1,
+            MultiplyResult::OfTriplet(_) => self.triplet_results += 1,
+        }
+    }
+
+    fn published_one(&mut self, job: Job) {
+        match job {
+            Job::Pair(_) => self.pairs_published += 1,
+            Job::Triplet(_) => self.triplets_published += 1,
+        }
+    }
+}
+
+/// Where the report of a pipeline started inside [`reporting_to`] is left when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct ReportSlot(Arc<Mutex<Option<PipelineReport>>>);
+
+impl ReportSlot {
+    /// The report, once the pipeline has stopped; `None` before, or if none was started.
+    pub fn take(&self) -> Option<PipelineReport> {
+        // A std mutex: it is held for a move, never across an await.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    fn fill(&self, report: PipelineReport) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(report);
+    }
+}
+
+tokio::task_local! {
+    /// The slot of the pipeline that the factory in this task starts, if its caller asked.
+    static REPORT_SLOT: ReportSlot;
+}
+
+/// Runs `factory` (a [`crate::run`]) so that the pipeline it starts leaves its report in `slot`
+/// when it stops. A task-local rather than a parameter, so that [`crate::run`] and the `factory`
+/// program keep their shape while the one-process lab hears what each factory paired.
+pub async fn reporting_to<F: Future>(slot: ReportSlot, factory: F) -> F::Output {
+    REPORT_SLOT.scope(slot, factory).await
+}
+
 /// Starts the pipeline task. It runs until every [`PipelineInput`] is dropped and then returns
-/// what it could not group.
+/// what it could not group; inside [`reporting_to`], it also leaves its whole report there.
 pub fn spawn(
     broker: Arc<BrokerLink>,
     divide_topic: String,
     console: Console,
 ) -> (PipelineInput, JoinHandle<Leftovers>) {
     let (input, mut results) = mpsc::channel(PIPELINE_BACKLOG);
+    let slot = REPORT_SLOT.try_with(ReportSlot::clone).ok();
     let task = tokio::spawn(async move {
         let mut groups = Groups::default();
+        let mut report = PipelineReport::default();
         while let Some(result) = results.recv().await {
+            report.handed(result);
             if let Some(job) = groups.add(result) {
-                publish_until_accepted(&broker, &divide_topic, job, &console).await;
+                if publish_until_accepted(&broker, &divide_topic, job, &console).await {
+                    report.published_one(job);
+                }
             }
         }
-        let leftovers = groups.into_leftovers();
-        if leftovers != Leftovers::default() {
+        report.leftovers = groups.into_leftovers();
+        if report.leftovers != Leftovers::default() {
             tracing::warn!(
-                ?leftovers,
+                leftovers = ?report.leftovers,
                 "pipeline stopped with results that make no whole group"
             );
+        }
+        let leftovers = report.leftovers.clone();
+        if let Some(slot) = slot {
+            slot.fill(report);
         }
         leftovers
     });
@@ -130,8 +214,21 @@ enum PublishFailure {
 }
 
 /// Publishes `job`, retrying with capped exponential backoff until the broker accepts it: a
-/// group of results is never dropped because the broker was busy or briefly away.
-async fn publish_until_accepted(broker: &BrokerLink, topic: &str, job: Job, console: &Console) {
+/// group of results is never dropped because the broker was busy or briefly away. True once
+/// the broker has stored it.
+///
+/// The line `pipeline: 408 and 12 -> divide` is printed before the first try, not after the
+/// broker's answer: the broker may hand the new job to a factory, and print its result, before
+/// that answer arrives, and a line that follows the result it caused reads backwards. The job's
+/// id comes only with the answer, so it is logged (debug) rather than printed on a second line:
+/// the result lines it would be matched with do not show ids.
+async fn publish_until_accepted(
+    broker: &BrokerLink,
+    topic: &str,
+    job: Job,
+    console: &Console,
+) -> bool {
+    console.line(format_args!("pipeline: {job} -> {topic}"));
     let publish = || async {
         let request = PublishRequest {
             topic: topic.to_owned(),
@@ -157,12 +254,15 @@ async fn publish_until_accepted(broker: &BrokerLink, topic: &str, job: Job, cons
         })
         .await;
     match published {
-        Ok(published) => console.line(format_args!(
-            "pipeline: {job} -> {topic} (job {})",
-            published.job_id
-        )),
+        Ok(published) => {
+            tracing::debug!(job_id = published.job_id, %job, topic, "pipeline published");
+            true
+        }
         // Unreachable with no limit on tries; kept so that a future limit cannot drop silently.
-        Err(error) => tracing::error!(%error, ?job, "pipeline publish given up"),
+        Err(error) => {
+            tracing::error!(%error, ?job, "pipeline publish given up");
+            false
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Each publisher still has one job outstanding and still learns that job's own outcome, so
 //! back-pressure and retries work as before; only the calls are fewer. With 32 publishers a
 //! call carries up to 32 jobs instead of one: the broker answers one RPC instead of 32, which
-//! is most of what a publish costs it (issue 5). A lone publisher sends batches of one.
+//! is most of what a publish costs it. A lone publisher sends batches of one.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The `miner` program's command line.
 
 use clap::Parser;
-
+use lab_console::usage::{at_least, duration, from_to};
 use stubs::Job;
 
 use crate::jobs::{parse_job, DEFAULT_MAX_PAIR, DEFAULT_MAX_TRIPLET};
@@ -34,31 +34,31 @@ pub struct Cli {
     #[arg(long, default_value = stubs::MULTIPLY_TOPIC)]
     pub topic: String,
     /// The buffer of the topic, if this miner creates it.
-    #[arg(long, default_value_t = DEFAULT_BUFFER)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32))]
     pub buffer: u32,
-    /// The pause between two jobs of one publisher (e.g. `1s`, `10ms`); `0` publishes as fast as
-    /// the broker takes them.
-    #[arg(long, default_value_t = DEFAULT_INTERVAL.into())]
+    /// The pause between two jobs of one publisher (e.g. `1s`, `10ms`: a number needs a unit);
+    /// `0` publishes as fast as the broker takes them.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_INTERVAL.into(), allow_negative_numbers = true, value_parser = duration)]
     pub interval: humantime::Duration,
     /// Publish this many jobs per second in all, on a fixed schedule shared by the publishers
     /// (raise --concurrency so that they keep up); replaces --interval.
-    #[arg(long, conflicts_with = "interval", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, value_name = "N", conflicts_with = "interval", allow_negative_numbers = true, value_parser = from_to("the rate", 1u32, 10_000_000))]
     pub rate: Option<u32>,
     /// How many jobs to publish in all; without it, publish until stopped.
-    #[arg(long)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the count", 0u64))]
     pub count: Option<u64>,
     /// Publish Triplets instead of Pairs (Part 3).
     #[arg(long)]
     pub triplets: bool,
     /// The largest random integer [default: 999999999 for Pairs, 999999 for Triplets].
-    #[arg(long)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the largest operand", 1i64))]
     pub max: Option<i64>,
     /// Seed the random jobs, for a reproducible sequence.
-    #[arg(long)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the seed", 0u64))]
     pub seed: Option<u64>,
     /// How many publishers run at once, for load.
     /// From 1 to 256. Their jobs travel to the broker together, in batches.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the concurrency", 1u32, 256))]
     pub concurrency: u32,
     /// Publish this job instead of random ones, then exit: two integers for a Pair or three
     /// for a Triplet, separated by commas (e.g. `12,34`, `5,0`, `0,-7,2`). Repeat it for
@@ -160,5 +160,32 @@ mod tests {
             let error = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{option:?}");
         }
+    }
+
+    #[test]
+    fn a_negative_number_is_out_of_range_rather_than_an_unknown_option() {
+        for (option, expected) in [
+            ("--buffer", "the buffer is a whole number, 1 or more"),
+            ("--count", "the count is a whole number, 0 or more"),
+            ("--concurrency", "the concurrency is from 1 to 256"),
+            ("--rate", "the rate is from 1 to 10000000"),
+            ("--max", "the largest operand is a whole number, 1 or more"),
+            ("--seed", "the seed is a whole number, 0 or more"),
+        ] {
+            let error = Cli::try_parse_from(["miner", option, "-1"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{option}");
+            assert!(error.to_string().contains(expected), "{option}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_interval_needs_a_unit_unless_it_is_zero() {
+        let error = Cli::try_parse_from(["miner", "--interval", "5"]).unwrap_err();
+        assert!(
+            error.to_string().contains("give a unit, e.g. 5s or 100ms"),
+            "{error}"
+        );
+        let cli = Cli::try_parse_from(["miner", "--interval", "0"]).unwrap();
+        assert_eq!(cli.config().interval, std::time::Duration::ZERO);
     }
 }

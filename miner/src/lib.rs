@@ -19,14 +19,17 @@ mod topic;
 
 pub use chosen::publish_jobs;
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use lab_console::Console;
 use stubs::{BrokerError, Job};
 use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber;
 use transport::{ConnectError, LinkConfig, LinkError};
 
 use crate::jobs::JobSource;
@@ -62,10 +65,10 @@ pub struct MinerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MinerError {
     /// The broker cannot be reached.
-    #[error("cannot reach broker at {address} ({cause}): is 'cargo run -p broker' running?", address = .0.address(), cause = .0.cause())]
+    #[error("cannot reach broker at {address} ({cause}): start the broker ({start}), or give its address with --broker", address = .0.address(), cause = .0.cause(), start = lab_console::how_to_start("broker"))]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time, or stopped answering.
-    #[error("lost the broker while trying to {action}: {error}; is it still running (cargo run -p broker)?")]
+    #[error("lost the broker while trying to {action}: {error}; is it still running? Start it again ({start})", start = lab_console::how_to_start("broker"))]
     BrokerLost {
         /// What the miner asked for.
         action: String,
@@ -107,8 +110,9 @@ const MAX_ACK_US: u64 = 600_000_000;
 pub enum Output {
     /// A line per job on a console.
     Lines(Console),
-    /// A progress bar with rate and ETA, for `--count` on a terminal.
-    Progress(indicatif::ProgressBar),
+    /// A progress bar with rate and ETA, for `--count` on a terminal. The run's log lines are
+    /// printed above it.
+    Progress(ProgressBar),
     /// Nothing per job: for load, where even a buffered line per job costs more than a publish.
     Quiet,
 }
@@ -116,14 +120,22 @@ pub enum Output {
 impl Output {
     /// A progress bar for `count` jobs on standard error.
     pub fn progress_bar(count: u64) -> Self {
-        let bar = indicatif::ProgressBar::new(count);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} jobs  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = ProgressBar::new(count);
+        bar.set_style(progress_style());
         Self::Progress(bar)
+    }
+
+    /// Where the run's logs go: for a progress bar, to the current subscriber with the bar
+    /// cleared around each line; otherwise nowhere new (`None`).
+    fn logs(&self) -> Option<tracing::Dispatch> {
+        match self {
+            Output::Progress(bar) => Some(tracing::Dispatch::new(AboveTheBar {
+                logs: tracing::dispatcher::get_default(tracing::Dispatch::clone),
+                max_level: tracing::level_filters::LevelFilter::current(),
+                bar: bar.clone(),
+            })),
+            Output::Lines(_) | Output::Quiet => None,
+        }
     }
 
     /// Shows that the broker stored `job` in `topic` as `job_id`.
@@ -144,6 +156,95 @@ impl From<Console> for Output {
     }
 }
 
+/// `████████░░░░ 10/50 jobs  66/s  ETA 1s`.
+fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {rate}  ETA {eta}")
+        .map(|style| {
+            style.with_key("rate", |state: &ProgressState, out: &mut dyn fmt::Write| {
+                let _ = out.write_str(&rounded_rate(state.per_sec()));
+            })
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// A rate for a person to read: whole jobs a second, with one decimal below ten, where a whole
+/// number would say too little (`0.5/s`, `3.2/s`, `66/s`). indicatif's own `{per_sec}` shows
+/// four decimals that change at every redraw.
+fn rounded_rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() {
+        return "-/s".to_owned();
+    }
+    // Rounded to tenths first, so that 9.96 reads 10/s rather than 10.0/s.
+    let tenths = (per_sec * 10.0).round() / 10.0;
+    if tenths < 10.0 {
+        format!("{tenths:.1}/s")
+    } else {
+        format!("{per_sec:.0}/s")
+    }
+}
+
+/// The run's logs written above the progress bar: each event goes to `logs` (the subscriber
+/// that was current) while the bar is cleared, and the bar is drawn again below it. Without
+/// this a log line lands under the bar, which stays above it as a stale copy while the live bar
+/// redraws on the line after. Everything else is handed to `logs` as it is, but for `current_span`, whose type `tracing`
+/// does not export: nothing in the miner asks for `Span::current()`.
+struct AboveTheBar {
+    logs: tracing::Dispatch,
+    /// `logs`' most verbose level, read when it was current; [`tracing::Dispatch`] does not
+    /// tell it, and a wrapper without a hint would let every level through to the filter.
+    max_level: tracing::level_filters::LevelFilter,
+    bar: ProgressBar,
+}
+
+impl tracing::Subscriber for AboveTheBar {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.logs.register_callsite(metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(self.max_level)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.logs.enabled(metadata)
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.logs.new_span(span)
+    }
+
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        self.logs.record(span, values)
+    }
+
+    fn record_follows_from(&self, span: &tracing::span::Id, follows: &tracing::span::Id) {
+        self.logs.record_follows_from(span, follows)
+    }
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        self.bar.suspend(|| self.logs.event(event))
+    }
+
+    fn enter(&self, span: &tracing::span::Id) {
+        self.logs.enter(span)
+    }
+
+    fn exit(&self, span: &tracing::span::Id) {
+        self.logs.exit(span)
+    }
+
+    fn clone_span(&self, id: &tracing::span::Id) -> tracing::span::Id {
+        self.logs.clone_span(id)
+    }
+
+    fn try_close(&self, id: tracing::span::Id) -> bool {
+        self.logs.try_close(id)
+    }
+}
+
 /// Creates the topic and publishes until the count is reached or `shutdown` is cancelled.
 /// Publishes in flight when `shutdown` comes are finished first.
 pub async fn run(
@@ -152,6 +253,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<MinerReport, MinerError> {
     let output = output.into();
+    match output.logs() {
+        // The publishers' logs reach it too: each is spawned with the subscriber current here.
+        Some(logs) => {
+            run_with(config, output, shutdown)
+                .with_subscriber(logs)
+                .await
+        }
+        None => run_with(config, output, shutdown).await,
+    }
+}
+
+async fn run_with(
+    config: MinerConfig,
+    output: Output,
+    shutdown: CancellationToken,
+) -> Result<MinerReport, MinerError> {
     if config.concurrency == 0 {
         return Err(MinerError::InvalidConfig(
             "--concurrency must be at least 1".into(),
@@ -185,7 +302,7 @@ pub async fn run(
     let mut publishers = tokio::task::JoinSet::new();
     for _ in 0..shared.config.concurrency {
         let shared = shared.clone();
-        publishers.spawn(async move { shared.publish_loop().await });
+        publishers.spawn(async move { shared.publish_loop().await }.with_current_subscriber());
     }
     let mut first_error = None;
     while let Some(finished) = publishers.join_next().await {
@@ -281,5 +398,120 @@ impl Publishers {
             self.published.fetch_add(1, Ordering::Relaxed);
             self.output.published(job, self.topic.name(), job_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indicatif::{ProgressDrawTarget, TermLike};
+
+    #[test]
+    fn the_rate_is_rounded_to_whole_jobs_a_second_with_tenths_below_ten() {
+        assert_eq!(rounded_rate(66.3832), "66/s");
+        assert_eq!(rounded_rate(1234.5678), "1235/s");
+        assert_eq!(rounded_rate(9.96), "10/s");
+        assert_eq!(rounded_rate(3.24), "3.2/s");
+        assert_eq!(rounded_rate(0.0), "0.0/s");
+        assert_eq!(rounded_rate(f64::INFINITY), "-/s");
+    }
+
+    /// What the bar's terminal and the logs did, in order.
+    #[derive(Clone, Debug, Default)]
+    struct Screen(Arc<Mutex<Vec<String>>>);
+
+    impl Screen {
+        fn note(&self, what: String) {
+            lock(&self.0).push(what);
+        }
+
+        fn seen(&self) -> Vec<String> {
+            lock(&self.0).clone()
+        }
+    }
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, line: &str) -> std::io::Result<()> {
+            self.write_str(line)
+        }
+        fn write_str(&self, text: &str) -> std::io::Result<()> {
+            if text.contains("jobs") {
+                self.note(format!("bar: {}", text.trim_end()));
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.note("clear".to_owned());
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A subscriber that notes each event's message on the screen.
+    struct Logs(Screen);
+
+    impl tracing::Subscriber for Logs {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            self.0.note(format!("log: {}", event.metadata().name()));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_log_line_is_written_while_the_bar_is_cleared_and_the_bar_is_drawn_again_below() {
+        let screen = Screen::default();
+        let bar = ProgressBar::with_draw_target(
+            Some(50),
+            ProgressDrawTarget::term_like(Box::new(screen.clone())),
+        );
+        bar.set_style(progress_style());
+        bar.inc(10);
+        let logs = tracing::Dispatch::new(Logs(screen.clone()));
+        let output = tracing::dispatcher::with_default(&logs, || Output::Progress(bar).logs());
+        let above_the_bar = output.expect("a progress bar has its own logs");
+        tracing::dispatcher::with_default(&above_the_bar, || {
+            tracing::info!(name: "topic full", "topic full; still waiting for room");
+        });
+        let seen = screen.seen();
+        let logged = seen
+            .iter()
+            .position(|what| what == "log: topic full")
+            .unwrap_or_else(|| panic!("the event reached the logs: {seen:?}"));
+        let drawn = |what: &String| what.starts_with("bar: ") && what.contains("10/50 jobs");
+        let before = &seen[..logged];
+        let after = &seen[logged + 1..];
+        assert!(before.iter().any(drawn), "drawn before: {seen:?}");
+        assert_eq!(
+            before.last().map(String::as_str),
+            Some("clear"),
+            "cleared just before the log line: {seen:?}"
+        );
+        assert!(after.iter().any(drawn), "drawn again after: {seen:?}");
     }
 }

@@ -1,14 +1,13 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use lab_console::Console;
 use miner::cli::Cli;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = lab_console::usage::parse(&[]);
     lab_console::init_logging(cli.log_format);
     let shutdown = CancellationToken::new();
     lab_console::cancel_on_signal(shutdown.clone());

@@ -26,6 +26,8 @@ fn nobody_listening() -> String {
 #[test]
 fn every_program_says_plainly_that_the_broker_is_unreachable() {
     let address = nobody_listening();
+    // The hint names the broker as these programs are run, by its path: it must be there.
+    let broker = program("broker");
     for (name, args) in [
         ("miner", vec!["--broker", address.as_str()]),
         ("factory", vec!["--broker", address.as_str(), "--port", "0"]),
@@ -35,7 +37,8 @@ fn every_program_says_plainly_that_the_broker_is_unreachable() {
         assert!(!output.status.success(), "{name} fails");
         let stderr = stderr_of(&output);
         let expected = format!(
-            "cannot reach broker at {address} (connection refused): is 'cargo run -p broker' running?"
+            "cannot reach broker at {address} (connection refused): start the broker ({} or cargo run -p broker), or give its address with --broker",
+            broker.display()
         );
         assert!(stderr.ends_with(&expected), "{name}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{name}: one line: {stderr}");
@@ -82,6 +85,36 @@ fn every_program_has_examples_in_its_help() {
             help.contains("Examples:") && help.contains(&format!("cargo run -p {name}")),
             "{name}: {help}"
         );
+    }
+}
+
+#[test]
+fn no_help_text_tells_the_projects_history() {
+    // Every program and subcommand, short and long help: a help text says why, and history
+    // (issue numbers, what was measured once) belongs in commit messages and docs/.
+    let commands: [(&str, &[&str]); 8] = [
+        ("broker", &[]),
+        ("broker", &["stats"]),
+        ("broker", &["dead-letters"]),
+        ("factory", &[]),
+        ("miner", &[]),
+        ("lab", &[]),
+        ("lab", &["mark"]),
+        ("lab", &["new"]),
+    ];
+    for (name, subcommand) in commands {
+        for flag in ["-h", "--help"] {
+            let args: Vec<&str> = subcommand.iter().copied().chain([flag]).collect();
+            let output = run(name, &args);
+            assert!(output.status.success(), "{name} {args:?}");
+            let help = String::from_utf8_lossy(&output.stdout).to_lowercase();
+            for history in ["issue", "measured"] {
+                assert!(
+                    !help.contains(history),
+                    "{name} {args:?} mentions {history:?}:\n{help}"
+                );
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The dashboard in a real browser: headless Chromium loads the page while a miner runs; the
-//! numbers it shows change and agree with `/api/stats`; a screenshot is saved for README.
+//! numbers it shows change and agree with `/api/stats`, a failed job is among its dead letters
+//! and the throughput has a time axis; a screenshot is saved for README.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,6 +82,16 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
         factory_config(broker.address, &[Multiply], false),
     )
     .await;
+    // A job the factory fails, for the page's dead letters.
+    let overflow = stubs::Pair { x: i64::MAX, y: 2 };
+    let overflow = publish(&client(broker.address).await, "multiply", overflow).await;
+    eventually("the overflow is dead-lettered", || {
+        recorder
+            .outcomes()
+            .iter()
+            .any(|outcome| matches!(outcome, broker::Outcome::Failed { .. }))
+    })
+    .await;
     let stop_miner = tokio_util::sync::CancellationToken::new();
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = Duration::from_millis(5);
@@ -102,7 +113,21 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
             .unwrap()
     };
     let after_first = api_completed(http_address).await;
-    let first = shown(&String::from_utf8_lossy(&first), "multiply", "completed");
+    let first = String::from_utf8_lossy(&first).into_owned();
+    let dead_letter = first
+        .split("</tr>")
+        .find(|row| row.contains(&format!("data-job-id=\"{overflow}\"")))
+        .unwrap_or_else(|| panic!("a dead letter for job {overflow} in:\n{first}"));
+    assert!(
+        dead_letter.contains(&format!("{} and 2", i64::MAX))
+            && dead_letter.contains("integer overflow"),
+        "{dead_letter}"
+    );
+    assert!(
+        first.matches("class=\"time-tick\"").count() >= 2,
+        "labelled ticks on the time axis:\n{first}"
+    );
+    let first = shown(&first, "multiply", "completed");
     assert!(
         first > 0 && first <= after_first,
         "page {first}, API {after_first}"
@@ -140,7 +165,7 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
     tokio::task::spawn_blocking(move || {
         chromium(
             "screenshot",
-            &[&shot, "--window-size=1300,640", "--hide-scrollbars"],
+            &[&shot, "--window-size=1300,900", "--hide-scrollbars"],
             &url,
         )
     })

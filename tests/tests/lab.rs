@@ -1,9 +1,13 @@
-//! The one-command lab: `cargo run -p lab` runs a broker, two factories and a miner.
+//! The one-command lab: `cargo run -p lab` runs a broker, two factories and a miner, and says
+//! at the end what they did and why the numbers are what they are.
+
+use std::process::Command;
 
 use lab::cli::{run, LabArgs};
+use system_tests::*;
 
 #[tokio::test]
-async fn the_lab_runs_end_to_end_and_the_pipeline_feeds_divide() {
+async fn the_lab_runs_end_to_end_and_its_summary_adds_up_what_each_pipeline_paired() {
     let cli = LabArgs {
         port: 0,
         factories: 2,
@@ -15,8 +19,133 @@ async fn the_lab_runs_end_to_end_and_the_pipeline_feeds_divide() {
         seed: Some(5),
     };
     let summary = run(cli, Default::default()).await.expect("the lab runs");
-    assert_eq!(summary.multiplied, 20);
-    // 20 from the divide miner, and one per two multiply results within each factory.
-    assert!(summary.divided >= 20 + 9, "{summary:?}");
-    assert_eq!(summary.failed, 0);
+    assert_eq!(summary.multiplied, 20, "{summary:?}");
+    assert_eq!((summary.failed, summary.unfinished), (0, 0), "{summary:?}");
+    assert_eq!(summary.divide_miner, Some(20), "{summary:?}");
+    assert_eq!(
+        summary.divided,
+        20 + summary.pipelines_published(),
+        "divide = the divide miner's jobs + the pipelines' pairs: {summary:?}"
+    );
+    assert_eq!(summary.pipelines.len(), 2, "{summary:?}");
+    let mut results = 0;
+    for pipeline in &summary.pipelines {
+        let report = pipeline.report.as_ref().expect("every pipeline reports");
+        assert_eq!(
+            report.leftovers.pairs.len() as u64,
+            report.pair_results - 2 * report.pairs_published,
+            "unpaired = results - 2 x pairs, in {}: {report:?}",
+            pipeline.factory
+        );
+        assert!(report.leftovers.pairs.len() <= 1, "{report:?}");
+        results += report.pair_results;
+    }
+    assert_eq!(
+        results, summary.multiplied,
+        "each multiply result reached one pipeline: {summary:?}"
+    );
+}
+
+/// A lab run that stops by itself within a few seconds, with both miners and the pipeline.
+const SHORT_RUN: &[&str] = &[
+    "--count",
+    "20",
+    "--interval",
+    "5ms",
+    "--divide-miner",
+    "--seed",
+    "5",
+    "--port",
+    "0",
+];
+
+/// The lab's stdout: its lines, once it has exited by itself with success.
+async fn lines_of_a_lab_run(args: &[&str]) -> Vec<String> {
+    let mut lab = Process::start("lab", args);
+    let status = lab.exit_status().await;
+    assert!(status.success(), "{status}: {}", lab.last_errors(20));
+    // The lines are read on a thread of their own, which may lag behind the exit.
+    eventually("the lab's summary line is read", || {
+        lab.lines().iter().any(|line| line.starts_with("lab: "))
+    })
+    .await;
+    lab.lines()
+}
+
+/// The number just before `words` in `line`: 29 in `... and 29 divide jobs completed`.
+fn number_before(line: &str, words: &str) -> u64 {
+    let (before, _) = line
+        .split_once(words)
+        .unwrap_or_else(|| panic!("no {words:?} in {line:?}"));
+    let number = before.rsplit(' ').next().unwrap_or_default();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {words:?} in {line:?}"))
+}
+
+#[tokio::test]
+async fn the_lab_program_ends_with_a_summary_that_explains_the_divide_count() {
+    let lines = lines_of_a_lab_run(SHORT_RUN).await;
+    let summary = lines
+        .iter()
+        .find(|line| line.starts_with("lab: "))
+        .expect("a summary line");
+    assert!(
+        summary.starts_with("lab: 20 multiply and ")
+            && summary
+                .contains(" divide jobs completed, 0 failed; divide = 20 from the divide miner + ")
+            && summary
+                .contains(" from the pipelines (each factory pairs its own results: factory1 had "),
+        "{summary}"
+    );
+    let divided = number_before(summary, " divide jobs completed");
+    let from_pipelines = number_before(summary, " from the pipelines");
+    assert_eq!(divided, 20 + from_pipelines, "{summary}");
+    let pipeline_lines = lines
+        .iter()
+        .filter(|line| line.contains("| pipeline: "))
+        .count() as u64;
+    assert_eq!(pipeline_lines, from_pipelines, "{summary}");
+}
+
+#[tokio::test]
+async fn each_pipeline_line_comes_before_the_divide_it_caused() {
+    let lines = lines_of_a_lab_run(SHORT_RUN).await;
+    let mut pipelines = 0;
+    for (at, line) in lines.iter().enumerate() {
+        let Some((_, caused)) = line.split_once("| pipeline: ") else {
+            continue;
+        };
+        pipelines += 1;
+        // `408 and 12 -> divide`: the broker says `Factory.Divide of 408 and 12 is 34`, and the
+        // factory that divides `408 / 12 = 34`.
+        let job = caused.split(" -> ").next().expect("a job");
+        let by_broker = format!("| Factory.Divide of {job} ");
+        let by_factory = format!("| {} = ", job.replace(" and ", " / "));
+        let divided_at = |said: &str| lines.iter().position(|line| line.contains(said));
+        for said in [by_broker, by_factory] {
+            let divided_at = divided_at(&said).unwrap_or_else(|| panic!("no {said:?} line"));
+            assert!(
+                divided_at > at,
+                "{:?} (line {divided_at}) comes before {line:?} (line {at})",
+                lines[divided_at]
+            );
+        }
+    }
+    assert!(pipelines >= 9, "20 multiply results make 9 or 10 pairs");
+}
+
+#[test]
+fn the_lab_refuses_to_run_without_factories() {
+    let output = Command::new(program("lab"))
+        .args(["--factories", "0", "--port", "0"])
+        .output()
+        .expect("run lab");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().next(),
+        Some("error: invalid value '0' for '--factories <FACTORIES>': 0 is not in 1..=64"),
+        "{stderr}"
+    );
 }

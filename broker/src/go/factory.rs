@@ -43,6 +43,12 @@ impl GoFactory {
             Err(CallError::Transport(reason)) => Err(reason),
         }
     }
+
+    /// Waits until the connection has ended: the factory closed it (its process died) or it
+    /// failed. Every call on it fails from then on.
+    pub async fn closed(&self) {
+        self.client.closed().await
+    }
 }
 
 /// The job as the Go lab's stubs declare it: `Pair{X, Y int}`, or `Triplet{X, Y, Z int}`.

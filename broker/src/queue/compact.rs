@@ -3,7 +3,7 @@
 //! A job waiting in a topic is kept as one variable-length record in a ring of bytes rather
 //! than as a struct: its id, attempts and publish time as LEB128 varints, its operands zigzag
 //! encoded. A lab Pair with operands under a billion takes about 20 bytes instead of the 64 of
-//! the struct, which is what lets a million queued jobs fit in the memory budget of issue 5.
+//! the struct, which is what lets a million queued jobs fit in the broker's memory budget.
 //! Records are pushed at either end (at the back when published, at the front when a failed
 //! delivery puts a job back) and popped at the front.
 

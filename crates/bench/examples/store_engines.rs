@@ -1,4 +1,4 @@
-//! Two embedded storage engines on the durable broker's workload (issue 6): which one to build
+//! Two embedded storage engines on the durable broker's workload: which one to build
 //! `--data-dir` on. Both are measured the same way, in this process, on this machine's disk:
 //!
 //! - group commits: each commit stores the jobs of `GROUP` publishes that arrived together and

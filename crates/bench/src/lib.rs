@@ -1,5 +1,5 @@
 //! pairbroker's benchmark runner: the real `broker`, `factory` and `miner` programs started
-//! as separate processes on loopback, driven through issue 5's workloads, timed by the broker's
+//! as separate processes on loopback, driven through the suite's workloads, timed by the broker's
 //! own counters, and reported as one line per workload plus SVG charts.
 //!
 //! - [`machine`]: CPU time and memory of processes, and how busy the machine is, from `/proc`.

@@ -1,4 +1,4 @@
-//! The benchmark suite: issue 5's workloads, each run several times, reported by its median.
+//! The benchmark suite: the workloads of docs/bench, each run several times, reported by its median.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub struct Scale {
 }
 
 impl Scale {
-    /// The figures the README reports: issue 5's sizes, three runs each.
+    /// The figures the README reports: the full sizes, three runs each.
     pub const FULL: Scale = Scale {
         faithful_jobs: 20_000,
         concurrent_jobs: 200_000,
@@ -49,7 +49,7 @@ impl Scale {
     };
 }
 
-/// A workload of issue 5.
+/// A workload of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     /// W1: buffer 10, one publisher, two factories with prefetch 1.
@@ -451,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn the_full_scale_is_issue_fives() {
+    fn the_full_scale_is_the_readmes() {
         let w3 = Workload::W3.flows(Scale::FULL)[0];
         assert_eq!((w3.jobs, w3.rate), (50_000, Some(5_000)));
         let m = Workload::M.flows(Scale::FULL)[0];

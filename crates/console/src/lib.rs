@@ -3,6 +3,9 @@
 //! - [`Console`]: one line per completed job, operation or published job, on standard output,
 //!   so that results and logs (standard error, [`init_logging`]) stay apart.
 //! - [`cancel_on_signal`]: Ctrl-C or SIGTERM starts a graceful stop.
+//! - [`usage`]: what a person types, and the usage errors (status 2) that say what to type
+//!   instead; [`BrokerArgs`], the options every client of the broker shares.
+//! - [`how_to_start`]: the command that starts another lab program, for the hints in errors.
 //!
 //! A [`Console`] may carry a prefix naming its component, so that the one-process lab
 //! (`cargo run -p lab`) can interleave the broker's, the factories' and the miner's lines and
@@ -10,9 +13,13 @@
 
 use std::fmt;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+pub mod usage;
 
 /// How logs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -130,18 +137,24 @@ pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
 pub struct BrokerArgs {
     /// The broker's address, or several separated by commas: the first that answers is used,
     /// and when it goes away the next in the list, round and round.
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BROKER, value_name = "ADDR[,ADDR...]")]
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BROKER, value_name = "ADDR[,ADDR...]", value_parser = usage::broker_address)]
     pub broker: Vec<String>,
-    /// How long to wait for a connection to the broker.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into())]
+    /// How long to wait for a connection to the broker, from 1ms to 1h.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration_from_to("the connect timeout", MIN_CONNECT_TIMEOUT, MAX_CONNECT_TIMEOUT))]
     pub connect_timeout: humantime::Duration,
     /// How long to keep reconnecting to a broker that went away before exiting with an error.
-    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into())]
+    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration)]
     pub give_up_after: humantime::Duration,
     /// The broker's shared secret (a factory also requires it of the broker's calls).
     #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
     pub token: Option<transport::AccessToken>,
 }
+
+/// The shortest connect timeout: with zero, every connection would fail.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest connect timeout: a broker that has not answered within an hour is not there, so
+/// a longer one is a slip of the keyboard.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 impl BrokerArgs {
     /// The link settings these options give.
@@ -152,5 +165,31 @@ impl BrokerArgs {
             give_up_after: self.give_up_after.into(),
             token: self.token.clone().unwrap_or_default(),
         }
+    }
+}
+
+/// How to start the lab program `program` (e.g. `broker`), for a hint in an error: its path
+/// as this program was run (`./target/debug/broker` when this is `./target/debug/miner`), if
+/// it is there, and `cargo run -p broker`.
+pub fn how_to_start(program: &str) -> String {
+    let cargo = format!("cargo run -p {program}");
+    let Some(this) = std::env::args_os().next() else {
+        return cargo;
+    };
+    let this = Path::new(&this);
+    let sibling = this.with_file_name(format!("{program}{}", std::env::consts::EXE_SUFFIX));
+    let on_path = || {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path)
+                .any(|dir| dir.join(sibling.file_name().unwrap_or_default()).is_file())
+        })
+    };
+    match this.parent() {
+        // Run by its name alone, so found on the PATH: the other program may be there too.
+        Some(dir) if dir.as_os_str().is_empty() && on_path() => format!("{program} or {cargo}"),
+        Some(dir) if !dir.as_os_str().is_empty() && sibling.is_file() => {
+            format!("{} or {cargo}", sibling.display())
+        }
+        _ => cargo,
     }
 }

@@ -1,9 +1,11 @@
 //! The `lab` program: the whole lab end to end in one terminal.
 
+use std::fmt;
 use std::time::Duration;
 
 use broker::{print_results, Settings};
 use clap::Parser;
+use factory::pipeline::PipelineReport;
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +14,11 @@ use crate::{factory_config, miner_config, start_miner, RunningBroker, RunningFac
 /// How often the lab checks whether the broker's topics have drained, once `--count` jobs
 /// have been published.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// The most factories a lab runs. Each is a server and a broker link in this one process, all
+/// connecting from 127.0.0.1: 64 stays far inside the broker's per-address connection limit, and
+/// is already more than anyone can follow in the interleaved lines.
+pub const MAX_FACTORIES: u32 = 64;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -56,8 +63,8 @@ pub struct LabArgs {
     /// The broker's port on 127.0.0.1; 0 takes a free one.
     #[arg(long, default_value_t = broker::cli::DEFAULT_PORT)]
     pub port: u16,
-    /// How many factories to start, on free ports.
-    #[arg(long, default_value_t = 2)]
+    /// How many factories to start, on free ports (1 to 64: with none, no job is ever done).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_FACTORIES as i64))]
     pub factories: u32,
     /// Publish Triplets instead of Pairs (Part 3).
     #[arg(long)]
@@ -79,8 +86,12 @@ pub struct LabArgs {
     pub seed: Option<u64>,
 }
 
-/// What the lab did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the lab did, and where its divide jobs came from.
+///
+/// Once a `--count` run has drained, every job published is done, so `divided` (plus the
+/// divide jobs failed) is the divide miner's jobs plus each pipeline's groups; a run stopped by
+/// Ctrl-C may leave some in `unfinished`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LabSummary {
     /// Multiply jobs completed.
     pub multiplied: u64,
@@ -88,6 +99,108 @@ pub struct LabSummary {
     pub divided: u64,
     /// Jobs failed with a job error.
     pub failed: u64,
+    /// Jobs still queued or in flight when the lab stopped.
+    pub unfinished: u64,
+    /// The jobs the divide miner published; `None` without one.
+    pub divide_miner: Option<u64>,
+    /// Each factory's pipeline, in the order the factories started; empty with `--no-pipeline`.
+    pub pipelines: Vec<FactoryPipeline>,
+}
+
+/// What one factory's pipeline did in a lab run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactoryPipeline {
+    /// The factory's name in the lab's lines (`factory1`).
+    pub factory: String,
+    /// Its pipeline's report; `None` if the pipeline could not finish in time.
+    pub report: Option<PipelineReport>,
+}
+
+impl LabSummary {
+    /// The divide jobs the pipelines published.
+    pub fn pipelines_published(&self) -> u64 {
+        self.pipelines
+            .iter()
+            .filter_map(|pipeline| pipeline.report.as_ref())
+            .map(PipelineReport::published)
+            .sum()
+    }
+}
+
+/// `20 multiply and 29 divide jobs completed, 0 failed; divide = 20 from the divide miner + 9
+/// from the pipelines (each factory pairs its own results: factory1 had 11, paired 10, 1 left
+/// unpaired; factory2 had 9, paired 8, 1 left unpaired)`.
+impl fmt::Display for LabSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} multiply and {} divide jobs completed, {} failed",
+            self.multiplied, self.divided, self.failed
+        )?;
+        if self.unfinished > 0 {
+            write!(f, ", {} unfinished", self.unfinished)?;
+        }
+        let mut sources = Vec::new();
+        if let Some(published) = self.divide_miner {
+            sources.push(format!("{published} from the divide miner"));
+        }
+        if !self.pipelines.is_empty() {
+            sources.push(format!("{} from the pipelines", self.pipelines_published()));
+        }
+        if sources.is_empty() {
+            return Ok(());
+        }
+        write!(f, "; divide = {}", sources.join(" + "))?;
+        if self.pipelines.is_empty() {
+            return Ok(());
+        }
+        let triplets = self
+            .pipelines
+            .iter()
+            .filter_map(|pipeline| pipeline.report.as_ref())
+            .any(|report| report.triplet_results > 0);
+        let grouping = if triplets {
+            "groups its own results"
+        } else {
+            "pairs its own results"
+        };
+        let factories: Vec<String> = self
+            .pipelines
+            .iter()
+            .map(|pipeline| describe(pipeline, triplets))
+            .collect();
+        write!(f, " (each factory {grouping}: {})", factories.join("; "))
+    }
+}
+
+/// `factory1 had 11, paired 10, 1 left unpaired`, or in a lab of Triplets `factory1 had 11,
+/// grouped 9 in threes, 2 left over`.
+fn describe(pipeline: &FactoryPipeline, triplets_lab: bool) -> String {
+    let name = &pipeline.factory;
+    let Some(report) = &pipeline.report else {
+        return format!("{name}'s pipeline did not report in time");
+    };
+    let pairs = || {
+        format!(
+            "had {}, paired {}, {} left unpaired",
+            report.pair_results,
+            2 * report.pairs_published,
+            report.leftovers.pairs.len()
+        )
+    };
+    let triplets = || {
+        format!(
+            "had {}, grouped {} in threes, {} left over",
+            report.triplet_results,
+            3 * report.triplets_published,
+            report.leftovers.triplets.len()
+        )
+    };
+    match (report.pair_results, report.triplet_results) {
+        (0, _) if triplets_lab => format!("{name} {}", triplets()),
+        (_, 0) => format!("{name} {}", pairs()),
+        _ => format!("{name}: Pairs {}, Triplets {}", pairs(), triplets()),
+    }
 }
 
 /// Why the lab could not run.
@@ -127,12 +240,13 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
     tracing::info!(address = %broker.address, "broker listening");
     let mut factories = Vec::new();
     for number in 1..=cli.factories {
-        let console = Console::prefixed(&format!("factory{number}"));
+        let name = format!("factory{number}");
+        let console = Console::prefixed(&name);
         let factory =
             RunningFactory::start(0, factory_config(broker.address, !cli.no_pipeline), console)
                 .await?;
         tracing::info!(address = %factory.address, "factory {number} started");
-        factories.push(factory);
+        factories.push((name, factory));
     }
 
     let miners_stop = shutdown.child_token();
@@ -142,7 +256,7 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
     }
     let miners: Vec<_> = topics
         .iter()
-        .map(|topic| {
+        .map(|&topic| {
             let mut config = miner_config(broker.address, topic);
             config.interval = cli.interval.into();
             config.count = cli.count;
@@ -152,14 +266,20 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
                 config.max = miner::jobs::DEFAULT_MAX_TRIPLET;
             }
             let console = Console::prefixed(&format!("miner-{}", &topic[..3]));
-            start_miner(config, console, miners_stop.clone())
+            (topic, start_miner(config, console, miners_stop.clone()))
         })
         .collect();
 
     let mut outcome = Ok(());
-    for miner in miners {
+    let mut divide_miner = None;
+    for (topic, miner) in miners {
         match miner.await {
-            Ok(Ok(report)) => tracing::info!(published = report.published, "miner done"),
+            Ok(Ok(report)) => {
+                tracing::info!(topic, published = report.published, "miner done");
+                if topic == stubs::DIVIDE_TOPIC {
+                    divide_miner = Some(report.published);
+                }
+            }
             Ok(Err(error)) => outcome = Err(LabError::Miner(error)),
             Err(error) => tracing::error!(%error, "miner task failed"),
         }
@@ -172,8 +292,15 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
     } else {
         shutdown.cancelled().await;
     }
-    for factory in factories {
-        factory.stop().await?;
+    let mut pipelines = Vec::new();
+    for (name, factory) in factories {
+        let report = factory.stop().await?;
+        if !cli.no_pipeline {
+            pipelines.push(FactoryPipeline {
+                factory: name,
+                report,
+            });
+        }
     }
     let multiply = broker
         .topic_stats(stubs::MULTIPLY_TOPIC)
@@ -185,10 +312,14 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         .unwrap_or_default();
     broker.stop().await;
     outcome?;
+    let unfinished = multiply.ready + multiply.in_flight + divide.ready + divide.in_flight;
     Ok(LabSummary {
         multiplied: multiply.completed,
         divided: divide.completed,
         failed: multiply.failed + divide.failed,
+        unfinished: unfinished as u64,
+        divide_miner,
+        pipelines,
     })
 }
 
@@ -205,5 +336,111 @@ async fn drained(broker: &RunningBroker) {
             }
         }
         quiet_checks = if busy { 0 } else { quiet_checks + 1 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use factory::pipeline::Leftovers;
+
+    use super::*;
+
+    fn paired(factory: &str, results: u64, left: &[i64]) -> FactoryPipeline {
+        FactoryPipeline {
+            factory: factory.to_owned(),
+            report: Some(PipelineReport {
+                pair_results: results,
+                pairs_published: (results - left.len() as u64) / 2,
+                leftovers: Leftovers {
+                    pairs: left.to_vec(),
+                    triplets: vec![],
+                },
+                ..PipelineReport::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_where_the_divide_jobs_came_from_and_what_each_factory_left_unpaired() {
+        let summary = LabSummary {
+            multiplied: 20,
+            divided: 29,
+            divide_miner: Some(20),
+            pipelines: vec![paired("factory1", 11, &[7]), paired("factory2", 9, &[8])],
+            ..LabSummary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "20 multiply and 29 divide jobs completed, 0 failed; divide = 20 from the divide \
+             miner + 9 from the pipelines (each factory pairs its own results: factory1 had 11, \
+             paired 10, 1 left unpaired; factory2 had 9, paired 8, 1 left unpaired)"
+        );
+    }
+
+    #[test]
+    fn the_summary_of_triplets_tells_groups_of_three() {
+        let summary = LabSummary {
+            multiplied: 10,
+            divided: 3,
+            pipelines: vec![FactoryPipeline {
+                factory: "factory1".to_owned(),
+                report: Some(PipelineReport {
+                    triplet_results: 10,
+                    triplets_published: 3,
+                    leftovers: Leftovers {
+                        pairs: vec![],
+                        triplets: vec![6],
+                    },
+                    ..PipelineReport::default()
+                }),
+            }],
+            ..LabSummary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "10 multiply and 3 divide jobs completed, 0 failed; divide = 3 from the pipelines \
+             (each factory groups its own results: factory1 had 10, grouped 9 in threes, 1 left \
+             over)"
+        );
+    }
+
+    #[test]
+    fn without_pipelines_the_summary_names_only_the_divide_miner_and_what_was_left_undone() {
+        let summary = LabSummary {
+            multiplied: 20,
+            divided: 18,
+            unfinished: 2,
+            divide_miner: Some(20),
+            ..LabSummary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "20 multiply and 18 divide jobs completed, 0 failed, 2 unfinished; divide = 20 from \
+             the divide miner"
+        );
+        let multiply_only = LabSummary {
+            multiplied: 5,
+            ..LabSummary::default()
+        };
+        assert_eq!(
+            multiply_only.to_string(),
+            "5 multiply and 0 divide jobs completed, 0 failed"
+        );
+    }
+
+    #[test]
+    fn a_lab_needs_one_to_sixty_four_factories() {
+        for factories in ["1", "64"] {
+            assert!(Cli::try_parse_from(["lab", "--factories", factories]).is_ok());
+        }
+        for factories in ["0", "65"] {
+            let error = Cli::try_parse_from(["lab", "--factories", factories])
+                .expect_err("out of range")
+                .to_string();
+            assert!(
+                error.contains(&format!("{factories} is not in 1..=64")),
+                "{error}"
+            );
+        }
     }
 }

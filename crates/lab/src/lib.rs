@@ -14,6 +14,7 @@ use std::time::Duration;
 use broker::queue::{MemoryStore, TopicStats};
 use broker::{Broker, Observer, Settings, Watcher};
 use factory::cli::LabTopic;
+use factory::pipeline::{PipelineReport, ReportSlot};
 use factory::{FactoryConfig, FactoryError};
 use lab_console::Console;
 use miner::{MinerConfig, MinerError, MinerReport};
@@ -85,6 +86,7 @@ pub struct RunningFactory {
     pub address: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), FactoryError>>,
+    pipeline: ReportSlot,
 }
 
 impl RunningFactory {
@@ -97,11 +99,16 @@ impl RunningFactory {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let address = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(factory::run(config, listener, console, shutdown.clone()));
+        let pipeline = ReportSlot::default();
+        let task = tokio::spawn(factory::pipeline::reporting_to(
+            pipeline.clone(),
+            factory::run(config, listener, console, shutdown.clone()),
+        ));
         Ok(Self {
             address,
             shutdown,
             task,
+            pipeline,
         })
     }
 
@@ -110,10 +117,13 @@ impl RunningFactory {
         self.task.is_finished()
     }
 
-    /// Stops the factory gracefully and returns how it ended.
-    pub async fn stop(self) -> Result<(), FactoryError> {
+    /// Stops the factory gracefully and returns how it ended: with its pipeline's report, or
+    /// `None` when it ran none or the pipeline could not finish in time.
+    pub async fn stop(self) -> Result<Option<PipelineReport>, FactoryError> {
         self.shutdown.cancel();
-        self.task.await.unwrap_or(Ok(()))
+        self.task.await.unwrap_or(Ok(()))?;
+        // `factory::run` returns after its pipeline has stopped, report left, or given up on it.
+        Ok(self.pipeline.take())
     }
 }
 

@@ -20,10 +20,7 @@ async fn main() -> ExitCode {
     match cli.command {
         None => match lab::cli::run(cli.lab, shutdown).await {
             Ok(summary) => {
-                println!(
-                    "lab: {} multiply and {} divide jobs completed, {} failed",
-                    summary.multiplied, summary.divided, summary.failed
-                );
+                println!("lab: {summary}");
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -1,5 +1,5 @@
 //! NATS servers of a test's or a benchmark's own: `nats-server` (2.10 or newer on PATH;
-//! `.ci/run` installs 2.15.1) with JetStream, on free loopback ports, its store in a temporary
+//! `bash tests/run` installs 2.15.1) with JetStream, on free loopback ports, its store in a temporary
 //! folder. Alone, or three in a cluster whose routes are on loopback too. A node can be
 //! SIGKILLed and started again on the same ports and store, as a machine that crashed and came
 //! back.
@@ -90,7 +90,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server is on PATH (.ci/run installs 2.15.1)");
+            .expect("nats-server is on PATH (bash tests/run installs 2.15.1)");
         self.child = Some(child);
     }
 
@@ -280,12 +280,12 @@ fn require_trusted_version() {
         let output = Command::new("nats-server")
             .arg("--version")
             .output()
-            .expect("nats-server is on PATH (.ci/run installs 2.15.1 from PyPI)");
+            .expect("nats-server is on PATH (bash tests/run installs 2.15.1 from PyPI)");
         let text = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             version_is_trusted(&text),
             "{} is too old: 2.9 loses acknowledged jobs in replicated streams; put 2.10 or \
-             newer on PATH (.ci/run installs 2.15.1 from PyPI)",
+             newer on PATH (bash tests/run installs 2.15.1 from PyPI)",
             text.trim()
         );
     });

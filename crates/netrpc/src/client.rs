@@ -52,6 +52,8 @@ pub struct Client {
 struct Inner {
     shared: Arc<Shared>,
     outgoing: mpsc::Sender<Outgoing>,
+    /// Cancelled once the connection has failed (see [`Client::closed`]).
+    closed: CancellationToken,
     /// Stops both tasks when the last client handle goes.
     _closing: DropGuard,
 }
@@ -133,6 +135,7 @@ impl Client {
             inner: Arc::new(Inner {
                 shared,
                 outgoing,
+                closed: closing.clone(),
                 _closing: closing.drop_guard(),
             }),
         }
@@ -184,6 +187,15 @@ impl Client {
     /// [`CallError::Transport`], and a new connection is needed.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.lock().failure.is_some()
+    }
+
+    /// Waits until the connection has failed (the server closed it, or reading or writing
+    /// failed), as [`Client::is_closed`] then says: for a caller that holds a connection
+    /// between calls and must learn of its end without making one.
+    pub async fn closed(&self) {
+        // Both tasks mark the connection failed before they cancel this; the only other
+        // canceller is the last handle's drop, which no waiter outlives.
+        self.inner.closed.cancelled().await
     }
 }
 
@@ -302,4 +314,31 @@ async fn write_calls<W: AsyncWrite + Unpin>(
 async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
     writer.write_all(bytes).await?;
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long the test waits for `closed` once the server has gone; it returns at once.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn closed_waits_while_the_connection_is_open_and_returns_once_the_server_closes_it() {
+        let (ours, server) = tokio::io::duplex(1024);
+        let (reader, writer) = tokio::io::split(ours);
+        let client = Client::new(reader, writer, Limits::default());
+        let mut closed = std::pin::pin!(client.closed());
+
+        // The reader task runs meanwhile and finds nothing to read.
+        tokio::task::yield_now().await;
+        assert!(futures::poll!(closed.as_mut()).is_pending());
+        assert!(!client.is_closed());
+
+        drop(server);
+        tokio::time::timeout(WAIT, closed)
+            .await
+            .expect("closed returns once the server has closed the connection");
+        assert!(client.is_closed());
+    }
 }

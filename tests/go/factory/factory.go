@@ -161,6 +161,6 @@ func main() {
 		fmt.Printf("subscribed to %s as %s\n", topic, address)
 	}
 
-	// The broker notices on its next call that the factory is gone.
+	// The broker notices the closed connection and drops this factory's subscriptions.
 	<-signals
 }

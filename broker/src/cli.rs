@@ -36,6 +36,20 @@ Examples:
   cargo run -p broker -- dead-letters                  # the jobs that failed, every topic's
   cargo run -p broker -- dead-letters --topic divide --json";
 
+const STATS_EXAMPLES: &str = "\
+Examples:
+  cargo run -p broker -- stats                         # the broker on 127.0.0.1:8030
+  cargo run -p broker -- stats --watch                 # redrawn every second until Ctrl-C
+  cargo run -p broker -- stats --json > stats.json
+  cargo run -p broker -- stats --broker 10.0.0.5:8030 --token s3cret";
+
+const DEAD_LETTER_EXAMPLES: &str = "\
+Examples:
+  cargo run -p broker -- dead-letters                  # every topic's
+  cargo run -p broker -- dead-letters --topic divide
+  cargo run -p broker -- dead-letters --json > dead-letters.json
+  cargo run -p broker -- dead-letters --broker 10.0.0.5:8030 --token s3cret";
+
 /// The pairbroker broker: miners publish jobs to topics, and each job is called back on exactly
 /// one subscribed factory.
 #[derive(Debug, Clone, Parser)]
@@ -48,7 +62,10 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// How logs are written to standard error.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    ///
+    /// `text`, one readable line per event; `json`, one object per event, for log collectors.
+    /// `RUST_LOG` chooses which events.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Output")]
     pub log_format: LogFormat,
 }
 
@@ -56,9 +73,11 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Show what a running broker is doing: its topics and subscribers.
+    #[command(after_help = STATS_EXAMPLES)]
     Stats(StatsArgs),
     /// List the jobs that failed on a running broker and are kept as dead letters: every
     /// topic's, or one topic's.
+    #[command(after_help = DEAD_LETTER_EXAMPLES)]
     DeadLetters(DeadLetterArgs),
 }
 
@@ -66,10 +85,21 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// The broker to ask.
-    #[arg(long, value_name = "HOST:PORT", default_value = lab_console::DEFAULT_BROKER, value_parser = lab_console::usage::broker_address)]
+    ///
+    /// The address it serves on: its --bind and --port.
+    #[arg(long, value_name = "HOST:PORT", default_value = lab_console::DEFAULT_BROKER, value_parser = lab_console::usage::broker_address, help_heading = "Broker")]
     pub broker: String,
     /// The broker's shared secret.
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    ///
+    /// The --token the broker was started with; without it, a broker that has one refuses to
+    /// answer.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "PAIRBROKER_TOKEN",
+        hide_env_values = true,
+        help_heading = "Broker"
+    )]
     pub token: Option<AccessToken>,
 }
 
@@ -80,12 +110,15 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub target: BrokerArgs,
     /// Print one JSON object instead of tables.
-    #[arg(long)]
+    ///
+    /// For scripts: the object the broker's HTTP server also serves at /api/stats.
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
-    /// Show the figures again every second until Ctrl-C: on a terminal, redrawn in place like
-    /// `top`; into a pipe or a file, each snapshot after a blank line (with --json, one object
-    /// a line), without terminal codes.
-    #[arg(long)]
+    /// Show the figures again every second until Ctrl-C.
+    ///
+    /// On a terminal, redrawn in place like `top`; into a pipe or a file, each snapshot after a
+    /// blank line (with --json, one object a line), without terminal codes.
+    #[arg(long, help_heading = "Output")]
     pub watch: bool,
 }
 
@@ -95,11 +128,15 @@ pub struct DeadLetterArgs {
     /// The broker to ask, and its secret.
     #[command(flatten)]
     pub target: BrokerArgs,
-    /// Only this topic's dead letters; without it, every topic's.
-    #[arg(long, value_name = "TOPIC")]
+    /// Only this topic's dead letters.
+    ///
+    /// Without it, every topic's.
+    #[arg(long, value_name = "TOPIC", help_heading = "Output")]
     pub topic: Option<String>,
     /// Print one JSON object instead of tables.
-    #[arg(long)]
+    ///
+    /// For scripts: the object the broker's HTTP server serves at /api/dead-letters.
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 }
 
@@ -107,87 +144,130 @@ pub struct DeadLetterArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The TCP port to listen on.
-    #[arg(long, default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX))]
+    ///
+    /// Miners and factories reach the broker at --bind's address and this port (their --broker).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX), help_heading = "Network")]
     pub port: u16,
-    /// The address to listen on. The default serves this machine only; `--bind 0.0.0.0` serves
-    /// other machines too, and anyone who can reach the port can then publish and subscribe
-    /// (set --token).
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    /// The address to listen on.
+    ///
+    /// The default serves this machine only; `--bind 0.0.0.0` serves other machines too, and
+    /// anyone who can reach the port can then publish and subscribe (set --token).
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), help_heading = "Network")]
     pub bind: IpAddr,
-    /// How long a factory may take to answer one call before its job goes back to its topic
-    /// and the subscription is dropped (e.g. `10s`, `500ms`).
-    /// From 1ms to 1h.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CALL_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the call timeout", MIN_TIMEOUT, MAX_TIMEOUT))]
-    pub call_timeout: humantime::Duration,
-    /// How long `subscribe` waits to connect to a factory, from 1ms to 1h.
-    #[arg(long, value_name = "DURATION", default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the connect timeout", MIN_TIMEOUT, MAX_TIMEOUT))]
-    pub connect_timeout: humantime::Duration,
-    /// How many failed jobs each topic keeps in its dead-letter list; older ones are dropped
-    /// (and counted) first.
-    /// From 0 to 10000, so that the list fits one reply.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_DEAD_LETTER_LIMIT as u32, allow_negative_numbers = true, value_parser = from_to("the dead-letter limit", 0u32, 10_000))]
-    pub dead_letter_limit: u32,
-    /// How many topics the broker holds at most, from 1 to 4096.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOPICS as u32, allow_negative_numbers = true, value_parser = from_to("the topic limit", 1u32, 4_096))]
-    pub max_topics: u32,
-    /// How many times a job is delivered before a call that fails (the factory died, hung or
-    /// closed the connection) dead-letters it instead of putting it back, so that a job that
-    /// brings down every factory it reaches stops. `0`: no limit, the job always goes back.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES.get(), allow_negative_numbers = true, value_parser = at_least("the delivery limit", 0u32))]
-    pub max_deliveries: u32,
-    /// Keep topics, jobs and dead letters on disk in DIR (created if missing), so that a broker
-    /// restarted on it, after a crash too, still holds every job it acknowledged. Without it,
-    /// jobs live in the broker's memory only. One broker at a time may use a DIR.
-    #[arg(long, value_name = "DIR")]
+    /// Where to serve the dashboard, /metrics and the JSON API, or `off`.
+    ///
+    /// An address and a port: the dashboard page at `/`, Prometheus metrics at /metrics, and
+    /// JSON at /api/stats and /api/dead-letters (the objects of `broker stats --json` and
+    /// `broker dead-letters --json`). `off` serves none of them.
+    #[arg(long, value_name = "IP:PORT|off", default_value = crate::http::DEFAULT_HTTP_ADDRESS, help_heading = "Network")]
+    pub http: HttpSetting,
+    /// A shared secret that every miner and factory must give.
+    ///
+    /// The broker gives it too, to the factories it calls. Without it, anyone who can reach
+    /// the port can use the broker.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "PAIRBROKER_TOKEN",
+        hide_env_values = true,
+        help_heading = "Network"
+    )]
+    pub token: Option<AccessToken>,
+    /// Keep topics, jobs and dead letters on disk in DIR.
+    ///
+    /// DIR is created if missing. A broker restarted on it, after a crash too, still holds
+    /// every job it acknowledged. Without it, jobs live in the broker's memory only. One broker
+    /// at a time may use a DIR.
+    #[arg(long, value_name = "DIR", help_heading = "Storage")]
     pub data_dir: Option<PathBuf>,
-    /// With --data-dir, when writes are synced to the disk: `always` (the default) before a
-    /// publish is acknowledged (nothing acknowledged is lost, even in a power cut); a duration
-    /// from 1ms to 1h such as `100ms`, at least that often (a crash or a power cut may lose
-    /// what was acknowledged since the last sync); `never`, only when the broker stops (a crash
-    /// or a power cut loses every job acknowledged since it started).
+    /// With --data-dir, when writes are synced to the disk [default: always].
+    ///
+    /// `always`: before a publish is acknowledged (nothing acknowledged is lost, even in a power
+    /// cut). A duration from 1ms to 1h such as `100ms`: at least that often (a crash or a power
+    /// cut may lose what was acknowledged since the last sync). `never`: only when the broker
+    /// stops (a crash or a power cut loses every job acknowledged since it started).
     #[arg(
         long,
         value_name = "always|DURATION|never",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        help_heading = "Storage"
     )]
     pub fsync: Option<FsyncSetting>,
-    /// Keep topics in a NATS JetStream cluster instead of this process: `nats://HOST:PORT`,
-    /// several separated by commas. Brokers on one cluster share their topics: a job
-    /// published through any of them goes to a factory subscribed to any of them.
+    /// Keep topics in a NATS JetStream cluster instead of this process.
+    ///
+    /// `nats://HOST:PORT`, several separated by commas. Brokers on one cluster share their
+    /// topics: a job published through any of them goes to a factory subscribed to any of
+    /// them.
     #[arg(
         long,
         value_name = "nats://HOST:PORT[,...]",
-        conflicts_with = "data_dir"
+        conflicts_with = "data_dir",
+        help_heading = "Storage"
     )]
     pub store: Option<NatsServers>,
-    /// With --store, the copies JetStream keeps of each topic: 1 (the default), or 3 on a
-    /// cluster of three nodes or more (a node may then die and no job is lost). From 1 to 5.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = from_to("the replica count", 1u8, 5))]
+    /// With --store, the copies JetStream keeps of each topic [default: 1].
+    ///
+    /// 1, or 3 on a cluster of three nodes or more (a node may then die and no job is lost).
+    /// From 1 to 5.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = from_to("the replica count", 1u8, 5), help_heading = "Storage")]
     pub replicas: Option<u8>,
-    /// Where to serve /metrics, /api/stats, /api/dead-letters and the dashboard page, or `off`.
-    #[arg(long, default_value = crate::http::DEFAULT_HTTP_ADDRESS)]
-    pub http: HttpSetting,
-    /// No line per job on standard output; a count of jobs per second is logged instead.
-    #[arg(long)]
-    pub quiet: bool,
-    /// A shared secret that every miner and factory must give (and that the broker gives the
-    /// factories it calls). Without it, anyone who can reach the port can use the broker.
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
-    pub token: Option<AccessToken>,
-    /// Connections held at once; more are closed at once.
-    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit", 1u32, 65_536))]
+    /// How many failed jobs each topic keeps in its dead-letter list.
+    ///
+    /// Older ones are dropped (and counted) first. From 0 to 10000, so that the list fits one
+    /// reply.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DEAD_LETTER_LIMIT as u32, allow_negative_numbers = true, value_parser = from_to("the dead-letter limit", 0u32, 10_000), help_heading = "Storage")]
+    pub dead_letter_limit: u32,
+    /// How long a factory may take to answer one call.
+    ///
+    /// After it, the job goes back to its topic and the subscription is dropped. A duration
+    /// with its unit (e.g. `10s`, `500ms`), from 1ms to 1h.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CALL_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the call timeout", MIN_TIMEOUT, MAX_TIMEOUT), help_heading = "Limits")]
+    pub call_timeout: humantime::Duration,
+    /// How long `subscribe` waits to connect to a factory.
+    ///
+    /// From 1ms to 1h. A subscription whose factory cannot be reached in time fails.
+    #[arg(long, value_name = "DURATION", default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), allow_negative_numbers = true, value_parser = duration_from_to("the connect timeout", MIN_TIMEOUT, MAX_TIMEOUT), help_heading = "Limits")]
+    pub connect_timeout: humantime::Duration,
+    /// How many times a job is delivered before a failed call dead-letters it.
+    ///
+    /// A call fails when the factory died, hung or closed the connection; until the limit, the
+    /// job goes back to its topic, after it, to the dead letters, so that a job that brings down
+    /// every factory it reaches stops. `0`: no limit, the job always goes back.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_DELIVERIES.get(), allow_negative_numbers = true, value_parser = at_least("the delivery limit", 0u32), help_heading = "Limits")]
+    pub max_deliveries: u32,
+    /// How many topics the broker holds at most.
+    ///
+    /// From 1 to 4096. Creating one more is refused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOPICS as u32, allow_negative_numbers = true, value_parser = from_to("the topic limit", 1u32, 4_096), help_heading = "Limits")]
+    pub max_topics: u32,
+    /// Connections held at once.
+    ///
+    /// More are closed at once. From 1 to 65536.
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit", 1u32, 65_536), help_heading = "Limits")]
     pub max_connections: u32,
     /// Connections held at once from one IP address.
-    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit per IP address", 1u32, 65_536))]
+    ///
+    /// More from that address are closed at once, so that one client cannot take every
+    /// connection. From 1 to 65536.
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit per IP address", 1u32, 65_536), help_heading = "Limits")]
     pub max_connections_per_ip: u32,
-    /// Threads that serve requests and dispatch jobs. One is fastest while the miners and
-    /// factories share the machine; more pay off when the broker has cores
-    /// of its own. From 1 to 256.
-    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the thread count", 1u16, 256))]
-    pub threads: u16,
     /// Requests in flight at once on one connection.
-    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, allow_negative_numbers = true, value_parser = from_to("the request limit per connection", 1u32, 65_536))]
+    ///
+    /// From 1 to 65536.
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_REQUESTS_PER_CONNECTION as u32, allow_negative_numbers = true, value_parser = from_to("the request limit per connection", 1u32, 65_536), help_heading = "Limits")]
     pub max_requests_per_connection: u32,
+    /// Threads that serve requests and dispatch jobs.
+    ///
+    /// One is fastest while the miners and factories share the machine; more pay off when the
+    /// broker has cores of its own. From 1 to 256.
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the thread count", 1u16, 256), help_heading = "Limits")]
+    pub threads: u16,
+    /// No line per job on standard output.
+    ///
+    /// A count of jobs per second is logged instead: for load, where a line per job costs more
+    /// than the job.
+    #[arg(long, help_heading = "Output")]
+    pub quiet: bool,
 }
 
 /// The shortest `--fsync` interval: a shorter one is `always` in all but name.

@@ -65,33 +65,50 @@ impl LabTopic {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "factory", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The TCP port to serve on; 0 takes a free one (and subscribes with it).
-    #[arg(long, default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX))]
+    /// The TCP port to serve on; 0 takes a free one.
+    ///
+    /// The factory subscribes with the port it got, so that the broker calls it there.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT, allow_negative_numbers = true, value_parser = from_to("the port", 0u16, u16::MAX), help_heading = "Network")]
     pub port: u16,
     /// The address to serve on, which is also the address given to the broker.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), value_parser = ip_address)]
+    ///
+    /// An IP address alone: the port is --port. The broker must be able to reach it.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), value_parser = ip_address, help_heading = "Network")]
     pub ip: IpAddr,
     /// How to reach the broker.
     #[command(flatten)]
     pub broker: lab_console::BrokerArgs,
-    /// The topics to work on.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [LabTopic::Multiply, LabTopic::Divide])]
+    /// The topics to work on, separated by commas.
+    ///
+    /// The factory subscribes to each, and serves its callback: `multiply` with
+    /// `Factory.Multiply`, `divide` with `Factory.Divide`.
+    #[arg(long, value_name = "TOPIC[,...]", value_enum, value_delimiter = ',', default_values_t = [LabTopic::Multiply, LabTopic::Divide], help_heading = "Work")]
     pub topics: Vec<LabTopic>,
-    /// How many jobs the broker keeps in flight to this factory per topic; jobs that are ready
-    /// together travel in one call.
-    #[arg(long, value_name = "N", default_value_t = stubs::DEFAULT_PREFETCH, allow_negative_numbers = true, value_parser = at_least("the prefetch", 1u32))]
+    /// How many jobs the broker keeps in flight to this factory per topic.
+    ///
+    /// Jobs that are ready together travel in one call. 1 or more.
+    #[arg(long, value_name = "N", default_value_t = stubs::DEFAULT_PREFETCH, allow_negative_numbers = true, value_parser = at_least("the prefetch", 1u32), help_heading = "Work")]
     pub prefetch: u32,
     /// The buffer of the topics this factory creates if they do not exist yet.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32))]
+    ///
+    /// How many ready jobs each holds at most. 1 or more.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32), help_heading = "Work")]
     pub buffer: u32,
     /// Do not publish Divide jobs from Multiply results (Parts 1 and 2a).
-    #[arg(long)]
+    ///
+    /// Without it, every two Multiply results (three with Triplets) become one Divide job.
+    #[arg(long, help_heading = "Work")]
     pub no_pipeline: bool,
-    /// Print nothing per job: for load, where a line per job costs more than the job.
-    #[arg(long)]
+    /// Print nothing per job.
+    ///
+    /// For load, where a line per job costs more than the job.
+    #[arg(long, help_heading = "Output")]
     pub quiet: bool,
     /// How logs are written to standard error.
-    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
+    ///
+    /// `text`, one readable line per event; `json`, one object per event, for log collectors.
+    /// `RUST_LOG` chooses which events.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = lab_console::LogFormat::Text, help_heading = "Output")]
     pub log_format: lab_console::LogFormat,
 }
 

@@ -31,38 +31,41 @@ pub struct Cli {
     #[command(flatten)]
     pub broker: lab_console::BrokerArgs,
     /// The topic to publish to.
-    #[arg(long, default_value = stubs::MULTIPLY_TOPIC)]
+    ///
+    /// The miner creates it if the broker does not hold it yet. The lab's topics are `multiply`
+    /// and `divide`.
+    #[arg(long, value_name = "TOPIC", default_value = stubs::MULTIPLY_TOPIC, help_heading = "Jobs")]
     pub topic: String,
     /// The buffer of the topic, if this miner creates it.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32))]
+    ///
+    /// How many ready jobs the topic holds at most; a publish to a full topic waits for room.
+    /// 1 or more.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER, allow_negative_numbers = true, value_parser = at_least("the buffer", 1u32), help_heading = "Jobs")]
     pub buffer: u32,
-    /// The pause between two jobs of one publisher (e.g. `1s`, `10ms`: a number needs a unit);
-    /// `0` publishes as fast as the broker takes them.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_INTERVAL.into(), allow_negative_numbers = true, value_parser = duration)]
-    pub interval: humantime::Duration,
-    /// Publish this many jobs per second in all, on a fixed schedule shared by the publishers
-    /// (raise --concurrency so that they keep up); replaces --interval.
-    #[arg(long, value_name = "N", conflicts_with = "interval", allow_negative_numbers = true, value_parser = from_to("the rate", 1u32, 10_000_000))]
-    pub rate: Option<u32>,
-    /// How many jobs to publish in all; without it, publish until stopped.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the count", 0u64))]
+    /// How many jobs to publish in all.
+    ///
+    /// Without it, publish until stopped.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the count", 0u64), help_heading = "Jobs")]
     pub count: Option<u64>,
     /// Publish Triplets instead of Pairs (Part 3).
-    #[arg(long)]
+    ///
+    /// Three random integers a job instead of two.
+    #[arg(long, help_heading = "Jobs")]
     pub triplets: bool,
     /// The largest random integer [default: 999999999 for Pairs, 999999 for Triplets].
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the largest operand", 1i64))]
+    ///
+    /// 1 or more.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the largest operand", 1i64), help_heading = "Jobs")]
     pub max: Option<i64>,
     /// Seed the random jobs, for a reproducible sequence.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the seed", 0u64))]
+    ///
+    /// The same seed gives the same jobs, in the same order, every time.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = at_least("the seed", 0u64), help_heading = "Jobs")]
     pub seed: Option<u64>,
-    /// How many publishers run at once, for load.
-    /// From 1 to 256. Their jobs travel to the broker together, in batches.
-    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the concurrency", 1u32, 256))]
-    pub concurrency: u32,
-    /// Publish this job instead of random ones, then exit: two integers for a Pair or three
-    /// for a Triplet, separated by commas (e.g. `12,34`, `5,0`, `0,-7,2`). Repeat it for
-    /// several jobs; they are published in the order given.
+    /// Publish this job instead of random ones, then exit.
+    ///
+    /// Two integers for a Pair or three for a Triplet, separated by commas (e.g. `12,34`,
+    /// `5,0`, `0,-7,2`). Repeat it for several jobs; they are published in the order given.
     #[arg(
         long = "job",
         value_name = "X,Y[,Z]",
@@ -70,13 +73,36 @@ pub struct Cli {
         // A job may start with a negative operand, which clap would take for an option.
         allow_hyphen_values = true,
         conflicts_with_all = ["count", "rate", "triplets", "max", "seed", "interval", "concurrency"],
+        help_heading = "Jobs",
     )]
     pub jobs: Vec<Job>,
-    /// Print nothing per job (a summary at the end still goes to the log).
-    #[arg(long)]
+    /// The pause between two jobs of one publisher.
+    ///
+    /// A duration with its unit (e.g. `1s`, `10ms`: a number needs a unit); `0` publishes as
+    /// fast as the broker takes them.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_INTERVAL.into(), allow_negative_numbers = true, value_parser = duration, help_heading = "Pace")]
+    pub interval: humantime::Duration,
+    /// Publish this many jobs per second in all; replaces --interval.
+    ///
+    /// On a fixed schedule shared by the publishers: raise --concurrency so that they keep up.
+    /// From 1 to 10000000.
+    #[arg(long, value_name = "N", conflicts_with = "interval", allow_negative_numbers = true, value_parser = from_to("the rate", 1u32, 10_000_000), help_heading = "Pace")]
+    pub rate: Option<u32>,
+    /// How many publishers run at once, for load.
+    ///
+    /// From 1 to 256. Their jobs travel to the broker together, in batches.
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true, value_parser = from_to("the concurrency", 1u32, 256), help_heading = "Pace")]
+    pub concurrency: u32,
+    /// Print nothing per job.
+    ///
+    /// A summary at the end still goes to the log.
+    #[arg(long, help_heading = "Output")]
     pub quiet: bool,
     /// How logs are written to standard error.
-    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text)]
+    ///
+    /// `text`, one readable line per event; `json`, one object per event, for log collectors.
+    /// `RUST_LOG` chooses which events.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = lab_console::LogFormat::Text, help_heading = "Output")]
     pub log_format: lab_console::LogFormat,
 }
 

@@ -118,6 +118,114 @@ fn no_help_text_tells_the_projects_history() {
     }
 }
 
+/// Every program and subcommand, with the headings its options are grouped under.
+const HEADINGS: [(&str, &[&str], &[&str]); 8] = [
+    ("broker", &[], &["Network", "Storage", "Limits", "Output"]),
+    ("broker", &["stats"], &["Broker", "Output"]),
+    ("broker", &["dead-letters"], &["Broker", "Output"]),
+    ("miner", &[], &["Broker", "Jobs", "Pace", "Output"]),
+    ("factory", &[], &["Network", "Broker", "Work", "Output"]),
+    ("lab", &[], &["Broker", "Factories", "Miners", "Output"]),
+    ("lab", &["mark"], &["Factory", "Deadlines", "Output"]),
+    ("lab", &["new"], &["Output"]),
+];
+
+/// What `name subcommand flag` prints on standard output, where help goes.
+fn help_of(name: &str, subcommand: &[&str], flag: &str) -> String {
+    let args: Vec<&str> = subcommand.iter().copied().chain([flag]).collect();
+    let output = run(name, &args);
+    assert!(
+        output.status.success(),
+        "{name} {args:?}: {}",
+        stderr_of(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn short_help_is_a_compact_list_and_long_help_explains_under_the_same_headings() {
+    for (name, subcommand, headings) in HEADINGS {
+        let short = help_of(name, subcommand, "-h");
+        let long = help_of(name, subcommand, "--help");
+        assert!(
+            short.len() < long.len(),
+            "{name} {subcommand:?}: -h is shorter than --help:\n{short}\n{long}"
+        );
+        for help in [&short, &long] {
+            for heading in headings {
+                assert!(
+                    help.lines().any(|line| line == format!("{heading}:")),
+                    "{name} {subcommand:?} has the heading {heading:?}:\n{help}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_option_that_takes_a_value_shows_a_placeholder_saying_what_goes_there() {
+    // The words a placeholder is made of: each says what to type, not the option's name again.
+    const WORDS: &[&str] = &[
+        "ADDR", "COMMAND", "DIR", "DURATION", "FILE", "FORMAT", "HOST", "IP", "N", "PART", "PORT",
+        "SECRET", "TOPIC", "X", "Y", "Z", "always", "never", "off", "nats",
+    ];
+    for (name, subcommand, _) in HEADINGS {
+        let help = help_of(name, subcommand, "-h");
+        let options = help
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| line.starts_with("--"));
+        for line in options {
+            let (option, rest) = line.split_once(' ').unwrap_or((line, ""));
+            if let Some(placeholder) = rest.strip_prefix('<') {
+                let placeholder = &placeholder[..placeholder.find('>').unwrap()];
+                for word in placeholder
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .filter(|word| !word.is_empty())
+                {
+                    assert!(
+                        WORDS.contains(&word),
+                        "{name} {subcommand:?} {option} <{placeholder}>: what is {word:?}?"
+                    );
+                }
+                continue;
+            }
+            // No placeholder: the option must be a flag, which takes nothing after it.
+            let args: Vec<&str> = subcommand
+                .iter()
+                .copied()
+                .chain([option, "--no-such-option"])
+                .collect();
+            let stderr = stderr_of(&run(name, &args));
+            assert!(
+                stderr.contains("unexpected argument '--no-such-option'"),
+                "{name} {args:?}: {option} takes a value but shows no placeholder: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broker_stats_and_dead_letters_have_examples_in_their_help() {
+    for subcommand in ["stats", "dead-letters"] {
+        for flag in ["-h", "--help"] {
+            let help = help_of("broker", &[subcommand], flag);
+            let examples = help
+                .split_once("Examples:\n")
+                .map(|(_, examples)| examples)
+                .unwrap_or_else(|| panic!("broker {subcommand} {flag} has examples:\n{help}"));
+            let lines = examples
+                .lines()
+                .filter(|line| line.contains(&format!("cargo run -p broker -- {subcommand}")))
+                .count();
+            assert!(
+                (2..=4).contains(&lines),
+                "broker {subcommand} {flag}:\n{help}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stats_reports_topics_and_subscribers_as_json_and_as_a_table() {
     let (broker, recorder) = start_broker(Settings::default()).await;

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium loads the page while a miner runs; the
 //! numbers it shows change and agree with `/api/stats`, a failed job is among its dead letters
-//! and the throughput has a time axis; a screenshot is saved for README.
+//! and the throughput has a time axis; a screenshot is saved for docs/metrics.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -152,7 +152,7 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
         "the page agrees with /api/stats: {second} not in {before_second}..={after_second}"
     );
 
-    // README's picture is refreshed with PAIRBROKER_SCREENSHOT=docs/dashboard.png (a path from
+    // The picture in docs/metrics.md is refreshed with PAIRBROKER_SCREENSHOT=docs/dashboard.png (a path from
     // the workspace's root); otherwise the screenshot goes to the temporary folder.
     let screenshot = match std::env::var_os("PAIRBROKER_SCREENSHOT") {
         Some(path) => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path),

@@ -145,7 +145,7 @@ fn the_lab_refuses_to_run_without_factories() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         stderr.lines().next(),
-        Some("error: invalid value '0' for '--factories <FACTORIES>': 0 is not in 1..=64"),
+        Some("error: invalid value '0' for '--factories <N>': 0 is not in 1..=64"),
         "{stderr}"
     );
 }

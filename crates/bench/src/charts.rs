@@ -1,4 +1,4 @@
-//! The SVG charts README shows: the S curve and W3's latency histogram.
+//! The SVG charts docs/benchmarks.md shows: the S curve and W3's latency histogram.
 
 use std::path::Path;
 

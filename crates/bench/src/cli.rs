@@ -209,7 +209,7 @@ fn write_charts(out: &std::path::Path, measured: &[Measured]) -> anyhow::Result<
     Ok(())
 }
 
-/// The target for a workload, as README's table gives it.
+/// The target for a workload, as docs/benchmarks.md's table gives it.
 fn target(workload: Workload) -> &'static str {
     match workload {
         Workload::W1 => "≥ 15,000 jobs/s",

@@ -26,7 +26,7 @@ pub struct Scale {
 }
 
 impl Scale {
-    /// The figures the README reports: the full sizes, three runs each.
+    /// The figures docs/benchmarks.md reports: the full sizes, three runs each.
     pub const FULL: Scale = Scale {
         faithful_jobs: 20_000,
         concurrent_jobs: 200_000,

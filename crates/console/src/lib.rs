@@ -135,18 +135,33 @@ pub const DEFAULT_BROKER: &str = "127.0.0.1:8030";
 /// How a miner or a factory reaches its broker: the same options on both.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BrokerArgs {
-    /// The broker's address, or several separated by commas: the first that answers is used,
-    /// and when it goes away the next in the list, round and round.
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BROKER, value_name = "ADDR[,ADDR...]", value_parser = usage::broker_address)]
+    /// The broker's address, or several separated by commas.
+    ///
+    /// The first that answers is used, and when it goes away the next in the list, round and
+    /// round.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BROKER, value_name = "HOST:PORT[,...]", value_parser = usage::broker_address, help_heading = "Broker")]
     pub broker: Vec<String>,
-    /// How long to wait for a connection to the broker, from 1ms to 1h.
-    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration_from_to("the connect timeout", MIN_CONNECT_TIMEOUT, MAX_CONNECT_TIMEOUT))]
+    /// How long to wait for a connection to the broker.
+    ///
+    /// A duration with its unit (e.g. `3s`, `500ms`), from 1ms to 1h.
+    #[arg(long, default_value_t = transport::DEFAULT_CONNECT_TIMEOUT.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration_from_to("the connect timeout", MIN_CONNECT_TIMEOUT, MAX_CONNECT_TIMEOUT), help_heading = "Broker")]
     pub connect_timeout: humantime::Duration,
-    /// How long to keep reconnecting to a broker that went away before exiting with an error.
-    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration)]
+    /// How long to keep reconnecting to a broker that went away.
+    ///
+    /// After it, the program exits with an error. A duration with its unit (e.g. `30s`, `2m`).
+    #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration, help_heading = "Broker")]
     pub give_up_after: humantime::Duration,
-    /// The broker's shared secret (a factory also requires it of the broker's calls).
-    #[arg(long, env = "PAIRBROKER_TOKEN", hide_env_values = true)]
+    /// The broker's shared secret.
+    ///
+    /// The --token the broker was started with. A factory also requires it of the broker's
+    /// calls.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "PAIRBROKER_TOKEN",
+        hide_env_values = true,
+        help_heading = "Broker"
+    )]
     pub token: Option<transport::AccessToken>,
 }
 

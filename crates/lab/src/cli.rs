@@ -43,7 +43,10 @@ pub struct Cli {
     #[command(flatten)]
     pub lab: LabArgs,
     /// How logs are written to standard error.
-    #[arg(long, value_enum, default_value_t = lab_console::LogFormat::Text, global = true)]
+    ///
+    /// `text`, one readable line per event; `json`, one object per event, for log collectors.
+    /// `RUST_LOG` chooses which events.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = lab_console::LogFormat::Text, global = true, help_heading = "Output")]
     pub log_format: lab_console::LogFormat,
 }
 
@@ -61,28 +64,46 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
     /// The broker's port on 127.0.0.1; 0 takes a free one.
-    #[arg(long, default_value_t = broker::cli::DEFAULT_PORT)]
+    ///
+    /// The factories and miners of the lab find the broker on whichever port it got.
+    #[arg(long, value_name = "PORT", default_value_t = broker::cli::DEFAULT_PORT, help_heading = "Broker")]
     pub port: u16,
-    /// How many factories to start, on free ports (1 to 64: with none, no job is ever done).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_FACTORIES as i64))]
+    /// How many factories to start, on free ports.
+    ///
+    /// From 1 to 64: with none, no job is ever done.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_FACTORIES as i64), help_heading = "Factories")]
     pub factories: u32,
     /// Publish Triplets instead of Pairs (Part 3).
-    #[arg(long)]
+    ///
+    /// Three random integers a job instead of two.
+    #[arg(long, help_heading = "Miners")]
     pub triplets: bool,
     /// Also run a miner that publishes to `divide` (Part 2a).
-    #[arg(long)]
+    ///
+    /// Without it, one miner publishes to `multiply`, and only the factories' pipeline
+    /// publishes to `divide`.
+    #[arg(long, help_heading = "Miners")]
     pub divide_miner: bool,
     /// Turn the factories' pipeline off (Parts 1 and 2a).
-    #[arg(long)]
+    ///
+    /// Without it, each factory turns every two Multiply results (three with Triplets) into a
+    /// Divide job.
+    #[arg(long, help_heading = "Factories")]
     pub no_pipeline: bool,
     /// The pause between two jobs of a miner.
-    #[arg(long, default_value_t = miner::cli::DEFAULT_INTERVAL.into())]
+    ///
+    /// A duration with its unit, e.g. `1s`, `10ms`.
+    #[arg(long, value_name = "DURATION", default_value_t = miner::cli::DEFAULT_INTERVAL.into(), help_heading = "Miners")]
     pub interval: humantime::Duration,
     /// Stop once each miner has published this many jobs and every job is done.
-    #[arg(long)]
+    ///
+    /// Without it, the lab runs until Ctrl-C.
+    #[arg(long, value_name = "N", help_heading = "Miners")]
     pub count: Option<u64>,
     /// Seed the miners' random jobs.
-    #[arg(long)]
+    ///
+    /// With the same seed, each miner publishes the same random jobs every time.
+    #[arg(long, value_name = "N", help_heading = "Miners")]
     pub seed: Option<u64>,
 }
 

@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, clap::Args)]
 pub struct NewArgs {
     /// The folder to write the project in; it must not exist, or be empty.
+    ///
+    /// It is created with its parents if missing. A folder that holds anything is refused, so
+    /// that no work is overwritten.
+    #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 }
 

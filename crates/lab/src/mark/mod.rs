@@ -56,27 +56,42 @@ Exit status: 0 when every check passes, 1 when some check fails, 2 when the harn
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct MarkArgs {
-    /// The command that starts the factory, run with `sh -c`: `{port}` stands for the port it
-    /// must serve on, `{broker}` for the broker's address (127.0.0.1:PORT).
-    #[arg(long, value_name = "COMMAND")]
+    /// The command that starts the factory, run with `sh -c`.
+    ///
+    /// `{port}` stands for the port it must serve on, `{broker}` for the broker's address
+    /// (127.0.0.1:PORT).
+    #[arg(long, value_name = "COMMAND", help_heading = "Factory")]
     pub factory: String,
     /// The parts to mark, separated by commas.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Part::ALL)]
+    ///
+    /// Each part is marked against a broker and a factory of its own.
+    #[arg(long, value_name = "PART[,...]", value_enum, value_delimiter = ',', default_values_t = Part::ALL, help_heading = "Factory")]
     pub parts: Vec<Part>,
     /// Write one JSON object for a grade sheet instead of the text report.
-    #[arg(long)]
+    ///
+    /// The same checks and scores as the text report, on standard output.
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
     /// How long a factory has from its start to its subscription.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_START_TIMEOUT.into())]
+    ///
+    /// Long enough by default for a `cargo run` that compiles.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_START_TIMEOUT.into(), help_heading = "Deadlines")]
     pub start_timeout: humantime::Duration,
     /// How long every other check waits for what it checks.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CHECK_TIMEOUT.into())]
+    ///
+    /// A right factory answers in milliseconds.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CHECK_TIMEOUT.into(), help_heading = "Deadlines")]
     pub check_timeout: humantime::Duration,
     /// How long one call of the broker to the factory may take.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CALL_TIMEOUT.into())]
+    ///
+    /// Keep it shorter than --check-timeout, so that a factory that hangs is seen as a failed
+    /// call within the check.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_CALL_TIMEOUT.into(), help_heading = "Deadlines")]
     pub call_timeout: humantime::Duration,
     /// How long a factory has to exit after SIGINT before it is killed.
-    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_STOP_TIMEOUT.into())]
+    ///
+    /// The factory's whole process group is killed with SIGKILL after it.
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_STOP_TIMEOUT.into(), help_heading = "Deadlines")]
     pub stop_timeout: humantime::Duration,
 }
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use broker::cli::{Cli, Command, ServeArgs};
-use broker::queue::{DiskStore, JetStreamConfig, JetStreamStore, JobStore, MemoryStore};
+use broker::queue::{DiskStore, JobStore, MemoryStore};
 use broker::{count_results, print_results, Broker};
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
@@ -93,13 +93,21 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let dead_letter_limit = args.dead_letter_limit as usize;
     if let Some(servers) = args.store.clone() {
-        let config = JetStreamConfig {
+        #[cfg(not(feature = "jetstream"))]
+        {
+            let _ = servers;
+            eprintln!("broker: this broker was built without the JetStream store (the `jetstream` feature, on by default); build it with `cargo build -p broker` to use --store");
+            return ExitCode::FAILURE;
+        }
+        #[cfg(feature = "jetstream")]
+        let config = broker::queue::JetStreamConfig {
             servers: servers.0,
             replicas: usize::from(args.replicas()),
             ack_wait: args.call_timeout.into(),
             dead_letter_limit,
         };
-        return match JetStreamStore::connect(config).await {
+        #[cfg(feature = "jetstream")]
+        return match broker::queue::JetStreamStore::connect(config).await {
             Ok(store) => {
                 tracing::info!("topics are kept in NATS JetStream");
                 serve_with(store, args, listener, http_listener).await

@@ -409,6 +409,7 @@ store_behaviour_tests!(
     crate::queue::disk::tests::scratch_store().await
 );
 // On real time, against a nats-server of each test's own.
+#[cfg(feature = "jetstream")]
 store_behaviour_tests!(
     jetstream_store,
     paused: false,

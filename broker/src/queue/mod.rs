@@ -10,11 +10,13 @@
 mod behaviour;
 mod compact;
 mod disk;
+#[cfg(feature = "jetstream")]
 mod jetstream;
 mod memory;
 mod rules;
 
 pub use disk::{DiskError, DiskStore, Fsync};
+#[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamConfig, JetStreamError, JetStreamStore};
 pub use memory::{MemoryStore, DEFAULT_DEAD_LETTER_LIMIT};
 pub use rules::{

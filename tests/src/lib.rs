@@ -317,6 +317,29 @@ pub fn program_of(package: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Our factory as a process, on `topic` alone and without its pipeline, once the broker at
+/// `address` (which `client` talks to) lists its subscription there.
+pub async fn factory_process_on(client: &BrokerClient, address: &str, topic: &str) -> Process {
+    let factory = Process::start(
+        "factory",
+        &[
+            "--broker",
+            address,
+            "--port",
+            "0",
+            "--topics",
+            topic,
+            "--no-pipeline",
+        ],
+    );
+    eventually_async(&format!("the factory subscribes to {topic}"), async || {
+        let stats = client.stats(tarpc::context::current()).await;
+        stats.is_ok_and(|stats| stats.subscribers.iter().any(|s| s.topic == topic))
+    })
+    .await;
+    factory
+}
+
 /// A free loopback port, for a program that must be started again on the same port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

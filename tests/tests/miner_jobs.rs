@@ -39,23 +39,7 @@ async fn miner_job_publishes_exactly_the_jobs_given_in_order_and_exits() {
     let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = broker.client_when_up(address).await;
     let address = address.to_string();
-    let _factory = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &address,
-            "--port",
-            "0",
-            "--topics",
-            "divide",
-            "--no-pipeline",
-        ],
-    );
-    eventually_async("the factory subscribes to divide", async || {
-        let stats = client.stats(tarpc::context::current()).await;
-        stats.is_ok_and(|stats| stats.subscribers.iter().any(|s| s.topic == "divide"))
-    })
-    .await;
+    let _factory = factory_process_on(&client, &address, "divide").await;
 
     let mut miner = Process::start(
         "miner",

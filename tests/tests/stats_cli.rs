@@ -41,23 +41,7 @@ struct FailedDivision {
 async fn a_failed_division() -> FailedDivision {
     let (broker, address) = a_broker().await;
     let client = client_when_up(address.parse().unwrap()).await;
-    let factory = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &address,
-            "--port",
-            "0",
-            "--topics",
-            "divide",
-            "--no-pipeline",
-        ],
-    );
-    eventually_async("the factory subscribes to divide", async || {
-        let stats = client.stats(tarpc::context::current()).await;
-        stats.is_ok_and(|stats| stats.subscribers.iter().any(|s| s.topic == "divide"))
-    })
-    .await;
+    let factory = factory_process_on(&client, &address, "divide").await;
     let mut miner = Process::start(
         "miner",
         &["--broker", &address, "--topic", "divide", "--job", "5,0"],

@@ -84,7 +84,28 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
             >= 100
     })
     .await;
+    // Stopped, the factory holds the calls it is sent, so the kill below surely meets calls in
+    // flight; jobs published here make sure there are some, however far the miner has got.
+    victim.signal("STOP");
+    let client = client(broker.address).await;
+    let mut extra = 0;
+    eventually_async("the stopped factory holds calls in flight", async || {
+        let holding = broker
+            .broker
+            .stats()
+            .await
+            .subscribers
+            .iter()
+            .any(|subscriber| subscriber.address == victim_name && subscriber.in_flight > 0);
+        if !holding {
+            publish(&client, "multiply", Pair { x: extra, y: 3 }).await;
+            extra += 1;
+        }
+        holding
+    })
+    .await;
     victim.kill();
+    let total = JOBS + extra as u64;
     eventually("the broker drops the killed factory's subscription", || {
         subscriptions_of(&broker, victim_address) == 0
     })
@@ -93,16 +114,16 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     let report = miner.await.unwrap().expect("the miner publishes every job");
     assert_eq!(report.published, JOBS);
     eventually("every published job is completed", || {
-        recorder.completed_ids("multiply").len() as u64 == JOBS
+        recorder.completed_ids("multiply").len() as u64 == total
     })
     .await;
     let stats = broker.topic_stats("multiply").await.unwrap();
     assert_eq!(
         (stats.published, stats.ready, stats.in_flight),
-        (JOBS, 0, 0)
+        (total, 0, 0)
     );
     let expected: HashSet<u64> = recorder.completed_ids("multiply");
-    assert_eq!(expected.len() as u64, JOBS);
+    assert_eq!(expected.len() as u64, total);
     let requeued = recorder
         .outcomes()
         .iter()
@@ -110,8 +131,8 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
         .count();
     let completions = recorder.completed("multiply").len();
     eprintln!(
-        "{JOBS} jobs, {completions} completions ({} duplicates), {requeued} requeued after the kill",
-        completions as u64 - JOBS
+        "{total} jobs, {completions} completions ({} duplicates), {requeued} requeued after the kill",
+        completions as u64 - total
     );
     assert_eq!(stats.requeued as usize, requeued);
     assert!(
@@ -136,7 +157,6 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
         subscriptions_of(&broker, victim_address) == 1
     })
     .await;
-    let client = client(broker.address).await;
     for i in 0..100 {
         publish(&client, "multiply", Pair { x: i, y: 2 }).await;
     }
@@ -144,7 +164,7 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
         recorder
             .completed("multiply")
             .iter()
-            .filter(|c| c.factory == victim_name && c.job_id >= JOBS)
+            .filter(|c| c.factory == victim_name && c.job_id >= total)
             .count()
             > 0
     })

@@ -95,7 +95,7 @@ impl TarpcFactory {
             // Dropped however the task ends, a panic included.
             let _ending = ending;
             if let Err(error) = dispatch.await {
-                tracing::debug!(factory = ?peer, error = %describe_error(&error), "the connection to the factory failed");
+                tracing::debug!(factory = ?peer, "the connection to the factory failed: {}", transport::words::cause(&error));
             }
         });
         Self { client, ended }
@@ -260,7 +260,10 @@ impl<S: JobStore> Shared<S> {
                 deliveries.len()
             )),
             Ok(Err(reason)) => Err(reason),
-            Err(_) => Err(format!("no reply within {:?}", this.call_timeout)),
+            Err(_) => Err(format!(
+                "no reply within {}",
+                lab_console::Rounded(this.call_timeout)
+            )),
         };
         match replies {
             Ok(replies) => {
@@ -274,14 +277,12 @@ impl<S: JobStore> Shared<S> {
             }
             Err(reason) => {
                 tracing::warn!(
-                    topic = %this.topic,
-                    first_job_id = deliveries[0].id,
-                    jobs = deliveries.len(),
-                    factory = %this.factory,
-                    callback = %this.callback,
-                    %reason,
-                    "call failed; the subscription ends, and its jobs go back to their topic unless \
-                     delivered as often as allowed"
+                    "{} at {} failed on {} of {:?}: {reason}; the subscription ends, and the \
+                     jobs go back to the topic unless delivered as often as allowed",
+                    this.callback,
+                    this.factory,
+                    jobs_text(&deliveries),
+                    this.topic
                 );
                 self.failure
                     .lock()
@@ -327,15 +328,13 @@ impl<S: JobStore> Shared<S> {
     async fn give_up(&self, delivery: &Delivery, reason: &str) {
         let this = &self.dispatcher;
         tracing::warn!(
-            topic = %this.topic,
-            job_id = delivery.id,
-            job = %delivery.job,
-            deliveries = delivery.attempt,
-            factory = %this.factory,
-            callback = %this.callback,
-            %reason,
-            "the job was delivered as often as allowed and its calls failed; it is dead-lettered \
-             instead of going back to its topic"
+            "job {} of {:?} ({}) was delivered {} times and its calls failed, the last at {}: \
+             {reason}; it is dead-lettered instead of going back to its topic",
+            delivery.id,
+            this.topic,
+            delivery.job,
+            delivery.attempt,
+            this.factory
         );
         let error = JobError::Undeliverable {
             deliveries: delivery.attempt,
@@ -404,7 +403,7 @@ impl<S: JobStore> Shared<S> {
     fn report(&self, settled: Result<(), QueueError>, delivery: &Delivery, outcome: Outcome) {
         if let Err(error) = settled {
             // Only one dispatcher holds a delivery, so this means a bug, not a race.
-            tracing::error!(%error, job_id = delivery.id, "cannot settle a delivery");
+            tracing::error!("cannot settle job {}: {error}", delivery.id);
         }
         (self.dispatcher.observer)(&outcome);
     }
@@ -445,7 +444,7 @@ impl<S: JobStore> Shared<S> {
                 return Err(format!("a pairbroker factory has no procedure {name}"))
             }
         };
-        replies.map_err(|error| describe_error(&error))
+        replies.map_err(|error| transport::words::describe(&error))
     }
 }
 
@@ -469,16 +468,13 @@ pub async fn accepts_batches(
     matches!(answer, Ok(results) if results.is_empty())
 }
 
-/// Names a transport failure in a sentence, with its cause.
-fn describe_error(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The jobs of one call, as a log line names them: `job 7`, or `jobs 7 and 3 more`.
+fn jobs_text(deliveries: &[Delivery]) -> String {
+    match deliveries {
+        [one] => format!("job {}", one.id),
+        [first, rest @ ..] => format!("jobs {} and {} more", first.id, rest.len()),
+        [] => "no job".to_owned(),
     }
-    text
 }
 
 #[cfg(test)]

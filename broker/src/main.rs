@@ -125,7 +125,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
         Some(dir) => match DiskStore::open(&dir, args.fsync(), dead_letter_limit).await {
             Ok(store) => {
-                tracing::info!(data_dir = %dir.display(), "jobs are kept on disk");
+                tracing::info!("jobs are kept on disk in {}", dir.display());
                 serve_with(store, args, listener, http_listener).await
             }
             Err(error) => {
@@ -151,7 +151,7 @@ async fn serve_with<S: JobStore>(
         print_results(Console::plain())
     };
     let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
-    tracing::info!(%address, "broker listening");
+    tracing::info!("listening on {address}");
     if let Some(listener) = http_listener {
         if let Ok(http) = listener.local_addr() {
             tracing::info!(
@@ -161,7 +161,7 @@ async fn serve_with<S: JobStore>(
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(error) = broker::http::serve(broker, listener, shutdown).await {
-                tracing::error!(%error, "the HTTP side stopped");
+                tracing::error!("the dashboard and /metrics stopped: {error}");
             }
         });
     }

@@ -192,7 +192,7 @@ pub fn count_results() -> Observer {
             let completed = counts[0].swap(0, Ordering::Relaxed);
             let failed = counts[1].swap(0, Ordering::Relaxed);
             if completed + failed > 0 {
-                tracing::info!(completed, failed, "jobs in the last second");
+                tracing::info!("{completed} jobs completed and {failed} failed in the last second");
             }
             // The observer is gone with the broker: stop counting.
             if Arc::strong_count(&counts) == 1 {

@@ -165,8 +165,9 @@ impl<S: JobStore> Broker<S> {
         }
         let message = match self.store.create_topic(&topic, buffer as usize).await? {
             TopicCreation::Created => {
-                tracing::info!(%topic, buffer, "topic created");
-                format!("created topic {topic:?} with buffer {buffer}")
+                let message = format!("created topic {topic:?} with buffer {buffer}");
+                tracing::info!("{message}");
+                message
             }
             TopicCreation::Existing { capacity } if capacity == buffer as usize => {
                 format!("topic {topic:?} exists with buffer {capacity}")
@@ -324,7 +325,11 @@ impl<S: JobStore> Broker<S> {
                 let batches = prefetch > 1
                     && accepts_batches(&client, &key.callback, self.settings.connect_timeout).await;
                 if prefetch > 1 && !batches {
-                    tracing::info!(factory = %key.factory, callback = %key.callback, "the factory takes no batched calls; calling it one job at a time");
+                    tracing::info!(
+                        "{} takes no batched calls for {}; calling it one job at a time",
+                        key.factory,
+                        key.callback
+                    );
                     // It may have closed the connection on the question.
                     client = connect().await?;
                 }
@@ -356,9 +361,24 @@ impl<S: JobStore> Broker<S> {
             let end = dispatcher.run().await;
             broker.subscriptions.remove_ended(&key, generation);
             match end {
-                DispatcherEnd::Stopped => tracing::info!(topic = %key.topic, factory = %key.factory, callback = %key.callback, "subscription ended"),
-                DispatcherEnd::FactoryFailed(reason) => tracing::warn!(topic = %key.topic, factory = %key.factory, callback = %key.callback, %reason, "subscription dropped: the factory failed"),
-                DispatcherEnd::Store(error) => tracing::error!(topic = %key.topic, factory = %key.factory, %error, "subscription dropped: the store failed"),
+                // Unsubscribing, resubscribing and stopping the broker each said so already.
+                DispatcherEnd::Stopped => tracing::debug!(
+                    "the subscription of {} to {:?} with {} ended",
+                    key.factory,
+                    key.topic,
+                    key.callback
+                ),
+                DispatcherEnd::FactoryFailed(reason) => tracing::warn!(
+                    "dropped the subscription of {} to {:?} with {}: {reason}",
+                    key.factory,
+                    key.topic,
+                    key.callback
+                ),
+                DispatcherEnd::Store(error) => tracing::error!(
+                    "dropped the subscription of {} to {:?}: the store failed: {error}",
+                    key.factory,
+                    key.topic
+                ),
             }
         });
         let verb = if replaced {
@@ -366,7 +386,12 @@ impl<S: JobStore> Broker<S> {
         } else {
             "subscribed"
         };
-        tracing::info!(topic = %subscription.topic, factory = %address, callback = %subscription.callback, protocol = protocol.name(), prefetch, "{verb}");
+        tracing::info!(
+            "{verb} {address} to {:?} with {} ({}, prefetch {prefetch})",
+            subscription.topic,
+            subscription.callback,
+            protocol.name()
+        );
         Ok(StatusReport {
             message: format!(
                 "{verb} {address} to {:?} with {} (prefetch {prefetch})",
@@ -390,13 +415,12 @@ impl<S: JobStore> Broker<S> {
                 callback: subscription.callback,
             });
         }
-        tracing::info!(topic = %key.topic, factory = %key.factory, callback = %key.callback, "unsubscribed");
-        Ok(StatusReport {
-            message: format!(
-                "unsubscribed {} from {:?} with {}",
-                subscription.factory_address, subscription.topic, subscription.callback
-            ),
-        })
+        let message = format!(
+            "unsubscribed {} from {:?} with {}",
+            subscription.factory_address, subscription.topic, subscription.callback
+        );
+        tracing::info!("{message}");
+        Ok(StatusReport { message })
     }
 
     /// The counters of a topic.

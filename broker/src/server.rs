@@ -58,7 +58,7 @@ pub async fn serve<S: JobStore>(
                     // because a task per request cost more than the request (a profile showed it).
                     .for_each_concurrent(None, |request| request);
                 tokio::select! {
-                    _ = requests => tracing::debug!(%peer, "connection closed"),
+                    _ = requests => tracing::debug!("the connection from {peer} closed"),
                     _ = shutdown.cancelled() => {}
                 }
             }

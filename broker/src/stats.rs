@@ -35,7 +35,7 @@ const NO_FIGURE: &str = "-";
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
     /// The broker cannot be reached.
-    #[error("cannot reach broker at {address} ({cause}): start the broker ({start}), or give its address with --broker", address = .0.address(), cause = .0.cause(), start = lab_console::how_to_start("broker"))]
+    #[error("{}", lab_console::unreachable_broker(.0))]
     Unreachable(ConnectError),
     /// The broker stopped answering.
     #[error("the broker at {address} did not answer: {error}")]

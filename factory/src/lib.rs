@@ -64,7 +64,7 @@ pub enum FactoryError {
     #[error("cannot read the listening address: {0}")]
     Listener(#[source] std::io::Error),
     /// The broker cannot be reached.
-    #[error("cannot reach broker at {address} ({cause}): start the broker ({start}), or give its address with --broker", address = .0.address(), cause = .0.cause(), start = lab_console::how_to_start("broker"))]
+    #[error("{}", lab_console::unreachable_broker(.0))]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time.
     #[error("{0}; start the broker again ({start}), then this factory", start = lab_console::how_to_start("broker"))]
@@ -168,7 +168,7 @@ pub async fn run(
                         // call cost more than the arithmetic.
                         .for_each_concurrent(None, |call| call);
                     tokio::select! {
-                        _ = requests => tracing::debug!(%peer, "broker connection closed"),
+                        _ = requests => tracing::debug!("the broker's connection from {peer} closed"),
                         _ = stop_connections.cancelled() => {}
                     }
                 }
@@ -178,7 +178,7 @@ pub async fn run(
 
     let worked = match membership.join().await {
         Ok(()) => {
-            tracing::info!(%address, "factory working");
+            tracing::info!("working on {address}");
             tokio::select! {
                 _ = shutdown.cancelled() => Ok(()),
                 kept = membership.keep(&shutdown) => kept,
@@ -210,9 +210,12 @@ pub async fn run(
     }
     if let Some(task) = pipeline_task {
         match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
-            Ok(Ok(leftovers)) => tracing::info!(?leftovers, "pipeline flushed"),
-            Ok(Err(error)) => tracing::error!(%error, "pipeline task failed"),
-            Err(_) => tracing::error!("pipeline could not publish its last groups in time"),
+            Ok(Ok(leftovers)) if leftovers.is_empty() => {
+                tracing::debug!("the pipeline published its last groups")
+            }
+            Ok(Ok(leftovers)) => tracing::info!("the pipeline stopped with {leftovers}"),
+            Ok(Err(error)) => tracing::error!("the pipeline failed: {error}"),
+            Err(_) => tracing::error!("the pipeline could not publish its last groups in time"),
         }
     }
     worked

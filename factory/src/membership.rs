@@ -42,7 +42,7 @@ impl Membership<'_> {
                 },
             )
             .await?;
-            tracing::info!(message = %report.message, "channel ready");
+            tracing::info!("{}", report.message);
         }
         for subscription in &self.subscriptions {
             self.subscribe(subscription).await?;
@@ -64,7 +64,7 @@ impl Membership<'_> {
             },
         )
         .await?;
-        tracing::info!(message = %report.message, "subscribed");
+        tracing::info!("{}", report.message);
         Ok(())
     }
 
@@ -94,19 +94,27 @@ impl Membership<'_> {
                 let rejoin = match held {
                     Ok(Ok(true)) => false,
                     Ok(Ok(false)) => {
-                        tracing::warn!(topic = %subscription.topic, "the broker dropped this subscription; subscribing again");
+                        tracing::warn!(
+                            "the broker dropped the subscription to {:?}; subscribing again",
+                            subscription.topic
+                        );
                         true
                     }
                     Ok(Err(BrokerError::NoSuchTopic { topic })) => {
-                        tracing::warn!(%topic, "the broker does not know the topic (restarted?); joining again");
+                        tracing::warn!(
+                            "the broker does not know the topic {topic:?} (restarted?); joining again"
+                        );
                         true
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%error, "cannot check a subscription");
+                        tracing::warn!("cannot check a subscription: {error}");
                         false
                     }
                     Err(LinkError::Rpc(error)) => {
-                        tracing::warn!(%error, "cannot check a subscription");
+                        tracing::warn!(
+                            "cannot check a subscription: {}",
+                            transport::words::describe(&error)
+                        );
                         false
                     }
                     Err(error @ LinkError::Gone { .. }) => {
@@ -115,7 +123,7 @@ impl Membership<'_> {
                 };
                 if rejoin {
                     if let Err(error) = self.join().await {
-                        tracing::warn!(%error, "joining again failed; trying at the next check");
+                        tracing::warn!("joining again failed ({error}); trying at the next check");
                     }
                     break;
                 }
@@ -140,7 +148,7 @@ impl Membership<'_> {
             )
             .await;
             if let Err(error) = left {
-                tracing::warn!(%error, "unsubscribe failed");
+                tracing::warn!("{error}");
             }
         }
     }
@@ -186,7 +194,11 @@ where
                 }),
             };
         }
-        tracing::warn!(action = %action(), ?retry_in, "the broker could not do it now; asking again");
+        tracing::warn!(
+            "the broker could not {} now; asking again in {}",
+            action(),
+            lab_console::Rounded(retry_in)
+        );
         tokio::time::sleep(retry_in).await;
         retry_in *= 2;
         retries += 1;

@@ -15,6 +15,7 @@ use lab_console::Console;
 use stubs::{BrokerError, Job, Pair, PublishRequest, Triplet};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use transport::{BrokerLink, LinkError};
 
 /// How many Multiply results may wait for the pipeline task. When it is full, the Multiply
@@ -43,7 +44,16 @@ impl PipelineInput {
     /// Hands a result to the pipeline, waiting while its backlog is full.
     pub async fn send(&self, result: MultiplyResult) {
         if self.0.send(result).await.is_err() {
-            tracing::warn!(?result, "the pipeline has stopped; result not grouped");
+            tracing::warn!("the pipeline has stopped; {result} is not grouped");
+        }
+    }
+}
+
+impl std::fmt::Display for MultiplyResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MultiplyResult::OfPair(result) => write!(f, "the Pair result {result}"),
+            MultiplyResult::OfTriplet(result) => write!(f, "the Triplet result {result}"),
         }
     }
 }
@@ -55,6 +65,45 @@ pub struct Leftovers {
     pub pairs: Vec<i64>,
     /// Triplet results short of a group of three.
     pub triplets: Vec<i64>,
+}
+
+impl Leftovers {
+    /// Whether every result made a whole group.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.triplets.is_empty()
+    }
+}
+
+/// As a log line says it: `1 Pair result without a partner (165)`.
+impl std::fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.pairs.is_empty() {
+            parts.push(results(&self.pairs, "Pair", "without a partner"));
+        }
+        if !self.triplets.is_empty() {
+            parts.push(results(
+                &self.triplets,
+                "Triplet",
+                "short of a group of three",
+            ));
+        }
+        if parts.is_empty() {
+            return f.write_str("no result left over");
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
+/// `2 Pair results without a partner (3, 4)`.
+fn results(values: &[i64], shape: &str, why: &str) -> String {
+    let plural = if values.len() == 1 { "" } else { "s" };
+    let listed: Vec<String> = values.iter().map(i64::to_string).collect();
+    format!(
+        "{} {shape} result{plural} {why} ({})",
+        values.len(),
+        listed.join(", ")
+    )
 }
 
 /// What a pipeline did, from its start until its input closed.
@@ -136,30 +185,28 @@ pub fn spawn(
 ) -> (PipelineInput, JoinHandle<Leftovers>) {
     let (input, mut results) = mpsc::channel(PIPELINE_BACKLOG);
     let slot = REPORT_SLOT.try_with(ReportSlot::clone).ok();
-    let task = tokio::spawn(async move {
-        let mut groups = Groups::default();
-        let mut report = PipelineReport::default();
-        while let Some(result) = results.recv().await {
-            report.handed(result);
-            if let Some(job) = groups.add(result) {
-                if publish_until_accepted(&broker, &divide_topic, job, &console).await {
-                    report.published_one(job);
+    // In the caller's span, so that the lab names the factory on the pipeline's lines.
+    let task = tokio::spawn(
+        async move {
+            let mut groups = Groups::default();
+            let mut report = PipelineReport::default();
+            while let Some(result) = results.recv().await {
+                report.handed(result);
+                if let Some(job) = groups.add(result) {
+                    if publish_until_accepted(&broker, &divide_topic, job, &console).await {
+                        report.published_one(job);
+                    }
                 }
             }
+            report.leftovers = groups.into_leftovers();
+            let leftovers = report.leftovers.clone();
+            if let Some(slot) = slot {
+                slot.fill(report);
+            }
+            leftovers
         }
-        report.leftovers = groups.into_leftovers();
-        if report.leftovers != Leftovers::default() {
-            tracing::warn!(
-                leftovers = ?report.leftovers,
-                "pipeline stopped with results that make no whole group"
-            );
-        }
-        let leftovers = report.leftovers.clone();
-        if let Some(slot) = slot {
-            slot.fill(report);
-        }
-        leftovers
-    });
+        .in_current_span(),
+    );
     (PipelineInput(input), task)
 }
 
@@ -250,17 +297,23 @@ async fn publish_until_accepted(
     let published = publish
         .retry(retries)
         .notify(|error, pause| {
-            tracing::warn!(%error, ?pause, topic, ?job, "pipeline publish failed; retrying");
+            tracing::warn!(
+                "the pipeline could not publish {job} to {topic:?} ({error}); trying again in {}",
+                lab_console::Rounded(pause)
+            );
         })
         .await;
     match published {
         Ok(published) => {
-            tracing::debug!(job_id = published.job_id, %job, topic, "pipeline published");
+            tracing::debug!(
+                "the pipeline published {job} to {topic:?} as job {}",
+                published.job_id
+            );
             true
         }
         // Unreachable with no limit on tries; kept so that a future limit cannot drop silently.
         Err(error) => {
-            tracing::error!(%error, ?job, "pipeline publish given up");
+            tracing::error!("the pipeline gave up publishing {job}: {error}");
             false
         }
     }

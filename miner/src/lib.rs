@@ -65,7 +65,7 @@ pub struct MinerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MinerError {
     /// The broker cannot be reached.
-    #[error("cannot reach broker at {address} ({cause}): start the broker ({start}), or give its address with --broker", address = .0.address(), cause = .0.cause(), start = lab_console::how_to_start("broker"))]
+    #[error("{}", lab_console::unreachable_broker(.0))]
     BrokerUnreachable(#[source] ConnectError),
     /// The broker went away and did not come back in time, or stopped answering.
     #[error("lost the broker while trying to {action}: {error}; is it still running? Start it again ({start})", start = lab_console::how_to_start("broker"))]

@@ -1,5 +1,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use lab_console::Console;
 use miner::cli::Cli;
@@ -24,10 +25,10 @@ async fn main() -> ExitCode {
     match miner::run(cli.config(), output, shutdown).await {
         Ok(report) => {
             tracing::info!(
-                published = report.published,
-                ack_p50_us = report.ack_p50_us,
-                ack_p99_us = report.ack_p99_us,
-                "miner done"
+                "published {} jobs; the broker acknowledged half within {} and 99% within {}",
+                report.published,
+                lab_console::Rounded(Duration::from_micros(report.ack_p50_us)),
+                lab_console::Rounded(Duration::from_micros(report.ack_p99_us))
             );
             ExitCode::SUCCESS
         }

@@ -80,7 +80,10 @@ impl TopicLink {
                 // The broker's store failed for now (a NATS node gone, its disk full): the job
                 // was not acknowledged, so it is published again once the store may be back.
                 Ok(Err(BrokerError::StorageFailed { reason })) => {
-                    tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the job; publishing it again");
+                    tracing::warn!(
+                        "the broker could not store the job ({reason}); publishing it again in {}",
+                        lab_console::Rounded(storage_backoff)
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(storage_backoff) => {}
@@ -88,16 +91,20 @@ impl TopicLink {
                     storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
                 }
                 Ok(Err(BrokerError::TopicFull { topic, capacity })) => {
-                    tracing::info!(%topic, capacity, "topic full; still waiting for room");
+                    tracing::info!(
+                        "the topic {topic:?} is full ({capacity} jobs); still waiting for room"
+                    );
                 }
                 Ok(Err(BrokerError::NoSuchTopic { topic })) => {
-                    tracing::warn!(%topic, "the broker does not know the topic (restarted?); creating it again");
+                    tracing::warn!(
+                        "the broker does not know the topic {topic:?} (restarted?); creating it again"
+                    );
                     create_channel(&self.broker, &self.channel, shutdown).await?;
                 }
                 // The broker may have enqueued the job and answered late: publishing again
                 // risks a duplicate, never a loss (at least once).
                 Err(error) if matches!(*error, LinkError::Rpc(RpcError::DeadlineExceeded)) => {
-                    tracing::warn!("publish got no answer in time; publishing again");
+                    tracing::warn!("the publish got no answer in time; publishing again");
                 }
                 Ok(Err(error)) => {
                     return Err(MinerError::Refused {
@@ -138,11 +145,14 @@ async fn create_channel(
             .await;
         return match created {
             Ok(Ok(report)) => {
-                tracing::info!(message = %report.message, "channel ready");
+                tracing::info!("{}", report.message);
                 Ok(())
             }
             Ok(Err(BrokerError::StorageFailed { reason })) => {
-                tracing::warn!(%reason, retry_in = ?storage_backoff, "the broker could not store the topic; trying again");
+                tracing::warn!(
+                    "the broker could not store the topic ({reason}); trying again in {}",
+                    lab_console::Rounded(storage_backoff)
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(storage_backoff) => {}

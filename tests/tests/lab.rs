@@ -149,3 +149,111 @@ fn the_lab_refuses_to_run_without_factories() {
         "{stderr}"
     );
 }
+
+/// Every line of one short lab run, results and logs alike, with the ports it was given
+/// replaced by names. Lines of the components interleave differently from run to run, so they
+/// are compared in sorted order; who printed each, and what, is pinned.
+#[tokio::test]
+async fn one_lab_run_prints_these_lines_and_no_others() {
+    let mut command = Command::new(program("lab"));
+    command
+        .args(["--port", "0", "--factories", "1", "--count", "5"])
+        .args(["--interval", "100ms", "--seed", "7"])
+        .env_remove("RUST_LOG");
+    let mut lab = Process::spawn(command);
+    let status = lab.exit_status().await;
+    assert!(status.success(), "{status}: {}", lab.last_errors(20));
+    eventually("the lab's summary line is read", || {
+        lab.lines().iter().any(|line| line.starts_with("lab: "))
+    })
+    .await;
+    let logs = lab.last_errors(usize::MAX);
+    let mut printed: Vec<String> = lab
+        .lines()
+        .into_iter()
+        .chain(logs.lines().map(str::to_owned))
+        .collect();
+    let named = |line: &str, words: &str| {
+        let (_, address) = line.split_once(words)?;
+        Some(address.to_owned())
+    };
+    let broker = printed
+        .iter()
+        .find_map(|line| named(line, "the broker listens on "))
+        .expect("the broker's address is printed");
+    let factory = printed
+        .iter()
+        .find_map(|line| named(line, "factory 1 serves on "))
+        .expect("the factory's address is printed");
+    for line in &mut printed {
+        *line = line.replace(&broker, "BROKER").replace(&factory, "FACTORY");
+        // Whichever of the miner and the factory asks first creates the topic.
+        for topic in ["multiply", "divide"] {
+            *line = line
+                .replace(
+                    &format!("created topic {topic:?}"),
+                    &format!("topic {topic:?} ready"),
+                )
+                .replace(
+                    &format!("topic {topic:?} exists"),
+                    &format!("topic {topic:?} ready"),
+                );
+        }
+        // The pipeline's Divide jobs take ids between the miner's, as they come.
+        if let Some(at) = line.find("(job ") {
+            line.replace_range(at.., "(job N)");
+        }
+    }
+    printed.sort();
+    let mut expected: Vec<&str> = PINNED_LAB_RUN.lines().collect();
+    expected.sort();
+    assert_eq!(
+        printed,
+        expected,
+        "the lines of the run, sorted:\n{}",
+        printed.join("\n")
+    );
+}
+
+/// What `lab --port 0 --factories 1 --count 5 --interval 100ms --seed 7` prints.
+const PINNED_LAB_RUN: &str = "\
+broker   | Factory.Divide of 259180689864464654 and 45052570617648140 is 5
+broker   | Factory.Divide of 9310045730176524 and 77385821620610202 is 0
+broker   | Factory.Multiply of 125220589 and 723451923 is 90591075911242647
+broker   | Factory.Multiply of 142642157 and 542517186 is 77385821620610202
+broker   | Factory.Multiply of 175461631 and 256765940 is 45052570617648140
+broker   | Factory.Multiply of 272497277 and 951131302 is 259180689864464654
+broker   | Factory.Multiply of 30317361 and 307086284 is 9310045730176524
+broker   | subscribed FACTORY to \"divide\" with Factory.Divide (tarpc, prefetch 1)
+broker   | subscribed FACTORY to \"multiply\" with Factory.Multiply (tarpc, prefetch 1)
+broker   | topic \"divide\" ready with buffer 10
+broker   | topic \"multiply\" ready with buffer 10
+broker   | unsubscribed FACTORY from \"divide\" with Factory.Divide
+broker   | unsubscribed FACTORY from \"multiply\" with Factory.Multiply
+factory1 | 125220589 * 723451923 = 90591075911242647
+factory1 | 142642157 * 542517186 = 77385821620610202
+factory1 | 175461631 * 256765940 = 45052570617648140
+factory1 | 259180689864464654 / 45052570617648140 = 5
+factory1 | 272497277 * 951131302 = 259180689864464654
+factory1 | 30317361 * 307086284 = 9310045730176524
+factory1 | 9310045730176524 / 77385821620610202 = 0
+factory1 | pipeline: 259180689864464654 and 45052570617648140 -> divide
+factory1 | pipeline: 9310045730176524 and 77385821620610202 -> divide
+factory1 | stopping: unsubscribing and finishing the calls in flight
+factory1 | subscribed FACTORY to \"divide\" with Factory.Divide (prefetch 1)
+factory1 | subscribed FACTORY to \"multiply\" with Factory.Multiply (prefetch 1)
+factory1 | the pipeline stopped with 1 Pair result without a partner (90591075911242647)
+factory1 | topic \"divide\" ready with buffer 10
+factory1 | topic \"multiply\" ready with buffer 10
+factory1 | working on FACTORY
+lab      | factory 1 serves on FACTORY
+lab      | the broker listens on BROKER
+lab      | the multiply miner is done: it published 5 jobs
+lab: 5 multiply and 2 divide jobs completed, 0 failed; divide = 2 from the pipelines (each factory pairs its own results: factory1 had 5, paired 4, 1 left unpaired)
+miner-mul| published 125220589 and 723451923 to multiply (job N)
+miner-mul| published 142642157 and 542517186 to multiply (job N)
+miner-mul| published 175461631 and 256765940 to multiply (job N)
+miner-mul| published 272497277 and 951131302 to multiply (job N)
+miner-mul| published 30317361 and 307086284 to multiply (job N)
+miner-mul| topic \"multiply\" ready with buffer 10
+";

@@ -39,7 +39,9 @@ impl GoFactory {
                 })),
             },
             Err(CallError::Remote(reason)) => Ok(Err(JobError::Other { reason })),
-            Err(CallError::TimedOut) => Err(format!("no reply within {timeout:?}")),
+            Err(CallError::TimedOut) => {
+                Err(format!("no reply within {}", lab_console::Rounded(timeout)))
+            }
             Err(CallError::Transport(reason)) => Err(reason),
         }
     }

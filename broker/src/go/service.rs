@@ -74,7 +74,7 @@ pub async fn serve_connection<S: JobStore>(
             gone.cancel();
         }
     });
-    tracing::debug!(%peer, "a Go net/rpc client connected");
+    tracing::debug!("a Go net/rpc client connected from {peer}");
     let slots = Arc::new(Semaphore::new(max_requests));
     let calls = TaskTracker::new();
     let subscribes: Arc<Subscribes> = Arc::default();
@@ -87,7 +87,9 @@ pub async fn serve_connection<S: JobStore>(
             Ok(request) => request,
             Err(ReadError::Closed) => break,
             Err(error) => {
-                tracing::warn!(%peer, %error, "a Go client sent what net/rpc cannot read; closing its connection");
+                tracing::warn!(
+                    "the Go client at {peer} sent what net/rpc cannot read ({error}); closing its connection"
+                );
                 break;
             }
         };
@@ -121,7 +123,7 @@ pub async fn serve_connection<S: JobStore>(
     calls.wait().await;
     drop(replies);
     let _ = writer.await;
-    tracing::debug!(%peer, "a Go net/rpc client's connection closed");
+    tracing::debug!("the Go net/rpc client at {peer} closed its connection");
 }
 
 /// One request's answer: the reply's body, or the error string net/rpc carries.

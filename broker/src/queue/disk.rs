@@ -514,15 +514,13 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
     }
     if unreadable > 0 {
         tracing::warn!(
-            unreadable,
-            "the data dir holds records that cannot be read: they were left out"
+            "the data dir holds {unreadable} records that cannot be read: they were left out"
         );
     }
     tracing::info!(
-        topics = loaded.topic_ids.len(),
-        jobs,
-        requeued,
-        "loaded the data dir"
+        "loaded the data dir: {} topics and {jobs} jobs, of which {requeued} were in flight and \
+         go back to their topics",
+        loaded.topic_ids.len()
     );
     Ok(loaded)
 }
@@ -543,7 +541,7 @@ fn write_loop(
                     Ok(write) => write,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(error) = sync(&db) {
-                            tracing::error!(%error, "cannot sync the data dir");
+                            tracing::error!("cannot sync the data dir: {error}");
                         }
                         (last_sync, unsynced) = (std::time::Instant::now(), false);
                         continue;
@@ -589,7 +587,7 @@ fn write_loop(
             Fsync::Interval(every) => last_sync.elapsed() >= every,
         };
         let result = commit(&db, &group, durable, &mut written).map_err(|error| {
-            tracing::error!(%error, "cannot write to the data dir");
+            tracing::error!("cannot write to the data dir: {error}");
             error
         });
         if durable {
@@ -609,12 +607,12 @@ fn write_loop(
     if !last.is_empty() {
         match commit(&db, &last, true, &mut written) {
             Ok(()) => unsynced = false,
-            Err(error) => tracing::error!(%error, "cannot write to the data dir"),
+            Err(error) => tracing::error!("cannot write to the data dir: {error}"),
         }
     }
     if unsynced {
         if let Err(error) = sync(&db) {
-            tracing::error!(%error, "cannot sync the data dir");
+            tracing::error!("cannot sync the data dir: {error}");
         }
     }
 }

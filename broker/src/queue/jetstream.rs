@@ -135,7 +135,7 @@ async fn pull_for_takers(
         let mut batch = match pulled {
             Ok(batch) => batch,
             Err(error) => {
-                tracing::warn!(%error, "cannot pull from JetStream; trying again");
+                tracing::warn!("cannot pull from JetStream ({error}); trying again");
                 tokio::time::sleep(PULL_EXPIRES).await;
                 continue;
             }
@@ -148,7 +148,7 @@ async fn pull_for_takers(
                         hand_over(held, &mut waiting, &put_back);
                     }
                     Some(Err(error)) => {
-                        tracing::debug!(%error, "a pull request ended early");
+                        tracing::debug!("a pull request ended early: {error}");
                         tokio::time::sleep(FULL_RETRY).await;
                         break;
                     }
@@ -263,8 +263,7 @@ impl JetStreamStore {
         let version = client.server_info().version;
         if !is_trusted_version(&version) {
             tracing::warn!(
-                %version,
-                "nats-server older than {}.{}: 2.9.10 was seen acknowledging publishes to a full \
+                "nats-server {version} is older than {}.{}: 2.9.10 was seen acknowledging publishes to a full \
                  replicated stream with wrong sequences, losing jobs; 2.15.1 passes our fault test",
                 TRUSTED_VERSION.0,
                 TRUSTED_VERSION.1
@@ -286,7 +285,7 @@ impl JetStreamStore {
             if !is_transient(&error) || Instant::now() >= ready_by {
                 return Err(failed(&error));
             }
-            tracing::warn!(%error, "JetStream is not ready; trying again");
+            tracing::warn!("JetStream is not ready ({error}); trying again");
             tokio::time::sleep(FULL_RETRY * 100).await;
         }
         Ok(Self {
@@ -380,13 +379,16 @@ impl JetStreamStore {
         let (id, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered as u32),
             Err(error) => {
-                tracing::warn!(topic = %topic.name, %error, "a message without its delivery info; dropped");
+                tracing::warn!(
+                    "a message of {:?} came without its delivery info ({error}); dropped",
+                    topic.name
+                );
                 let _ = message.ack_with(AckKind::Term).await;
                 return None;
             }
         };
         let Some(queued) = from_record(&message.payload) else {
-            tracing::warn!(topic = %topic.name, id, "a message that is not a job; dropped");
+            tracing::warn!("message {id} of {:?} is not a job; dropped", topic.name);
             let _ = message.ack_with(AckKind::Term).await;
             return None;
         };
@@ -397,7 +399,11 @@ impl JetStreamStore {
             attempt: attempts.map_or(delivered, |attempts| attempts.saturating_add(1)),
             published_at: queued.published_at,
         };
-        tracing::debug!(topic = %topic.name, id, delivered, job = %delivery.job, "delivering");
+        tracing::debug!(
+            "delivering job {id} of {:?} ({}), delivery {delivered}",
+            topic.name,
+            delivery.job
+        );
         lock(&topic.in_flight).insert(id, message);
         Some(delivery)
     }
@@ -580,7 +586,9 @@ impl JobStore for JetStreamStore {
             match self.js.publish(topic.subject.clone(), record.into()).await {
                 Ok(acknowledgement) => pending.push(acknowledgement),
                 Err(error) => {
-                    tracing::debug!(%error, "a publish was not sent; the jobs after it go one by one");
+                    tracing::debug!(
+                        "a publish was not sent ({error}); the jobs after it go one by one"
+                    );
                     break;
                 }
             }
@@ -770,7 +778,10 @@ impl JobStore for JetStreamStore {
                 Ok(name) => names.extend(name.strip_prefix("pairbroker-").map(unescaped)),
                 // The listing asks again after an error, and would for ever: what it has will do.
                 Err(error) => {
-                    tracing::warn!(%error, listed = names.len(), "cannot list every topic");
+                    tracing::warn!(
+                        "cannot list every topic ({error}); listed {} of them",
+                        names.len()
+                    );
                     break;
                 }
             }

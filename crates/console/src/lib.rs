@@ -1,7 +1,8 @@
 //! The terminal side of the lab programs.
 //!
 //! - [`Console`]: one line per completed job, operation or published job, on standard output,
-//!   so that results and logs (standard error, [`init_logging`]) stay apart.
+//!   so that results and logs (standard error, [`init_logging`]) stay apart; logs read as
+//!   sentences, with durations [`Rounded`].
 //! - [`cancel_on_signal`]: Ctrl-C or SIGTERM starts a graceful stop.
 //! - [`usage`]: what a person types, and the usage errors (status 2) that say what to type
 //!   instead; [`BrokerArgs`], the options every client of the broker shares.
@@ -19,45 +20,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+mod logs;
 pub mod usage;
 
-/// How logs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per event, with its fields, for log collectors.
-    Json,
-}
-
-/// What is logged when `RUST_LOG` is not set: our `info` events, and none of tarpc's per-call
-/// spans. tarpc opens an `info` span for every call on both ends and the text formatter renders
-/// its fields (a trace id, an RFC 3339 deadline) at once: about a tenth of the broker's CPU
-/// time under load, for lines that are never printed.
-pub const DEFAULT_LOG_FILTER: &str = "info,tarpc=warn";
-
-/// Sends logs to standard error in `format`, filtered by `RUST_LOG` (default
-/// [`DEFAULT_LOG_FILTER`]).
-pub fn init_logging(format: LogFormat) {
-    init_logging_with(format, DEFAULT_LOG_FILTER);
-}
-
-/// [`init_logging`] with another filter when `RUST_LOG` is not set: for a program whose own
-/// output says what the logs of its parts would.
-pub fn init_logging_with(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours for a person at a terminal; none in a log file or a pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-}
+pub use logs::{
+    component, init_logging, init_logging_with, LineStart, LogFormat, DEFAULT_LOG_FILTER,
+};
+pub use transport::words::Rounded;
 
 /// Cancels `shutdown` on Ctrl-C (SIGINT) or SIGTERM, so that a program stops gracefully
 /// whether a person or a process manager stops it.
@@ -74,7 +43,7 @@ pub fn cancel_on_signal(shutdown: CancellationToken) {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops");
+                    tracing::warn!("cannot listen for SIGTERM ({error}); Ctrl-C still stops");
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
@@ -105,6 +74,12 @@ impl Console {
             prefix: Some(Arc::from(format!("{prefix:<9}| "))),
             quiet: false,
         }
+    }
+
+    /// The name of the component it prints for, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        let prefix = self.prefix.as_deref()?;
+        Some(prefix.trim_end_matches("| ").trim_end())
     }
 
     /// Prints nothing: for tests and for load, where a line per job is noise.
@@ -207,4 +182,23 @@ pub fn how_to_start(program: &str) -> String {
         }
         _ => cargo,
     }
+}
+
+/// Why a client program could not reach its broker, and what to do about it: a name that does
+/// not resolve is a typing mistake to check, anything else most often a broker not started.
+pub fn unreachable_broker(error: &transport::ConnectError) -> String {
+    let fix = match error {
+        transport::ConnectError::Resolve { .. } => {
+            "check the host name, or give the broker's address with --broker".to_owned()
+        }
+        _ => format!(
+            "start the broker ({}), or give its address with --broker",
+            how_to_start("broker")
+        ),
+    };
+    format!(
+        "cannot reach broker at {} ({}): {fix}",
+        error.address(),
+        error.cause()
+    )
 }

@@ -258,7 +258,7 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         port: cli.port,
         error,
     })?;
-    tracing::info!(address = %broker.address, "broker listening");
+    tracing::info!("the broker listens on {}", broker.address);
     let mut factories = Vec::new();
     for number in 1..=cli.factories {
         let name = format!("factory{number}");
@@ -266,7 +266,7 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         let factory =
             RunningFactory::start(0, factory_config(broker.address, !cli.no_pipeline), console)
                 .await?;
-        tracing::info!(address = %factory.address, "factory {number} started");
+        tracing::info!("factory {number} serves on {}", factory.address);
         factories.push((name, factory));
     }
 
@@ -296,13 +296,16 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
     for (topic, miner) in miners {
         match miner.await {
             Ok(Ok(report)) => {
-                tracing::info!(topic, published = report.published, "miner done");
+                tracing::info!(
+                    "the {topic} miner is done: it published {} jobs",
+                    report.published
+                );
                 if topic == stubs::DIVIDE_TOPIC {
                     divide_miner = Some(report.published);
                 }
             }
             Ok(Err(error)) => outcome = Err(LabError::Miner(error)),
-            Err(error) => tracing::error!(%error, "miner task failed"),
+            Err(error) => tracing::error!("the miner task failed: {error}"),
         }
     }
     if outcome.is_ok() && cli.count.is_some() {

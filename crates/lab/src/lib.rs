@@ -21,6 +21,7 @@ use miner::{MinerConfig, MinerError, MinerReport};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub mod cli;
 pub mod mark;
@@ -100,10 +101,14 @@ impl RunningFactory {
         let address = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let pipeline = ReportSlot::default();
-        let task = tokio::spawn(factory::pipeline::reporting_to(
-            pipeline.clone(),
-            factory::run(config, listener, console, shutdown.clone()),
-        ));
+        let span = component_span(&console);
+        let task = tokio::spawn(
+            factory::pipeline::reporting_to(
+                pipeline.clone(),
+                factory::run(config, listener, console, shutdown.clone()),
+            )
+            .instrument(span),
+        );
         Ok(Self {
             address,
             shutdown,
@@ -161,7 +166,15 @@ pub fn start_miner(
     console: Console,
     shutdown: CancellationToken,
 ) -> JoinHandle<Result<MinerReport, MinerError>> {
-    tokio::spawn(miner::run(config, console, shutdown))
+    let span = component_span(&console);
+    tokio::spawn(miner::run(config, console, shutdown).instrument(span))
+}
+
+/// The span that names a component's log lines as its console names its result lines.
+fn component_span(console: &Console) -> tracing::Span {
+    console
+        .name()
+        .map_or_else(tracing::Span::none, lab_console::component)
 }
 
 /// Waits until `done` holds, checking every few milliseconds; false if `limit` passes first.

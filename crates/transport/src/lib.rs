@@ -7,10 +7,12 @@
 //!   [`accept_or`] hands those that open with another protocol to a second one.
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
+//! - [`words`]: a failed call and a duration in our words.
 
 pub mod coalesce;
 pub mod handshake;
 pub mod link;
+pub mod words;
 
 pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, Greeting, HandshakeError};
@@ -101,17 +103,9 @@ impl ConnectError {
             ConnectError::Connect { source, .. } => source.kind().to_string(),
             ConnectError::Handshake { source, .. } => source.to_string(),
             ConnectError::TimedOut { timeout, .. } => {
-                format!("no answer within {}", humantime_like(*timeout))
+                format!("no answer within {}", words::Rounded(*timeout))
             }
         }
-    }
-}
-
-fn humantime_like(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 {
-        format!("{}s", duration.as_secs())
-    } else {
-        format!("{}ms", duration.as_millis())
     }
 }
 
@@ -124,7 +118,7 @@ where
     // Small request/reply messages: without NODELAY, Nagle's algorithm holds each reply
     // back until the previous one is acknowledged, which adds up to 40 ms per call.
     if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
+        tracing::debug!("cannot set TCP_NODELAY: {error}");
     }
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_LENGTH)
@@ -324,18 +318,24 @@ pub async fn accept_or<H, F>(
         let (mut stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "accept failed");
+                tracing::warn!("accepting a connection failed: {error}");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, limit = admission.max_connections, "connection limit reached; closing");
+            tracing::debug!(
+                "closed the connection from {peer}: {} connections are the limit",
+                admission.max_connections
+            );
             continue;
         };
         let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), admission.max_connections_per_ip)
         else {
-            tracing::debug!(%peer, limit = admission.max_connections_per_ip, "per-address connection limit reached; closing");
+            tracing::debug!(
+                "closed the connection from {peer}: {} connections from one address are the limit",
+                admission.max_connections_per_ip
+            );
             continue;
         };
         let token = admission.token.clone();
@@ -351,16 +351,20 @@ pub async fn accept_or<H, F>(
             };
             match (greeted, other) {
                 (Ok(Greeting::Pairbroker), _) => {
-                    tracing::debug!(%peer, "connection accepted");
+                    tracing::debug!("accepted a connection from {peer}");
                     handle(stream, peer).await;
                 }
                 (Ok(Greeting::Other(_)), Some(_)) if token.is_set() => tracing::warn!(
-                    %peer,
-                    "a client that is not pairbroker's (Go's net/rpc?) was refused: this server has an access token, and such a client cannot give one"
+                    "refused a client at {peer} that is not pairbroker's (Go's net/rpc?): this \
+                     server has an access token, and such a client cannot give one"
                 ),
                 (Ok(Greeting::Other(read)), Some(other)) => other(stream, read, peer).await,
                 (Ok(Greeting::Other(_)), None) => {}
-                (Err(error), _) => tracing::debug!(%peer, %error, "handshake failed; closing"),
+                (Err(error), _) => {
+                    tracing::debug!(
+                        "closed the connection from {peer}: the handshake failed: {error}"
+                    )
+                }
             }
         });
     }

@@ -60,7 +60,7 @@ pub enum LinkError {
         source: Arc<ConnectError>,
     },
     /// The call failed for another reason (e.g. its deadline passed).
-    #[error(transparent)]
+    #[error("{}", crate::words::describe(.0))]
     Rpc(#[from] RpcError),
 }
 
@@ -121,7 +121,9 @@ impl BrokerLink {
                 }
                 Err(error) => {
                     if config.brokers.len() > 1 {
-                        tracing::warn!(broker = %address, %error, "broker not reachable; trying the next");
+                        tracing::warn!(
+                            "the broker at {address} is not reachable ({error}); trying the next"
+                        );
                     }
                     last_error = Some(error);
                 }
@@ -152,7 +154,10 @@ impl BrokerLink {
             match request(current.client).await {
                 Err(error) if is_connection_lost(&error) => {
                     let address = &self.config.brokers[current.broker];
-                    tracing::warn!(broker = %address, %error, "lost the broker; reconnecting");
+                    tracing::warn!(
+                        "lost the broker at {address} ({}); reconnecting",
+                        crate::words::describe(&error)
+                    );
                     self.reconnect(current.generation, current.broker).await?;
                 }
                 result => return result.map_err(LinkError::from),
@@ -197,7 +202,11 @@ impl BrokerLink {
         let (broker, client) = dial
             .retry(backoff)
             .notify(|error, pause| {
-                tracing::info!(%error, ?pause, "no broker back yet");
+                tracing::info!(
+                    "no broker back yet ({}); trying again in {}",
+                    error.cause(),
+                    crate::words::Rounded(pause)
+                );
             })
             .await
             .map_err(|source| {
@@ -205,7 +214,7 @@ impl BrokerLink {
                 *lock(&self.gave_up) = Some((generation, source.clone()));
                 gone(source)
             })?;
-        tracing::info!(broker = %brokers[broker], "connected to a broker again");
+        tracing::info!("connected to the broker at {} again", brokers[broker]);
         *lock(&self.current) = Current {
             generation: generation + 1,
             broker,

@@ -160,6 +160,22 @@ async fn create_channel(
                 storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
                 continue;
             }
+            // Creating a replicated stream can outlast a call's deadline while a NATS cluster
+            // forms; creating a topic is idempotent, so it is asked again.
+            Err(LinkError::Rpc(RpcError::DeadlineExceeded)) => {
+                tracing::warn!(
+                    "the broker did not answer in time while creating the topic {:?}; asking \
+                     again in {}",
+                    channel.topic,
+                    lab_console::Rounded(storage_backoff)
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(storage_backoff) => {}
+                }
+                storage_backoff = (storage_backoff * 2).min(STORAGE_RETRY_MAX);
+                continue;
+            }
             Ok(Err(error)) => Err(MinerError::Refused {
                 action: action(),
                 error,

@@ -185,20 +185,26 @@ pub fn how_to_start(program: &str) -> String {
 }
 
 /// Why a client program could not reach its broker, and what to do about it: a name that does
-/// not resolve is a typing mistake to check, anything else most often a broker not started.
+/// not resolve is a typing mistake to check, a refused token a token to give, anything else
+/// most often a broker not started.
 pub fn unreachable_broker(error: &transport::ConnectError) -> String {
-    let fix = match error {
-        transport::ConnectError::Resolve { .. } => {
-            "check the host name, or give the broker's address with --broker".to_owned()
-        }
-        _ => format!(
-            "start the broker ({}), or give its address with --broker",
-            how_to_start("broker")
-        ),
-    };
-    format!(
-        "cannot reach broker at {} ({}): {fix}",
+    let said = format!(
+        "cannot reach broker at {} ({})",
         error.address(),
         error.cause()
-    )
+    );
+    match error {
+        transport::ConnectError::Resolve { .. } => {
+            format!("{said}: check the host name, or give the broker's address with --broker")
+        }
+        // The refusal says what to give.
+        transport::ConnectError::Handshake {
+            source: transport::HandshakeError::WrongToken,
+            ..
+        } => said,
+        _ => format!(
+            "{said}: start the broker ({}), or give its address with --broker",
+            how_to_start("broker")
+        ),
+    }
 }

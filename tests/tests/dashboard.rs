@@ -1,69 +1,179 @@
-//! The dashboard in a real browser: headless Chromium loads the page while a miner runs; the
-//! numbers it shows change and agree with `/api/stats`, a failed job is among its dead letters
-//! and the throughput has a time axis; a screenshot is saved for docs/metrics.md.
+//! The dashboard in a real browser: ChromeDriver drives headless Chromium over WebDriver, which
+//! opens the page once while a miner runs. The completed count the page shows grows by itself
+//! and never runs ahead of `/api/stats`, a failed job is among its dead letters and the
+//! throughput has a time axis; a screenshot is saved for docs/metrics.md.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker::Settings;
 use factory::cli::LabTopic::Multiply;
+use fantoccini::{Client, ClientBuilder};
+use serde_json::json;
 use system_tests::*;
 
-/// Where Debian's package puts the browser.
+/// Where Debian's packages put the browser and its driver.
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// How long the page runs (in the browser's virtual time) before its DOM is read: a few polls.
-const PAGE_TIME_MS: u32 = 3_000;
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// What to do when either is missing: the test fails with it, never skips.
+const NEEDS_CHROMIUM: &str = "the dashboard test needs Chromium: apt-get install chromium chromium-driver (.ci/run installs them)";
+/// What ChromeDriver prints once it listens, before the port it chose.
+const LISTENING: &str = "ChromeDriver was started successfully on port ";
+/// The time between the two reads of the page's count: two of the page's polls (it polls every
+/// 500 ms), so a page that refreshes itself shows a larger count the second time.
+const READ_GAP: Duration = Duration::from_secs(1);
+/// The browser's window, the size of the picture in docs/metrics.md.
+const WINDOW_SIZE: &str = "--window-size=1300,900";
 
-fn chromium(run: &str, extra: &[&str], url: &str) -> Vec<u8> {
-    let profile = tempdir(run);
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "the dashboard test needs Chromium: apt-get install chromium chromium-driver (.ci/run installs them)"
-    );
-    let output = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--virtual-time-budget={PAGE_TIME_MS}"))
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+/// ChromeDriver on a free loopback port, in a process group of its own that the Chromium it
+/// starts joins: dropping this kills them all, also when the test panics.
+struct ChromeDriver {
+    child: Child,
+    /// What it printed on standard output and error, for the failure messages.
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Where it listens.
+    url: String,
 }
 
-/// The number the page shows for `field` of topic `topic`.
-fn shown(dom: &str, topic: &str, field: &str) -> u64 {
-    let row_start = dom
-        .find(&format!("data-topic=\"{topic}\""))
-        .unwrap_or_else(|| panic!("a row for {topic} in:\n{dom}"));
-    let row = &dom[row_start
-        ..dom[row_start..]
-            .find("</tr>")
-            .map_or(dom.len(), |end| row_start + end)];
-    let marker = format!("data-field=\"{field}\">");
-    let value_start = row
-        .find(&marker)
-        .unwrap_or_else(|| panic!("{field} in {row}"))
-        + marker.len();
-    let value = &row[value_start..];
-    value[..value.find('<').unwrap()]
-        .parse()
-        .unwrap_or_else(|_| panic!("a number for {field} in {row}"))
+impl ChromeDriver {
+    /// Starts ChromeDriver on a port of its choosing (`--port=0`); it accepts local connections
+    /// only.
+    async fn start() -> Self {
+        for program in [CHROMIUM, CHROMEDRIVER] {
+            assert!(Path::new(program).exists(), "{NEEDS_CHROMIUM}");
+        }
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {CHROMEDRIVER}: {error}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        keep_lines(child.stdout.take().expect("piped stdout"), lines.clone());
+        keep_lines(child.stderr.take().expect("piped stderr"), lines.clone());
+        let mut driver = Self {
+            child,
+            lines,
+            url: String::new(),
+        };
+        let mut port = None;
+        let mut exited = None;
+        lab::wait_until(WAIT, async || {
+            port = driver.lines.lock().unwrap().iter().find_map(|line| {
+                line.strip_prefix(LISTENING)?
+                    .trim_end_matches('.')
+                    .parse::<u16>()
+                    .ok()
+            });
+            exited = driver.child.try_wait().expect("poll ChromeDriver");
+            port.is_some() || exited.is_some()
+        })
+        .await;
+        let port = port.unwrap_or_else(|| {
+            panic!(
+                "ChromeDriver did not listen within {WAIT:?} (exited: {exited:?}); it said:\n{}",
+                driver.said()
+            )
+        });
+        driver.url = format!("http://127.0.0.1:{port}");
+        driver
+    }
+
+    /// Opens a browser: headless Chromium with a fresh profile in `profile`.
+    async fn browser(&self, profile: &Path) -> Client {
+        let options = json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                WINDOW_SIZE,
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        });
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("goog:chromeOptions".into(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "ChromeDriver at {} opened no browser: {error}; it said:\n{}",
+                    self.url,
+                    self.said()
+                )
+            })
+    }
+
+    fn said(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The whole group: ChromeDriver and every Chromium process it started.
+        let group = -(self.child.id() as libc::pid_t);
+        // SAFETY: kill(2) takes no pointers; the group is the one this test created.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Keeps each line `output` prints in `lines`, as it comes.
+fn keep_lines(output: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// Runs `script` in the page with `args` (its `arguments`) and returns what it returns.
+async fn run(page: &Client, script: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+    page.execute(script, args)
+        .await
+        .unwrap_or_else(|error| panic!("run in the page: {error}\n{script}"))
+}
+
+/// The number the page shows now for `field` of topic `topic`, if it shows one.
+async fn shown(page: &Client, topic: &str, field: &str) -> Option<u64> {
+    let cell = run(
+        page,
+        "const cell = document.querySelector(
+           `#topics tr[data-topic=\"${CSS.escape(arguments[0])}\"] td[data-field=\"${CSS.escape(arguments[1])}\"]`);
+         return cell ? cell.textContent : null;",
+        vec![json!(topic), json!(field)],
+    )
+    .await;
+    cell.as_str()?.parse().ok()
+}
+
+/// The text of the page's row for dead letter `job_id`, if it shows one; cells joined by tabs.
+async fn dead_letter_row(page: &Client, job_id: &str) -> Option<String> {
+    let row = run(
+        page,
+        "const row = document.querySelector(
+           `#dead-letters tr[data-job-id=\"${CSS.escape(arguments[0])}\"]`);
+         return row ? [...row.cells].map(cell => cell.textContent).join('\\t') : null;",
+        vec![json!(job_id)],
+    )
+    .await;
+    row.as_str().map(str::to_owned)
 }
 
 async fn api_completed(address: std::net::SocketAddr) -> u64 {
@@ -100,56 +210,67 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
         lab_console::Console::quiet(),
         stop_miner.clone(),
     ));
-    eventually("jobs are completed", || {
-        recorder.completed("multiply").len() >= 20
+
+    // Made before the driver, so that it is removed after the browser is gone.
+    let profile = tempfile::Builder::new()
+        .prefix("pairbroker-dashboard-profile-")
+        .tempdir()
+        .expect("a temporary folder");
+    let driver = ChromeDriver::start().await;
+    let page = driver.browser(profile.path()).await;
+    // The page is opened once: from here on, only its own polling changes what it shows.
+    page.goto(&format!("http://{http_address}/"))
+        .await
+        .expect("open the dashboard");
+
+    let mut first = 0;
+    eventually_async("the page shows jobs completed", async || {
+        first = shown(&page, "multiply", "completed").await.unwrap_or(0);
+        first > 0
     })
     .await;
-
-    let url = format!("http://{http_address}/");
-    let first = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || chromium("first", &["--dump-dom"], &url))
-            .await
-            .unwrap()
-    };
     let after_first = api_completed(http_address).await;
-    let first = String::from_utf8_lossy(&first).into_owned();
-    let dead_letter = first
-        .split("</tr>")
-        .find(|row| row.contains(&format!("data-job-id=\"{overflow}\"")))
-        .unwrap_or_else(|| panic!("a dead letter for job {overflow} in:\n{first}"));
+    assert!(
+        first <= after_first,
+        "the page shows no more than /api/stats: page {first}, API {after_first} right after"
+    );
+    // The point of the test: the same page, a little later, with the miner still running.
+    tokio::time::sleep(READ_GAP).await;
+    let second = shown(&page, "multiply", "completed")
+        .await
+        .expect("the page still shows the completed count");
+    let after_second = api_completed(http_address).await;
+    assert!(
+        second > first,
+        "the page updates itself: {first} then, {READ_GAP:?} later, {second}"
+    );
+    assert!(
+        second <= after_second,
+        "the page shows no more than /api/stats: page {second}, API {after_second} right after"
+    );
+
+    let overflow = overflow.to_string();
+    let mut dead_letter = None;
+    eventually_async("the page lists the dead letter", async || {
+        dead_letter = dead_letter_row(&page, &overflow).await;
+        dead_letter.is_some()
+    })
+    .await;
+    let dead_letter = dead_letter.unwrap();
     assert!(
         dead_letter.contains(&format!("{} and 2", i64::MAX))
             && dead_letter.contains("integer overflow"),
         "{dead_letter}"
     );
-    assert!(
-        first.matches("class=\"time-tick\"").count() >= 2,
-        "labelled ticks on the time axis:\n{first}"
-    );
-    let first = shown(&first, "multiply", "completed");
-    assert!(
-        first > 0 && first <= after_first,
-        "page {first}, API {after_first}"
-    );
-
-    eventually("more jobs are completed", || {
-        recorder.completed("multiply").len() as u64 > after_first + 20
-    })
+    let ticks = run(
+        &page,
+        "return document.querySelectorAll('#chart .time-tick').length;",
+        vec![],
+    )
     .await;
-    let before_second = api_completed(http_address).await;
-    let second = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || chromium("second", &["--dump-dom"], &url))
-            .await
-            .unwrap()
-    };
-    let after_second = api_completed(http_address).await;
-    let second = shown(&String::from_utf8_lossy(&second), "multiply", "completed");
-    assert!(second > first, "the numbers change: {first} then {second}");
     assert!(
-        (before_second..=after_second).contains(&second),
-        "the page agrees with /api/stats: {second} not in {before_second}..={after_second}"
+        ticks.as_u64().is_some_and(|ticks| ticks >= 2),
+        "labelled ticks on the time axis: {ticks}"
     );
 
     // The picture in docs/metrics.md is refreshed with PAIRBROKER_SCREENSHOT=docs/dashboard.png (a path from
@@ -160,33 +281,14 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
             std::env::temp_dir().join(format!("pairbroker-dashboard-{}.png", std::process::id()))
         }
     };
+    let png = page.screenshot().await.expect("a screenshot of the page");
+    assert!(png.len() > 1_000, "a screenshot of {} bytes", png.len());
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
-    let shot = format!("--screenshot={}", screenshot.display());
-    tokio::task::spawn_blocking(move || {
-        chromium(
-            "screenshot",
-            &[&shot, "--window-size=1300,900", "--hide-scrollbars"],
-            &url,
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        std::fs::metadata(&screenshot)
-            .map(|m| m.len() > 1_000)
-            .unwrap_or(false),
-        "a screenshot at {}",
-        screenshot.display()
-    );
+    std::fs::write(&screenshot, png)
+        .unwrap_or_else(|error| panic!("write {}: {error}", screenshot.display()));
 
+    page.close().await.expect("close the browser");
+    drop(driver);
     stop_miner.cancel();
     miner.await.unwrap().unwrap();
-}
-
-/// A fresh, empty folder under the system's temporary folder.
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pairbroker-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

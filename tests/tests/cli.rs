@@ -45,6 +45,37 @@ fn every_program_says_plainly_that_the_broker_is_unreachable() {
     }
 }
 
+#[tokio::test]
+async fn every_program_says_plainly_that_the_broker_address_does_not_resolve() {
+    /// How long a program may take to give up on a name: a local resolver answers for the
+    /// reserved `.invalid` domain without asking anyone, so this is only a bound.
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+    // `.invalid` is reserved never to resolve: only the local resolver is asked.
+    let address = "no-such-host.invalid:8030";
+    for (name, args) in [
+        ("miner", vec!["--broker", address]),
+        ("factory", vec!["--broker", address, "--port", "0"]),
+        ("broker", vec!["stats", "--broker", address]),
+    ] {
+        let mut command = Command::new(program(name));
+        command.args(&args);
+        let started = std::time::Instant::now();
+        // Fails the test unless the program exits, unsuccessfully, within the tests' deadline.
+        let stderr = failed_start(command).await;
+        let took = started.elapsed();
+        let stderr = stderr.trim();
+        assert!(took < WITHIN, "{name} gave up after {took:?}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: one line: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "cannot reach broker at {address} (cannot resolve it"
+            )),
+            "{name} names the address and says it does not resolve: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn broker_and_factory_say_plainly_that_their_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -10,12 +10,16 @@
 //!   miner and factories), repeated and reduced to medians.
 //! - [`charts`]: the S curve and W3's latency histogram as SVG.
 //! - [`cli`]: the `bench` program's command line and report.
+//! - [`attacker`]: connections that hold the broker's resources and do no work, for the soak.
+//! - [`soak`]: `bench soak`, minutes of steady load through faults and an attacker.
 
+pub mod attacker;
 pub mod charts;
 pub mod cli;
 pub mod direct;
 pub mod go;
 pub mod machine;
 pub mod processes;
+pub mod soak;
 pub mod suite;
 pub mod workloads;

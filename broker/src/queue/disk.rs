@@ -493,22 +493,27 @@ async fn load(db: &redb::Database, memory: &MemoryStore) -> Result<Loaded, Strin
         }
     }
     if let Ok(table) = txn.open_table(DEAD) {
+        let mut letters = Vec::new();
         for entry in table.iter().map_err(|e| text(&e))? {
             let (key, value) = entry.map_err(|e| text(&e))?;
-            let restored = split_topic(value.value()).and_then(|(topic, letter)| {
-                let name = names.get(&topic)?;
+            let read = split_topic(value.value()).and_then(|(topic, letter)| {
                 let letter =
                     dead_letter_from(letter).filter(|letter| letter.job_id == key.value())?;
-                memory.restore_dead_letter(name, letter).ok()?;
-                Some(topic)
+                names.contains_key(&topic).then_some((topic, letter))
             });
-            match restored {
-                Some(topic) => loaded
-                    .dead_letters
-                    .entry(topic)
-                    .or_default()
-                    .push_back(key.value()),
+            match read {
+                Some(read) => letters.push(read),
                 None => unreadable += 1,
+            }
+        }
+        // The table is in the order of job ids; the list is in the order the jobs failed, to
+        // the millisecond their letters keep.
+        letters.sort_by_key(|(_, letter)| (letter.failed_at_unix_ms, letter.job_id));
+        for (topic, letter) in letters {
+            let id = letter.job_id;
+            match memory.restore_dead_letter(&names[&topic], letter) {
+                Ok(()) => loaded.dead_letters.entry(topic).or_default().push_back(id),
+                Err(_) => unreadable += 1,
             }
         }
     }

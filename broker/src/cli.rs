@@ -195,12 +195,13 @@ pub struct ServeArgs {
     pub fsync: Option<FsyncSetting>,
     /// Keep topics in a NATS JetStream cluster instead of this process.
     ///
-    /// `nats://HOST:PORT`, several separated by commas. Brokers on one cluster share their
-    /// topics: a job published through any of them goes to a factory subscribed to any of
-    /// them.
+    /// `nats://HOST:PORT`, several separated by commas (`nats://a:4222,b:4222`). Brokers on
+    /// one cluster share their topics: a job published through any of them goes to a factory
+    /// subscribed to any of them. Until the cluster answers, the broker tells the clients that
+    /// come that it is not ready yet.
     #[arg(
         long,
-        value_name = "nats://HOST:PORT[,...]",
+        value_name = "nats://HOST:PORT[,HOST:PORT...]",
         conflicts_with = "data_dir",
         help_heading = "Storage"
     )]
@@ -240,17 +241,25 @@ pub struct ServeArgs {
     /// From 1 to 4096. Creating one more is refused.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TOPICS as u32, allow_negative_numbers = true, value_parser = from_to("the topic limit", 1u32, 4_096), help_heading = "Limits")]
     pub max_topics: u32,
-    /// Connections held at once.
+    /// Connections held at once, once past their handshake.
     ///
-    /// More are closed at once. From 1 to 65536.
+    /// A client beyond it is refused in its handshake, and told why. Connections still in
+    /// their handshake do not count (see --max-handshaking-per-ip). From 1 to 65536.
     #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit", 1u32, 65_536), help_heading = "Limits")]
     pub max_connections: u32,
-    /// Connections held at once from one IP address.
+    /// Connections held at once from one IP address, once past their handshake.
     ///
-    /// More from that address are closed at once, so that one client cannot take every
-    /// connection. From 1 to 65536.
+    /// A client beyond it is refused in its handshake, and told why, so that one host cannot
+    /// take every connection. From 1 to 65536.
     #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_CONNECTIONS_PER_IP as u32, allow_negative_numbers = true, value_parser = from_to("the connection limit per IP address", 1u32, 65_536), help_heading = "Limits")]
     pub max_connections_per_ip: u32,
+    /// Connections from one IP address still in their handshake at once.
+    ///
+    /// A newer one closes the oldest, so that idle connections cannot lock out the real
+    /// clients behind the same address (a lab machine, a NAT), who finish their handshake in
+    /// microseconds. From 1 to 65536.
+    #[arg(long, value_name = "N", default_value_t = transport::DEFAULT_MAX_HANDSHAKING_PER_IP as u32, allow_negative_numbers = true, value_parser = from_to("the handshaking limit per IP address", 1u32, 65_536), help_heading = "Limits")]
+    pub max_handshaking_per_ip: u32,
     /// Requests in flight at once on one connection.
     ///
     /// From 1 to 65536.
@@ -305,25 +314,36 @@ impl From<FsyncSetting> for Fsync {
     }
 }
 
-/// `--store`: the servers of a NATS cluster, each `nats://HOST:PORT`.
+/// `--store`: the servers of a NATS cluster, each `nats://HOST:PORT`. Written as the NATS
+/// tools take them: the scheme once for the list (`nats://a:4222,b:4222`) or on each server
+/// (`nats://a:4222,nats://b:4222`), or mixed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsServers(pub Vec<String>);
+
+/// What `--store` takes, for the errors that refuse another form.
+const NATS_SERVERS: &str =
+    "expected nats://HOST:PORT[,HOST:PORT...], e.g. nats://127.0.0.1:4222,127.0.0.1:4223";
 
 impl std::str::FromStr for NatsServers {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let servers: Vec<String> = text.split(',').map(str::trim).map(str::to_owned).collect();
-        for server in &servers {
-            let address = server
-                .strip_prefix("nats://")
-                .ok_or_else(|| format!("{server:?} does not start with nats://"))?;
-            let (host, port) = address
+        const SCHEME: &str = "nats://";
+        let mut servers = Vec::new();
+        for (index, server) in text.split(',').map(str::trim).enumerate() {
+            // The first server names the scheme for the list; the others may repeat it.
+            let address = match server.strip_prefix(SCHEME) {
+                Some(address) => address,
+                None if index > 0 && !server.contains("://") => server,
+                None => return Err(format!("{server:?} is not a NATS server: {NATS_SERVERS}")),
+            };
+            let port_given = address
                 .rsplit_once(':')
-                .ok_or_else(|| format!("{server:?} has no port (nats://HOST:PORT)"))?;
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!("{server:?} is not nats://HOST:PORT"));
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_given {
+                return Err(format!("{server:?} is not HOST:PORT: {NATS_SERVERS}"));
             }
+            servers.push(format!("{SCHEME}{address}"));
         }
         Ok(Self(servers))
     }
@@ -390,7 +410,9 @@ impl ServeArgs {
                 token: self.token.clone().unwrap_or_default(),
                 max_connections: self.max_connections as usize,
                 max_connections_per_ip: self.max_connections_per_ip as usize,
+                max_handshaking_per_ip: self.max_handshaking_per_ip as usize,
                 max_requests_per_connection: self.max_requests_per_connection as usize,
+                ..Admission::default()
             },
             max_topics: self.max_topics as usize,
             max_deliveries: std::num::NonZeroU32::new(self.max_deliveries),
@@ -497,24 +519,52 @@ mod tests {
     }
 
     #[test]
-    fn store_is_a_list_of_nats_servers() {
+    fn store_is_a_list_of_nats_servers_with_the_scheme_once_or_on_each() {
         let parse = |text: &str| text.parse::<NatsServers>().map(|servers| servers.0);
+        let both = Ok(vec![
+            "nats://127.0.0.1:4222".to_owned(),
+            "nats://127.0.0.1:4223".to_owned(),
+        ]);
+        for form in [
+            "nats://127.0.0.1:4222,127.0.0.1:4223",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+            "nats://127.0.0.1:4222, 127.0.0.1:4223",
+        ] {
+            assert_eq!(parse(form), both, "{form}");
+        }
         assert_eq!(
-            parse("nats://127.0.0.1:4222,nats://127.0.0.1:4223"),
+            parse("nats://a:4222,b:4223,nats://c:4224"),
             Ok(vec![
-                "nats://127.0.0.1:4222".into(),
-                "nats://127.0.0.1:4223".into()
+                "nats://a:4222".to_owned(),
+                "nats://b:4223".to_owned(),
+                "nats://c:4224".to_owned()
             ])
+        );
+        assert_eq!(
+            parse("nats://[::1]:4222"),
+            Ok(vec!["nats://[::1]:4222".into()])
         );
         for wrong in [
             "127.0.0.1:4222",
+            "127.0.0.1:4222,nats://127.0.0.1:4223",
+            "nats://127.0.0.1:4222,tls://127.0.0.1:4223",
             "nats://127.0.0.1",
+            "nats://127.0.0.1:4222,127.0.0.1",
             "nats://:4222",
             "nats://h:99999",
+            "nats://127.0.0.1:4222,",
             "",
         ] {
-            assert!(parse(wrong).is_err(), "{wrong:?}");
+            let error = parse(wrong).unwrap_err();
+            assert!(error.contains(NATS_SERVERS), "{wrong:?}: {error}");
         }
+        let error = Cli::try_parse_from(["broker", "--store", "127.0.0.1:4222"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("expected nats://HOST:PORT[,HOST:PORT...]"),
+            "{error}"
+        );
         let both = Cli::try_parse_from([
             "broker",
             "--data-dir",

@@ -1,10 +1,15 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use broker::cli::{Cli, Command, ServeArgs};
 use broker::queue::{DiskStore, JobStore, MemoryStore};
 use broker::{count_results, print_results, Broker};
 use lab_console::Console;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use transport::starting::{self, refuse_while};
 
 fn main() -> ExitCode {
     let cli: Cli = lab_console::usage::parse(&[]);
@@ -67,30 +72,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
     for warning in args.options_without_effect() {
         tracing::warn!("{warning}");
     }
-    let address = args.listen_address();
-    let listener = match tokio::net::TcpListener::bind(address).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "broker: cannot listen on {address} ({}): is another broker running? Stop it, or choose another --port",
-                error.kind()
-            );
-            return ExitCode::FAILURE;
-        }
+    // Bound before the store is opened, so that a port already taken is reported at once.
+    let Some(listeners) = bind(&args).await else {
+        return ExitCode::FAILURE;
     };
-    let http_listener = match args.http.0 {
-        Some(http) => match tokio::net::TcpListener::bind(http).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                eprintln!(
-                    "broker: cannot listen for HTTP on {http} ({}): is another broker running? Choose another --http, or --http off",
-                    error.kind()
-                );
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
+    let shutdown = CancellationToken::new();
+    lab_console::cancel_on_signal(shutdown.clone());
     let dead_letter_limit = args.dead_letter_limit as usize;
     if let Some(servers) = args.store.clone() {
         #[cfg(not(feature = "jetstream"))]
@@ -100,51 +87,143 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         #[cfg(feature = "jetstream")]
-        let config = broker::queue::JetStreamConfig {
-            servers: servers.0,
-            replicas: usize::from(args.replicas()),
-            ack_wait: args.call_timeout.into(),
-            dead_letter_limit,
-        };
-        #[cfg(feature = "jetstream")]
-        return match broker::queue::JetStreamStore::connect(config).await {
-            Ok(store) => {
-                tracing::info!("topics are kept in NATS JetStream");
-                serve_with(store, args, listener, http_listener).await
-            }
-            Err(error) => {
-                eprintln!("broker: {error}");
-                ExitCode::FAILURE
-            }
-        };
+        {
+            let config = broker::queue::JetStreamConfig {
+                servers: servers.0,
+                replicas: usize::from(args.replicas()),
+                ack_wait: args.call_timeout.into(),
+                dead_letter_limit,
+            };
+            tracing::info!(
+                "until NATS JetStream is ready, clients at {} are told that the broker is starting",
+                args.listen_address()
+            );
+            let opening = broker::queue::JetStreamStore::connect(config);
+            return match open_refusing(&listeners, &shutdown, opening).await {
+                None => ExitCode::SUCCESS,
+                Some(Ok(store)) => {
+                    tracing::info!("topics are kept in NATS JetStream");
+                    serve_with(store, args, listeners, shutdown).await
+                }
+                Some(Err(error)) => {
+                    eprintln!("broker: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     }
     match args.data_dir.clone() {
         None => {
             let store = MemoryStore::with_dead_letter_limit(dead_letter_limit);
-            serve_with(store, args, listener, http_listener).await
+            serve_with(store, args, listeners, shutdown).await
         }
-        Some(dir) => match DiskStore::open(&dir, args.fsync(), dead_letter_limit).await {
-            Ok(store) => {
-                tracing::info!("jobs are kept on disk in {}", dir.display());
-                serve_with(store, args, listener, http_listener).await
+        Some(dir) => {
+            let opening = DiskStore::open(&dir, args.fsync(), dead_letter_limit);
+            match open_refusing(&listeners, &shutdown, opening).await {
+                None => ExitCode::SUCCESS,
+                Some(Ok(store)) => {
+                    tracing::info!("jobs are kept on disk in {}", dir.display());
+                    serve_with(store, args, listeners, shutdown).await
+                }
+                Some(Err(error)) => {
+                    eprintln!("broker: {error}");
+                    ExitCode::FAILURE
+                }
             }
+        }
+    }
+}
+
+/// Where the broker serves: its port, and its dashboard's unless `--http off`.
+struct Listeners {
+    rpc: TcpListener,
+    http: Option<TcpListener>,
+}
+
+/// Binds the broker's port and its dashboard's; `None`, the reason said on standard error, if
+/// either is taken.
+async fn bind(args: &ServeArgs) -> Option<Listeners> {
+    let address = args.listen_address();
+    let rpc = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "broker: cannot listen on {address} ({}): is another broker running? Stop it, or choose another --port",
+                error.kind()
+            );
+            return None;
+        }
+    };
+    let http = match args.http.0 {
+        Some(http) => match TcpListener::bind(http).await {
+            Ok(listener) => Some(listener),
             Err(error) => {
-                eprintln!("broker: {error}");
-                ExitCode::FAILURE
+                eprintln!(
+                    "broker: cannot listen for HTTP on {http} ({}): is another broker running? Choose another --http, or --http off",
+                    error.kind()
+                );
+                return None;
             }
         },
+        None => None,
+    };
+    Some(Listeners { rpc, http })
+}
+
+/// Runs `opening` (a store being opened) while every connection to the broker's listeners is
+/// told at once that the broker is not ready yet; `None` if the broker is stopped first.
+async fn open_refusing<T>(
+    listeners: &Listeners,
+    shutdown: &CancellationToken,
+    opening: impl Future<Output = T>,
+) -> Option<T> {
+    let opening = async {
+        tokio::select! {
+            opened = opening => Some(opened),
+            _ = shutdown.cancelled() => None,
+        }
+    };
+    let opening = refuse_while(&listeners.rpc, starting::not_ready, opening);
+    match &listeners.http {
+        Some(http) => refuse_while(http, http_not_ready, opening).await,
+        None => opening.await,
     }
+}
+
+/// Answers an HTTP request (a dashboard, a Prometheus scrape, a health check) while the broker
+/// starts: 503, with when to ask again, rather than a wait with no answer.
+fn http_not_ready(mut stream: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    /// The most of a request read before the answer: its head, which is all a GET has.
+    const MOST_READ: usize = 16 * 1024;
+    const BODY: &str = "the broker is starting and not ready yet\n";
+    Box::pin(async move {
+        // Read the request first: a connection closed with bytes unread is reset, and the
+        // client could lose the answer.
+        let mut request = Vec::new();
+        let mut buffer = [0; 4096];
+        while !request.windows(4).any(|end| end == b"\r\n\r\n") && request.len() < MOST_READ {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => request.extend_from_slice(&buffer[..read]),
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Retry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
 }
 
 async fn serve_with<S: JobStore>(
     store: S,
     args: ServeArgs,
-    listener: tokio::net::TcpListener,
-    http_listener: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
 ) -> ExitCode {
     let address = args.listen_address();
-    let shutdown = CancellationToken::new();
-    lab_console::cancel_on_signal(shutdown.clone());
     let observer = if args.quiet {
         count_results()
     } else {
@@ -152,7 +231,7 @@ async fn serve_with<S: JobStore>(
     };
     let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
     tracing::info!("listening on {address}");
-    if let Some(listener) = http_listener {
+    if let Some(listener) = listeners.http {
         if let Ok(http) = listener.local_addr() {
             tracing::info!(
                 "dashboard on http://{http}/ (metrics: /metrics, JSON: /api/stats, /api/dead-letters)"
@@ -165,6 +244,6 @@ async fn serve_with<S: JobStore>(
             }
         });
     }
-    broker::serve(broker, listener, shutdown).await;
+    broker::serve(broker, listeners.rpc, shutdown).await;
     ExitCode::SUCCESS
 }

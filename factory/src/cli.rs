@@ -163,6 +163,17 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_broker_reaches_the_link() {
+        let cli = Cli::try_parse_from(["factory", "--wait-for-broker", "1m"]).unwrap();
+        assert_eq!(
+            cli.config().link.wait_for_broker,
+            std::time::Duration::from_secs(60)
+        );
+        let error = Cli::try_parse_from(["factory", "--wait-for-broker", "5"]).unwrap_err();
+        assert!(error.to_string().contains("give a unit"), "{error}");
+    }
+
+    #[test]
     fn an_ip_with_a_port_says_that_the_port_is_an_option_of_its_own() {
         let error = Cli::try_parse_from(["factory", "--ip", "127.0.0.1:8051"]).unwrap_err();
         assert!(

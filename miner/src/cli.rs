@@ -147,6 +147,22 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_broker_is_a_duration_with_its_unit_and_none_unless_given() {
+        let link = |args: &[&str]| {
+            Cli::try_parse_from([&["miner"], args].concat())
+                .map(|cli| cli.config().link.wait_for_broker)
+        };
+        assert_eq!(link(&[]).unwrap(), std::time::Duration::ZERO);
+        assert_eq!(
+            link(&["--wait-for-broker", "90s"]).unwrap(),
+            std::time::Duration::from_secs(90)
+        );
+        for wrong in ["60", "-1s"] {
+            assert!(link(&["--wait-for-broker", wrong]).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
     fn jobs_are_kept_in_the_order_given_negative_operands_included() {
         let cli = Cli::try_parse_from([
             "miner", "--job", "12,34", "--job", "-5,3", "--job", "0,-7,2",

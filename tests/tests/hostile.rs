@@ -2,14 +2,16 @@
 //! serving its real clients.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use broker::Settings;
 use factory::cli::LabTopic::Multiply;
 use stubs::{ChannelRequest, Pair};
 use system_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use transport::handshake::{self, HandshakeError, MAGIC, NOT_PAIRBROKER, WRONG_TOKEN};
 use transport::{AccessToken, Admission, ConnectError};
 
@@ -181,31 +183,375 @@ async fn random_bytes_a_4_gib_frame_header_and_a_frame_of_the_wrong_type_are_shu
     still_serves(broker.address, AccessToken::none()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_idle_connections_from_one_host_do_not_crowd_out_the_others() {
-    let (broker, _) = start_broker(Settings::default()).await;
-    // The idle host is 127.0.0.2, another loopback address, so that the per-address cap
-    // applies to it and not to the real clients on 127.0.0.1.
-    let idle_host: SocketAddr = "127.0.0.2:0".parse().unwrap();
-    let mut idle = Vec::new();
-    for _ in 0..2_000 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(idle_host).unwrap();
-        if let Ok(stream) = socket.connect(broker.address).await {
-            idle.push(stream);
+/// How many connections the attacker holds that never send a byte.
+const SILENT: usize = 2_000;
+/// How many connections the attacker holds that send half of the handshake's magic and stop.
+const HALF_SENT: usize = 300;
+/// The jobs a real miner publishes and a real factory completes, with and without the attacker.
+const JOBS: usize = 1_000;
+/// The publishes whose round trips a probing client times, with and without the attacker.
+const PROBES: usize = 500;
+/// The most the broker's RSS may reach under the attack. An idle broker takes about 10 MiB
+/// (a debug build a little more); what the attacker can make it hold is bounded by the
+/// handshaking limits (256 connections from one address, each a task and a socket of a few
+/// KiB), so the bound leaves room for the allocator, not for connections.
+const MAX_RSS_UNDER_ATTACK_KIB: u64 = 64 * 1024;
+/// The broker's completion lines: `Factory.Multiply of 12 and 34 is 408`.
+const COMPLETED: &str = "Factory.Multiply of ";
+
+/// Raises this process's open-file limit to at least `needed`, within the hard limit, for
+/// thousands of sockets; the programs it starts inherit it.
+fn raise_open_file_limit(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
         }
     }
-    // Half of them completed the handshake and then went quiet; the rest never said a word.
-    for stream in idle.iter_mut().step_by(2) {
-        let _ = handshake::offer(stream, &AccessToken::none()).await;
+    assert!(
+        limit.rlim_cur >= needed,
+        "this test needs {needed} open files; the hard limit is {}",
+        limit.rlim_max
+    );
+}
+
+/// The broker program on a free loopback port, with its process id to read its memory by.
+struct BrokerProcess {
+    process: Process,
+    pid: u32,
+    address: SocketAddr,
+}
+
+impl BrokerProcess {
+    async fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        // The shell prints its process id, then becomes the broker, keeping the id.
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "echo \"pid $$\"; exec \"$0\" \"$@\""])
+            .arg(program("broker"))
+            .args(["--port", &port.to_string(), "--http", "off"])
+            .args(args);
+        let mut process = Process::spawn(command);
+        process.client_when_up(address).await;
+        eventually("the broker's process id is read", || {
+            !process.lines().is_empty()
+        })
+        .await;
+        let pid = process.lines()[0]
+            .strip_prefix("pid ")
+            .and_then(|pid| pid.parse().ok())
+            .expect("the broker's first line is its process id");
+        Self {
+            process,
+            pid,
+            address,
+        }
     }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid)
+    }
+}
+
+/// The resident memory (VmRSS) of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the broker's /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rss| rss.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// Connections from 127.0.0.1, the clients' own address, that hold the broker's resources and
+/// do no work; each one the broker closes is opened again after a pause. The attacker runs on a
+/// runtime of its own, as another program would, so that it delays the clients' tasks no more
+/// than it delays the broker's.
+struct Attacker {
+    opened: Arc<AtomicUsize>,
+    closed_by_broker: Arc<AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Attacker {
+    /// How long the attacker waits before opening again a connection the broker closed. Short
+    /// enough to keep the broker's handshaking places full all the time; long enough that the
+    /// attacker, on the same two cores as the broker and the clients, is not merely a CPU hog.
+    const REOPEN_PAUSE: Duration = Duration::from_millis(250);
+
+    fn start(broker: SocketAddr) -> Self {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let closed_by_broker = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the attacker's runtime");
+        let magic = &MAGIC[..MAGIC.len() / 2];
+        for n in 0..SILENT + HALF_SENT {
+            let hello: &'static [u8] = if n < SILENT { &[] } else { magic };
+            let (opened, closed_by_broker) = (opened.clone(), closed_by_broker.clone());
+            runtime.spawn(async move {
+                loop {
+                    if let Ok(mut stream) = TcpStream::connect(broker).await {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        if stream.write_all(hello).await.is_ok() {
+                            let mut buffer = [0; 16];
+                            while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
+                        }
+                        closed_by_broker.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Self::REOPEN_PAUSE).await;
+                }
+            });
+        }
+        Self {
+            opened,
+            closed_by_broker,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What a run of real clients measured.
+struct Run {
+    /// How long a new client took to connect, handshake included.
+    connect: Duration,
+    /// The probing client's publish round trips, shortest first.
+    publishes: Vec<Duration>,
+    /// From the start of a factory and a miner to the broker's last completion of their jobs.
+    jobs: Duration,
+}
+
+impl Run {
+    fn percentile(&self, percent: usize) -> Duration {
+        self.publishes[(self.publishes.len() * percent / 100).min(self.publishes.len() - 1)]
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "connect {:?}, publish p50 {:?} p99 {:?}, {JOBS} jobs in {:?}",
+            self.connect,
+            self.percentile(50),
+            self.percentile(99),
+            self.jobs
+        )
+    }
+}
+
+/// A new client connects and times its publishes; then a new factory and a new miner, both
+/// processes, publish and complete [`JOBS`] jobs, every one of them checked.
+async fn run_clients(broker: &BrokerProcess) -> Run {
+    let address = broker.address.to_string();
+    let started = Instant::now();
+    let probe = transport::connect_broker(&address, Duration::from_secs(3), &AccessToken::none())
+        .await
+        .expect("a new client connects");
+    let connect = started.elapsed();
+    let request = ChannelRequest {
+        topic: "probe".into(),
+        buffer: 100_000,
+    };
+    probe
+        .create_channel(tarpc::context::current(), request)
+        .await
+        .expect("the broker answers")
+        .expect("the broker accepts");
+    let mut publishes = Vec::with_capacity(PROBES);
+    for x in 0..PROBES as i64 {
+        let sent = Instant::now();
+        publish(&probe, "probe", Pair { x, y: 1 }).await;
+        publishes.push(sent.elapsed());
+    }
+    publishes.sort();
+
+    let completed_before = broker.process.count_lines(COMPLETED);
+    let started = Instant::now();
+    let _factory = Process::start(
+        "factory",
+        &[
+            "--broker",
+            &address,
+            "--port",
+            "0",
+            "--topics",
+            "multiply",
+            "--no-pipeline",
+        ],
+    );
+    let count = JOBS.to_string();
+    let mut miner = Process::start(
+        "miner",
+        &[
+            "--broker",
+            &address,
+            "--topic",
+            "multiply",
+            "--count",
+            &count,
+            "--interval",
+            "0s",
+        ],
+    );
+    let status = miner.exit_status().await;
+    assert!(status.success(), "{status}: {}", miner.last_errors(10));
+    eventually("the miner's lines are read", || {
+        miner.count_lines("published ") == JOBS
+    })
+    .await;
+    eventually("the broker completes every job", || {
+        broker.process.count_lines(COMPLETED) == completed_before + JOBS
+    })
+    .await;
+    Run {
+        connect,
+        publishes,
+        jobs: started.elapsed(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_and_three_hundred_half_handshakes_from_the_clients_own_address_lock_nobody_out(
+) {
+    raise_open_file_limit(8_192);
+    // Built before anything is timed.
+    program("factory");
+    program("miner");
+    let broker = BrokerProcess::start(&[]).await;
+    let quiet = run_clients(&broker).await;
+    let idle_rss = broker.rss_kib();
+
+    // The attacker is on 127.0.0.1 too: its connections and the real clients' share one
+    // address, as on a lab machine or behind a NAT.
+    let attacker = Attacker::start(broker.address);
+    eventually("the attacker has opened every connection", || {
+        attacker.opened.load(Ordering::Relaxed) >= SILENT + HALF_SENT
+    })
+    .await;
+    // The broker's memory is sampled all through the run under attack.
+    let highest_rss = Arc::new(AtomicU64::new(broker.rss_kib()));
+    let sampler = tokio::spawn({
+        let (highest_rss, pid) = (highest_rss.clone(), broker.pid);
+        async move {
+            loop {
+                highest_rss.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let closed_before = attacker.closed_by_broker.load(Ordering::Relaxed);
+    let attack_started = Instant::now();
+    let attacked = run_clients(&broker).await;
+    let attack_rate = (attacker.closed_by_broker.load(Ordering::Relaxed) - closed_before) as f64
+        / attack_started.elapsed().as_secs_f64();
+    sampler.abort();
+    let highest_rss = highest_rss.load(Ordering::Relaxed).max(broker.rss_kib());
+    let closed = attacker.closed_by_broker.load(Ordering::Relaxed);
+    drop(attacker);
+
+    eprintln!("without the attacker: {}", quiet.describe());
+    eprintln!(
+        "with {SILENT} silent and {HALF_SENT} half-sent connections ({closed} closed by the \
+         broker, {attack_rate:.0} a second while the clients ran): {}",
+        attacked.describe()
+    );
+    eprintln!("broker RSS: {idle_rss} KiB idle, at most {highest_rss} KiB under the attacker");
+    assert!(
+        highest_rss < MAX_RSS_UNDER_ATTACK_KIB,
+        "the broker took {highest_rss} KiB under the attacker"
+    );
+    // Generous: on a busy machine a round trip may take a while, but not seconds.
+    assert!(
+        attacked.percentile(99) < Duration::from_secs(1),
+        "{}",
+        attacked.describe()
+    );
     still_serves(broker.address, AccessToken::none()).await;
-    let client = client(broker.address).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_a_client_is_told_why_while_those_within_are_served() {
+    raise_open_file_limit(4_096);
+    const LIMIT: usize = 50;
+    let broker = BrokerProcess::start(&["--max-connections", &LIMIT.to_string()]).await;
+    let address = broker.address;
+    let served = client(address).await;
+    // Silent and half-sent connections, more than the limit, take no established place.
+    let mut handshaking = Vec::new();
+    for n in 0..2 * LIMIT {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        if n % 2 == 1 {
+            stream.write_all(&MAGIC[..3]).await.unwrap();
+        }
+        handshaking.push(stream);
+    }
+    let mut established = Vec::new();
+    for _ in 1..LIMIT {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        handshake::offer(&mut stream, &AccessToken::none())
+            .await
+            .expect("within the limit, a client is served");
+        established.push(stream);
+    }
+    // One more is refused in the handshake, told why; our clients print it.
+    let refused = connect_with(address, AccessToken::none()).await;
+    let error = match refused {
+        Err(
+            error @ ConnectError::Handshake {
+                source: HandshakeError::TooManyConnections,
+                ..
+            },
+        ) => error.to_string(),
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    assert!(
+        error.contains("holds as many connections as it allows"),
+        "{error}"
+    );
+    let mut miner = std::process::Command::new(program("miner"));
+    miner.args(["--broker", &address.to_string(), "--count", "1"]);
+    let said = failed_start(miner).await;
+    assert!(
+        said.contains("holds as many connections as it allows"),
+        "{said}"
+    );
+    // The client within the limit is served all along.
+    let request = ChannelRequest {
+        topic: "within".into(),
+        buffer: 1_000,
+    };
+    served
+        .create_channel(tarpc::context::current(), request)
+        .await
+        .expect("the broker answers")
+        .expect("the broker accepts");
     for x in 0..100 {
-        publish(&client, "still-here", Pair { x, y: 1 }).await;
+        publish(&served, "within", Pair { x, y: 1 }).await;
     }
-    drop(idle);
-    still_serves(broker.address, AccessToken::none()).await;
+    // A place given back is a place for the next client.
+    drop(established.pop());
+    eventually_async("a closed connection makes room", async || {
+        connect_with(address, AccessToken::none()).await.is_ok()
+    })
+    .await;
+    drop(handshaking);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,8 +39,15 @@ const PULL_EXPIRES: Duration = Duration::from_millis(500);
 const LOOKAHEAD: usize = 32;
 /// The most jobs one pull request asks for.
 const MOST_IN_ONE_PULL: usize = 256;
-/// How long a starting broker waits for a cluster that is not ready (electing leaders).
-const READY_WITHIN: Duration = Duration::from_secs(30);
+/// The pause between two tries of a cluster that a starting broker cannot reach, or that is
+/// not ready (electing its leaders): short, since clients are told to wait meanwhile.
+const READY_RETRY: Duration = Duration::from_secs(1);
+/// How long one try waits for JetStream's answer at start. A cluster still electing its
+/// leaders may leave a request unanswered, and the client's own request timeout (10 s) per try
+/// would keep the broker waiting that long after the cluster is ready.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one try waits for a NATS server to take the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a publish to a full stream waits before it tries again.
 const FULL_RETRY: Duration = Duration::from_millis(5);
 
@@ -249,17 +256,35 @@ fn stream_name(topic: &str) -> String {
 }
 
 impl JetStreamStore {
-    /// Connects to the cluster and makes sure the dead-letter stream exists.
+    /// Connects to the cluster and makes sure the dead-letter stream exists. A cluster not
+    /// reachable yet, or not ready (electing its leaders), is waited for, a line logged per
+    /// try, for as long as it takes: the caller stops waiting by dropping the future. What
+    /// waiting would not mend (a host name that does not resolve, credentials refused) is an
+    /// error at once.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, JetStreamError> {
+        let servers = config.servers.join(",");
         let failed = |reason: &dyn std::fmt::Display| JetStreamError {
-            servers: config.servers.join(","),
+            servers: servers.clone(),
             reason: reason.to_string(),
         };
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(config.servers.as_slice())
-            .await
-            .map_err(|error| failed(&error))?;
+        let waiting = |reason: &dyn std::fmt::Display| {
+            tracing::warn!(
+                "waiting for JetStream at {servers}: {reason}; trying again in {}",
+                transport::words::Rounded(READY_RETRY)
+            );
+        };
+        let client = loop {
+            let connected = async_nats::ConnectOptions::new()
+                .connection_timeout(CONNECT_TIMEOUT)
+                .connect(config.servers.as_slice())
+                .await;
+            match connected {
+                Ok(client) => break client,
+                Err(error) if may_connect_yet(&error) => waiting(&error),
+                Err(error) => return Err(failed(&error)),
+            }
+            tokio::time::sleep(READY_RETRY).await;
+        };
         let version = client.server_info().version;
         if !is_trusted_version(&version) {
             tracing::warn!(
@@ -278,15 +303,20 @@ impl JetStreamStore {
             max_messages_per_subject: config.dead_letter_limit.max(1) as i64,
             ..Default::default()
         };
-        // A cluster that lost a node a moment ago may take seconds to elect its leaders: a
-        // broker started meanwhile waits for it rather than refusing to start.
-        let ready_by = Instant::now() + READY_WITHIN;
-        while let Err(error) = js.get_or_create_stream(dead_letters.clone()).await {
-            if !is_transient(&error) || Instant::now() >= ready_by {
-                return Err(failed(&error));
+        // The dead-letter stream answering is the sign that JetStream is ready. A cluster that
+        // lost a node a moment ago may take seconds to elect its leaders: the broker waits.
+        loop {
+            let probe = js.get_or_create_stream(dead_letters.clone());
+            match tokio::time::timeout(READY_PROBE_TIMEOUT, probe).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(error)) if is_transient(&error) => waiting(&error),
+                Ok(Err(error)) => return Err(failed(&error)),
+                Err(_) => waiting(&format_args!(
+                    "no answer within {}",
+                    transport::words::Rounded(READY_PROBE_TIMEOUT)
+                )),
             }
-            tracing::warn!("JetStream is not ready ({error}); trying again");
-            tokio::time::sleep(FULL_RETRY * 100).await;
+            tokio::time::sleep(READY_RETRY).await;
         }
         Ok(Self {
             client,
@@ -449,6 +479,16 @@ fn is_trusted_version(version: &str) -> bool {
         (Some(major), Some(minor)) => (major, minor) >= TRUSTED_VERSION,
         _ => false,
     }
+}
+
+/// Whether connecting to NATS failed for a while only: no server taking connections yet. A
+/// host name that does not resolve, or credentials or TLS refused, will not mend by waiting.
+fn may_connect_yet(error: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    matches!(
+        error.kind(),
+        Kind::Io | Kind::TimedOut | Kind::MaxReconnects
+    )
 }
 
 /// Whether creating a stream failed for a while only: no answer in time, or a cluster still

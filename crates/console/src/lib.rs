@@ -126,6 +126,14 @@ pub struct BrokerArgs {
     /// After it, the program exits with an error. A duration with its unit (e.g. `30s`, `2m`).
     #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration, help_heading = "Broker")]
     pub give_up_after: humantime::Duration,
+    /// How long to keep trying at start while no broker is up or ready.
+    ///
+    /// For programs started together with their broker, in any order: a broker not listening
+    /// yet, or still opening its store, is tried again until this has passed. A wrong token or
+    /// a host name that does not resolve still fails at once. A duration with its unit (e.g.
+    /// `30s`), or `0`: a broker not there at start is an error at once.
+    #[arg(long, default_value = "0", value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration, help_heading = "Broker")]
+    pub wait_for_broker: humantime::Duration,
     /// The broker's shared secret.
     ///
     /// The --token the broker was started with. A factory also requires it of the broker's
@@ -153,6 +161,7 @@ impl BrokerArgs {
             brokers: self.broker.clone(),
             connect_timeout: self.connect_timeout.into(),
             give_up_after: self.give_up_after.into(),
+            wait_for_broker: self.wait_for_broker.into(),
             token: self.token.clone().unwrap_or_default(),
         }
     }
@@ -202,6 +211,13 @@ pub fn unreachable_broker(error: &transport::ConnectError) -> String {
             source: transport::HandshakeError::WrongToken,
             ..
         } => said,
+        transport::ConnectError::Handshake {
+            source: transport::HandshakeError::NotReady,
+            ..
+        } => format!(
+            "{said}: it serves once its store is ready; try again then (a miner or a factory \
+             waits for it with --wait-for-broker)"
+        ),
         _ => format!(
             "{said}: start the broker ({}), or give its address with --broker",
             how_to_start("broker")

@@ -2,7 +2,8 @@
 //!
 //! The dialling side sends [`MAGIC`], then its access token (a big-endian `u16` length and the
 //! bytes; length 0 for none). The accepting side answers one byte: [`ACCEPTED`],
-//! [`WRONG_TOKEN`] or [`NOT_PAIRBROKER`]. Doing this per connection means that a request is
+//! [`WRONG_TOKEN`], [`NOT_PAIRBROKER`], [`NOT_READY`] (a broker still opening its store) or
+//! [`TOO_MANY_CONNECTIONS`]. Doing this per connection means that a request is
 //! never read, let alone acted on (e.g. a subscriber's address dialled), before its
 //! connection is authenticated; and that a peer speaking another protocol, or nothing at all,
 //! is shown the door within [`HANDSHAKE_TIMEOUT`].
@@ -28,6 +29,12 @@ pub const ACCEPTED: u8 = 0;
 pub const WRONG_TOKEN: u8 = 1;
 /// The answer to bytes that are not a pairbroker handshake.
 pub const NOT_PAIRBROKER: u8 = 2;
+/// The answer of a broker still opening its store: it will serve soon, so a client may try
+/// again rather than give up.
+pub const NOT_READY: u8 = 3;
+/// The answer to a correct handshake when the server holds as many connections as it allows,
+/// in all or from the client's address.
+pub const TOO_MANY_CONNECTIONS: u8 = 4;
 
 /// A shared secret, or none. Its `Debug` never shows the secret.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -96,6 +103,15 @@ pub enum HandshakeError {
         "the access token was refused; give the server's token with --token or PAIRBROKER_TOKEN"
     )]
     WrongToken,
+    /// The broker is still opening its store.
+    #[error("the broker is starting and not ready yet")]
+    NotReady,
+    /// The server holds as many connections as it allows.
+    #[error(
+        "the server holds as many connections as it allows, in all or from this address \
+         (its --max-connections and --max-connections-per-ip); try again once some close"
+    )]
+    TooManyConnections,
 }
 
 /// The dialling side: offers `token` and waits for the verdict.
@@ -110,6 +126,8 @@ pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), Ha
         match stream.read_u8().await? {
             ACCEPTED => Ok(()),
             WRONG_TOKEN => Err(HandshakeError::WrongToken),
+            NOT_READY => Err(HandshakeError::NotReady),
+            TOO_MANY_CONNECTIONS => Err(HandshakeError::TooManyConnections),
             _ => Err(HandshakeError::NotPairbroker),
         }
     };
@@ -145,6 +163,24 @@ pub async fn greet(
     expected: &AccessToken,
     others_welcome: bool,
 ) -> Result<Greeting, HandshakeError> {
+    greet_if_room(stream, expected, others_welcome, HANDSHAKE_TIMEOUT, || {
+        Some(())
+    })
+    .await
+    .map(|(greeting, ())| greeting)
+}
+
+/// [`greet`] within `deadline`, with the server's last word: once the peer has shown a correct
+/// handshake (or, with `others_welcome`, the first bytes of another protocol), `room` is asked
+/// for its place among the server's connections. With none, a pairbroker peer is answered
+/// [`TOO_MANY_CONNECTIONS`] and another protocol is closed.
+pub async fn greet_if_room<T>(
+    stream: &mut TcpStream,
+    expected: &AccessToken,
+    others_welcome: bool,
+    deadline: Duration,
+    room: impl FnOnce() -> Option<T>,
+) -> Result<(Greeting, T), HandshakeError> {
     let exchange = async {
         let mut magic = [0; MAGIC.len()];
         let mut read = 0;
@@ -156,7 +192,9 @@ pub async fn greet(
             read += got;
             if magic[..read] != MAGIC[..read] {
                 if others_welcome {
-                    return Ok(Greeting::Other(magic[..read].to_vec()));
+                    // Another protocol has no answer byte for "no room": it is just closed.
+                    let place = room().ok_or(HandshakeError::TooManyConnections)?;
+                    return Ok((Greeting::Other(magic[..read].to_vec()), place));
                 }
                 let _ = stream.write_u8(NOT_PAIRBROKER).await;
                 return Err(HandshakeError::NotPairbroker);
@@ -171,15 +209,22 @@ pub async fn greet(
         stream.read_exact(&mut offered).await?;
         // Constant-time comparison, so that timing does not reveal how much of a guess is right.
         let accepted = !expected.is_set() || bool::from(offered.ct_eq(expected.bytes()));
-        if accepted {
-            stream.write_u8(ACCEPTED).await?;
-            Ok(Greeting::Pairbroker)
-        } else {
+        if !accepted {
             let _ = stream.write_u8(WRONG_TOKEN).await;
-            Err(HandshakeError::WrongToken)
+            return Err(HandshakeError::WrongToken);
+        }
+        match room() {
+            Some(place) => {
+                stream.write_u8(ACCEPTED).await?;
+                Ok((Greeting::Pairbroker, place))
+            }
+            None => {
+                let _ = stream.write_u8(TOO_MANY_CONNECTIONS).await;
+                Err(HandshakeError::TooManyConnections)
+            }
         }
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+    tokio::time::timeout(deadline, exchange)
         .await
         .map_err(|_| HandshakeError::TimedOut)?
 }

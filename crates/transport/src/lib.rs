@@ -5,23 +5,30 @@
 //! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
 //! - [`accept`]: accept connections until shutdown and hand each to a connection handler;
 //!   [`accept_or`] hands those that open with another protocol to a second one.
+//! - [`Admission`]: how many connections a server holds, in their handshake and after it.
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
+//! - [`starting`]: the answer "not ready yet" to clients of a server still opening its store.
 //! - [`words`]: a failed call and a duration in our words.
 
+mod admission;
 pub mod coalesce;
 pub mod handshake;
 pub mod link;
+pub mod starting;
 pub mod words;
 
+pub use admission::{
+    Admission, DEFAULT_HANDSHAKE_DEADLINE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_HANDSHAKING, DEFAULT_MAX_HANDSHAKING_PER_IP, DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+};
 pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, Greeting, HandshakeError};
 pub use link::{BrokerLink, LinkConfig, LinkError};
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -29,7 +36,6 @@ use stubs::{BrokerClient, FactoryClient};
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -193,82 +199,12 @@ pub async fn connect_factory(
     Ok(FactoryClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
-/// How many connections a server holds at once by default. Each costs a task and two small
-/// buffers; a thousand is far more than a lab needs and far less than the machine can hold.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
-/// How many connections one IP address may hold at once by default, so that one misbehaving
-/// host cannot take every slot.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
-/// How many requests one connection may have in flight at once by default: a miner with 32
-/// publishers needs 32; a client that never reads its replies is held to this many tasks.
-pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: usize = 256;
-
-/// Who may connect to a server, and how many at once.
-#[derive(Clone, Debug)]
-pub struct Admission {
-    /// The token every client must offer; none admits every client.
-    pub token: AccessToken,
-    /// Connections held at once; more are closed as soon as they are accepted.
-    pub max_connections: usize,
-    /// Connections held at once per IP address.
-    pub max_connections_per_ip: usize,
-    /// Requests in flight per connection; more are answered with an error.
-    pub max_requests_per_connection: usize,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Self {
-            token: AccessToken::none(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
-        }
-    }
-}
-
-/// A connection's place in its IP address's count, given back when dropped.
-struct IpSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl IpSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
-        let mut map = counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = map.entry(ip).or_default();
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Accepts connections on `listener` until `shutdown` is cancelled. Each connection within the
-/// limits of `admission` runs in its own task on `tracker` (so that the caller can wait for
-/// open connections to finish): first the handshake, then `handle`. A connection over a limit
-/// is closed at once, so that the clients within the limits are not held up.
+/// Accepts connections on `listener` until `shutdown` is cancelled. Each connection runs in its
+/// own task on `tracker` (so that the caller can wait for open connections to finish): first
+/// the handshake, then `handle`. The limits of `admission` apply as [`Admission`] tells: a
+/// connection still in its handshake may be closed to make room for a newer one from its
+/// address, and a client that completes its handshake beyond the established limits is
+/// refused, told why ([`HandshakeError::TooManyConnections`]).
 ///
 /// An accept error (e.g. too many open files) is logged and accepting goes on after a short
 /// pause, rather than ending the server.
@@ -308,14 +244,13 @@ pub async fn accept_or<H, F>(
     /// How long to wait before accepting again after an accept error, so that a persistent
     /// error (out of file descriptors) does not spin a core.
     const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-    let slots = Arc::new(Semaphore::new(admission.max_connections));
-    let per_ip = Arc::new(Mutex::new(HashMap::new()));
+    let gate = admission::Gate::new(&admission);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!("accepting a connection failed: {error}");
@@ -323,49 +258,89 @@ pub async fn accept_or<H, F>(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "closed the connection from {peer}: {} connections are the limit",
-                admission.max_connections
-            );
-            continue;
-        };
-        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), admission.max_connections_per_ip)
-        else {
-            tracing::debug!(
-                "closed the connection from {peer}: {} connections from one address are the limit",
-                admission.max_connections_per_ip
-            );
-            continue;
-        };
-        let token = admission.token.clone();
-        let handle = handle.clone();
-        let other = other.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _slots = (slot, ip_slot);
-            // A peer still silent when the server stops must not hold the stop up.
-            let greeted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                greeted = handshake::greet(&mut stream, &token, other.is_some()) => greeted,
-            };
-            match (greeted, other) {
-                (Ok(Greeting::Pairbroker), _) => {
-                    tracing::debug!("accepted a connection from {peer}");
-                    handle(stream, peer).await;
-                }
-                (Ok(Greeting::Other(_)), Some(_)) if token.is_set() => tracing::warn!(
-                    "refused a client at {peer} that is not pairbroker's (Go's net/rpc?): this \
-                     server has an access token, and such a client cannot give one"
-                ),
-                (Ok(Greeting::Other(read)), Some(other)) => other(stream, read, peer).await,
-                (Ok(Greeting::Other(_)), None) => {}
-                (Err(error), _) => {
-                    tracing::debug!(
-                        "closed the connection from {peer}: the handshake failed: {error}"
-                    )
-                }
-            }
-        });
+        // Cancelled when the server stops, or to make room for a newer connection.
+        let close = shutdown.child_token();
+        let handshaking = gate.arrive(peer, close.clone());
+        tracker.spawn(greet_and_handle(
+            stream,
+            peer,
+            Welcome {
+                gate: gate.clone(),
+                token: admission.token.clone(),
+                deadline: admission.handshake_deadline,
+                other: other.clone(),
+            },
+            handshaking,
+            close,
+            handle.clone(),
+        ));
+        // Let the new connection read the handshake its client has likely sent already, before
+        // more arrivals from its address can make it the oldest and close it: under a flood of
+        // connections the accept loop would otherwise run for many accepts in a row.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// What a connection task needs to know to greet its peer.
+struct Welcome {
+    gate: admission::Gate,
+    token: AccessToken,
+    deadline: Duration,
+    other: Option<OtherProtocol>,
+}
+
+/// One connection's life: its handshake, unless `close` ends it first, then its handler.
+async fn greet_and_handle<H, F>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    welcome: Welcome,
+    handshaking: admission::Handshaking,
+    close: CancellationToken,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()>,
+{
+    let Welcome {
+        gate,
+        token,
+        deadline,
+        other,
+    } = welcome;
+    // The handshaking place is given back as the established one is taken, so that the
+    // connection is never counted as both, nor as neither.
+    let room = move || {
+        drop(handshaking);
+        gate.establish(peer)
+    };
+    let greeting = handshake::greet_if_room(&mut stream, &token, other.is_some(), deadline, room);
+    let greeted = tokio::select! {
+        // A handshake that can finish now is finished, even when its place is wanted: either
+        // way it leaves the handshaking connections, and this way a client is not turned away.
+        biased;
+        greeted = greeting => greeted,
+        // The server stops, or a newer connection from this address needed the place.
+        _ = close.cancelled() => return,
+    };
+    match (greeted, other) {
+        (Ok((Greeting::Pairbroker, _established)), _) => {
+            tracing::debug!("accepted a connection from {peer}");
+            handle(stream, peer).await;
+        }
+        (Ok((Greeting::Other(_), _)), Some(_)) if token.is_set() => tracing::warn!(
+            "refused a client at {peer} that is not pairbroker's (Go's net/rpc?): this server \
+             has an access token, and such a client cannot give one"
+        ),
+        (Ok((Greeting::Other(read), _established)), Some(other)) => other(stream, read, peer).await,
+        (Ok((Greeting::Other(_), _)), None) => {}
+        // Logged when the place was refused.
+        (Err(HandshakeError::TooManyConnections), _) => {}
+        (Err(HandshakeError::TimedOut), _) => tracing::debug!(
+            "closed the connection from {peer}: no handshake within {}",
+            words::Rounded(deadline)
+        ),
+        (Err(error), _) => {
+            tracing::debug!("closed the connection from {peer}: the handshake failed: {error}")
+        }
     }
 }

@@ -2,17 +2,20 @@
 //! reconnect, so the miner and the factory share this one: when a call finds the connection
 //! gone, the link dials again with capped exponential backoff and jitter, going round the
 //! brokers it was given from the one after the lost one, and the call is made again on the new
-//! connection.
+//! connection. At start, it may wait for a broker that is not up yet, so that programs started
+//! together need no order.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use stubs::BrokerClient;
 use tarpc::client::RpcError;
+use tokio::time::Instant;
 
-use crate::{connect_broker, AccessToken, ConnectError};
+use crate::words::Rounded;
+use crate::{connect_broker, AccessToken, ConnectError, HandshakeError};
 
 /// The first pause before dialling a lost broker again.
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -31,19 +34,37 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
     /// How long to keep dialling once the broker went away, before giving up.
     pub give_up_after: Duration,
+    /// How long to keep dialling at start while no broker is up or ready yet. Zero: a broker
+    /// that is not there at start is a mistake, reported at once.
+    pub wait_for_broker: Duration,
     /// The shared secret given to the broker.
     pub token: AccessToken,
 }
 
 impl LinkConfig {
-    /// The broker at `address`, with the default timeouts and no token.
+    /// The broker at `address`, with the default timeouts, no wait at start and no token.
     pub fn to(address: impl Into<String>) -> Self {
         Self {
             brokers: vec![address.into()],
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
+            wait_for_broker: Duration::ZERO,
             token: AccessToken::none(),
         }
+    }
+}
+
+/// Whether a broker that could not be reached at start may yet come: nobody listening yet, a
+/// broker still opening its store, or no answer in time. A name that does not resolve or a
+/// refused token will not mend by waiting.
+pub fn may_come_yet(error: &ConnectError) -> bool {
+    match error {
+        ConnectError::Resolve { .. } => false,
+        ConnectError::Connect { .. } | ConnectError::TimedOut { .. } => true,
+        ConnectError::Handshake { source, .. } => matches!(
+            source,
+            HandshakeError::NotReady | HandshakeError::TimedOut | HandshakeError::Io(_)
+        ),
     }
 }
 
@@ -101,13 +122,49 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BrokerLink {
-    /// Connects to the first of `config.brokers` that answers, trying each once: brokers that
-    /// are not there at start are a mistake to report at once (the last one's error).
+    /// Connects to the first of `config.brokers` that answers, trying each in turn. When none
+    /// does, and every failure [`may_come_yet`], tries them all again with backoff until
+    /// `config.wait_for_broker` has passed; otherwise (and with no wait) the error is the
+    /// first that waiting would not mend, or the last one.
     pub async fn connect(config: &LinkConfig) -> Result<Arc<Self>, ConnectError> {
+        let deadline = Instant::now() + config.wait_for_broker;
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(RECONNECT_MIN_DELAY)
+            .with_max_delay(RECONNECT_MAX_DELAY)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let error = match Self::connect_once(config).await {
+                Ok(link) => return Ok(link),
+                Err(error) => error,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !may_come_yet(&error) {
+                return Err(error);
+            }
+            let pause = pauses.next().unwrap_or(RECONNECT_MAX_DELAY).min(left);
+            tracing::info!(
+                "waiting for the broker at {}: {}; trying again in {}, for {} more at most",
+                config.brokers.join(","),
+                error.cause(),
+                Rounded(pause),
+                Rounded(left)
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One try of each of `config.brokers`, in order.
+    async fn connect_once(config: &LinkConfig) -> Result<Arc<Self>, ConnectError> {
+        let mut lasting = None;
         let mut last_error = None;
         for (broker, address) in config.brokers.iter().enumerate() {
             match connect_broker(address, config.connect_timeout, &config.token).await {
                 Ok(client) => {
+                    if lasting.is_some() || last_error.is_some() {
+                        tracing::info!("connected to the broker at {address}");
+                    }
                     return Ok(Arc::new(Self {
                         config: config.clone(),
                         current: Mutex::new(Current {
@@ -117,25 +174,32 @@ impl BrokerLink {
                         }),
                         dialling: tokio::sync::Mutex::new(()),
                         gave_up: Mutex::new(None),
-                    }))
+                    }));
                 }
                 Err(error) => {
-                    if config.brokers.len() > 1 {
+                    if broker + 1 < config.brokers.len() {
                         tracing::warn!(
-                            "the broker at {address} is not reachable ({error}); trying the next"
+                            "the broker at {address} is not reachable ({}); trying the next",
+                            error.cause()
                         );
                     }
-                    last_error = Some(error);
+                    if lasting.is_none() && !may_come_yet(&error) {
+                        lasting = Some(error);
+                    } else {
+                        last_error = Some(error);
+                    }
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| ConnectError::Resolve {
-            address: String::new(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "no broker address given",
-            ),
-        }))
+        Err(lasting
+            .or(last_error)
+            .unwrap_or_else(|| ConnectError::Resolve {
+                address: String::new(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no broker address given",
+                ),
+            }))
     }
 
     /// The address of the broker in use.
@@ -205,7 +269,7 @@ impl BrokerLink {
                 tracing::info!(
                     "no broker back yet ({}); trying again in {}",
                     error.cause(),
-                    crate::words::Rounded(pause)
+                    Rounded(pause)
                 );
             })
             .await
@@ -232,6 +296,149 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
+
+    /// A server on `listener` that holds each connection it accepts until `stop`.
+    fn serve(
+        listener: tokio::net::TcpListener,
+        admission: Admission,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let hold = {
+            let stop = stop.clone();
+            move |_stream, _| {
+                let stop = stop.clone();
+                async move { stop.cancelled().await }
+            }
+        };
+        tokio::spawn(accept(listener, admission, stop, TaskTracker::new(), hold))
+    }
+
+    /// A free loopback port, nobody listening on it.
+    async fn free_port() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn at_start_the_link_waits_for_a_broker_that_comes_up_and_gets_ready_later() {
+        const COMES_UP_AFTER: Duration = Duration::from_millis(300);
+        const READY_AFTER: Duration = Duration::from_millis(300);
+        let address = free_port().await;
+        let stop = CancellationToken::new();
+        let broker = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(COMES_UP_AFTER).await;
+                let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+                let not_ready = tokio::time::sleep(READY_AFTER);
+                crate::starting::refuse_while(&listener, crate::starting::not_ready, not_ready)
+                    .await;
+                serve(listener, Admission::default(), stop).await.unwrap();
+            })
+        };
+        let config = LinkConfig {
+            wait_for_broker: Duration::from_secs(30),
+            ..LinkConfig::to(address.to_string())
+        };
+        let started = Instant::now();
+        let link = BrokerLink::connect(&config).await;
+        let waited = started.elapsed();
+        assert!(link.is_ok(), "{:?}", link.err());
+        assert!(waited >= COMES_UP_AFTER + READY_AFTER, "{waited:?}");
+        // The backoff's longest pause, and a little for a busy machine.
+        assert!(
+            waited < COMES_UP_AFTER + READY_AFTER + RECONNECT_MAX_DELAY * 2,
+            "{waited:?}"
+        );
+        stop.cancel();
+        broker.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_wait_a_broker_that_is_not_up_is_an_error_at_once() {
+        let address = free_port().await;
+        let started = Instant::now();
+        let error = BrokerLink::connect(&LinkConfig::to(address.to_string()))
+            .await
+            .err();
+        assert!(
+            matches!(error, Some(ConnectError::Connect { .. })),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn the_wait_at_start_ends_with_the_last_error() {
+        const WAIT: Duration = Duration::from_millis(500);
+        let address = free_port().await;
+        let config = LinkConfig {
+            wait_for_broker: WAIT,
+            ..LinkConfig::to(address.to_string())
+        };
+        let started = Instant::now();
+        let error = BrokerLink::connect(&config).await.err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(error, Some(ConnectError::Connect { .. })),
+            "{error:?}"
+        );
+        assert!(waited >= WAIT, "{waited:?}");
+        assert!(waited < WAIT + Duration::from_secs(1), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_or_a_name_that_does_not_resolve_is_not_waited_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let admission = Admission {
+            token: AccessToken::new("s3cret").unwrap(),
+            ..Admission::default()
+        };
+        let server = serve(listener, admission, stop.clone());
+        let wrong_token = LinkConfig {
+            wait_for_broker: Duration::from_secs(30),
+            token: AccessToken::new("guess").unwrap(),
+            ..LinkConfig::to(address.to_string())
+        };
+        // A broker that is down comes first in the list: it is not what the wait is for.
+        let down = free_port().await;
+        let both = LinkConfig {
+            brokers: vec![down.to_string(), address.to_string()],
+            ..wrong_token.clone()
+        };
+        let unknown = LinkConfig {
+            wait_for_broker: Duration::from_secs(30),
+            ..LinkConfig::to("no-such-host.invalid:8030")
+        };
+        let started = Instant::now();
+        for config in [wrong_token, both] {
+            let error = BrokerLink::connect(&config).await.err();
+            assert!(
+                matches!(
+                    error,
+                    Some(ConnectError::Handshake {
+                        source: HandshakeError::WrongToken,
+                        ..
+                    })
+                ),
+                "{error:?}"
+            );
+        }
+        let error = BrokerLink::connect(&unknown).await.err();
+        assert!(
+            matches!(error, Some(ConnectError::Resolve { .. })),
+            "{error:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        stop.cancel();
+        server.await.unwrap();
+    }
 
     #[tokio::test]
     async fn callers_that_lost_the_same_connection_give_up_together() {

@@ -29,7 +29,7 @@ async fn connect_with(
     address: SocketAddr,
     token: AccessToken,
 ) -> Result<stubs::BrokerClient, ConnectError> {
-    transport::connect_broker(&address.to_string(), Duration::from_secs(3), &token).await
+    transport::connect_broker(&address.to_string(), Duration::from_secs(3), &token, None).await
 }
 
 /// Reads until the server closes the connection; fails the test if it does not within [`WAIT`].

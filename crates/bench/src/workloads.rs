@@ -614,6 +614,7 @@ async fn connect(address: &SocketAddr, run: &mut Run) -> anyhow::Result<BrokerCl
             &address.to_string(),
             Duration::from_secs(1),
             &transport::AccessToken::none(),
+            None,
         )
         .await
         {

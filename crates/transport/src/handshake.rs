@@ -2,7 +2,8 @@
 //!
 //! The dialling side sends [`MAGIC`], then its access token (a big-endian `u16` length and the
 //! bytes; length 0 for none). The accepting side answers one byte: [`ACCEPTED`],
-//! [`WRONG_TOKEN`] or [`NOT_PAIRBROKER`]. Doing this per connection means that a request is
+//! [`WRONG_TOKEN`] or [`NOT_PAIRBROKER`]; a server with TLS answers a handshake sent without it
+//! [`TLS_REQUIRED`]. With TLS, the handshake runs inside it (see [`crate::tls`]). Doing this per connection means that a request is
 //! never read, let alone acted on (e.g. a subscriber's address dialled), before its
 //! connection is authenticated; and that a peer speaking another protocol, or nothing at all,
 //! is shown the door within [`HANDSHAKE_TIMEOUT`].
@@ -12,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The first bytes of every connection: the protocol and its version.
 pub const MAGIC: &[u8; 8] = b"PAIRBRK1";
@@ -28,6 +28,8 @@ pub const ACCEPTED: u8 = 0;
 pub const WRONG_TOKEN: u8 = 1;
 /// The answer to bytes that are not a pairbroker handshake.
 pub const NOT_PAIRBROKER: u8 = 2;
+/// The answer of a server with TLS to a handshake sent without it.
+pub const TLS_REQUIRED: u8 = 3;
 
 /// A shared secret, or none. Its `Debug` never shows the secret.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -96,10 +98,21 @@ pub enum HandshakeError {
         "the access token was refused; give the server's token with --token or PAIRBROKER_TOKEN"
     )]
     WrongToken,
+    /// The server requires TLS, and this connection has none.
+    #[error(
+        "it requires TLS; give the CA of its certificate with --tls-ca FILE, or --tls-dir DIR"
+    )]
+    TlsRequired,
+    /// The peer opened a TLS handshake, and this server has no TLS.
+    #[error("the peer speaks TLS, and this server has none")]
+    TlsClient,
 }
 
 /// The dialling side: offers `token` and waits for the verdict.
-pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), HandshakeError> {
+pub async fn offer<S>(stream: &mut S, token: &AccessToken) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         let secret = token.bytes();
         let mut hello = Vec::with_capacity(MAGIC.len() + 2 + secret.len());
@@ -110,6 +123,7 @@ pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), Ha
         match stream.read_u8().await? {
             ACCEPTED => Ok(()),
             WRONG_TOKEN => Err(HandshakeError::WrongToken),
+            TLS_REQUIRED => Err(HandshakeError::TlsRequired),
             _ => Err(HandshakeError::NotPairbroker),
         }
     };
@@ -129,7 +143,10 @@ pub enum Greeting {
 
 /// The accepting side: reads the peer's handshake, checks its token against `expected` (any
 /// token passes when `expected` is none) and answers.
-pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(), HandshakeError> {
+pub async fn check<S>(stream: &mut S, expected: &AccessToken) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match greet(stream, expected, false).await? {
         Greeting::Pairbroker => Ok(()),
         Greeting::Other(_) => Err(HandshakeError::NotPairbroker),
@@ -140,11 +157,14 @@ pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(),
 /// handed back, for a server that speaks another protocol on the same port. They are told
 /// apart as soon as a byte differs from the magic, so that the other protocol's first message
 /// need not be longer than the magic.
-pub async fn greet(
-    stream: &mut TcpStream,
+pub async fn greet<S>(
+    stream: &mut S,
     expected: &AccessToken,
     others_welcome: bool,
-) -> Result<Greeting, HandshakeError> {
+) -> Result<Greeting, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         let mut magic = [0; MAGIC.len()];
         let mut read = 0;
@@ -152,6 +172,12 @@ pub async fn greet(
             let got = stream.read(&mut magic[read..]).await?;
             if got == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            // A TLS client is closed without an answer: it reads none but TLS. No other protocol
+            // served beside ours opens with this byte (Go's gob stream opens with the length of
+            // its first message, the definition of rpc.Request, far longer than 22 bytes).
+            if read == 0 && magic[0] == crate::tls::TLS_HANDSHAKE_RECORD {
+                return Err(HandshakeError::TlsClient);
             }
             read += got;
             if magic[..read] != MAGIC[..read] {
@@ -182,4 +208,26 @@ pub async fn greet(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| HandshakeError::TimedOut)?
+}
+
+/// A server with TLS, to a client that sent a pairbroker handshake without it: reads the
+/// handshake, so that the answer is not lost to a reset of a connection closed with unread
+/// bytes, and answers [`TLS_REQUIRED`]. Gives up quietly on anything else.
+pub async fn require_tls<S>(stream: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut magic = [0; MAGIC.len()];
+        stream.read_exact(&mut magic).await?;
+        if magic != *MAGIC {
+            return Ok(());
+        }
+        let length = (stream.read_u16().await? as usize).min(MAX_TOKEN_LENGTH);
+        let mut offered = vec![0; length];
+        stream.read_exact(&mut offered).await?;
+        stream.write_u8(TLS_REQUIRED).await?;
+        stream.shutdown().await
+    };
+    let _: Result<std::io::Result<()>, _> = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await;
 }

@@ -7,16 +7,20 @@
 //!   [`accept_or`] hands those that open with another protocol to a second one.
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
+//! - [`tls`]: TLS under the handshake, the files it is loaded from, and [`Stream`], a
+//!   connection in TLS or plain TCP.
 //! - [`words`]: a failed call and a duration in our words.
 
 pub mod coalesce;
 pub mod handshake;
 pub mod link;
+pub mod tls;
 pub mod words;
 
 pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, Greeting, HandshakeError};
 pub use link::{BrokerLink, LinkConfig, LinkError};
+pub use tls::{ClientTls, ServerTls, Stream, TlsError, TlsFiles};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,9 +48,9 @@ pub const MAX_FRAME_LENGTH: usize = 2 * 1024 * 1024;
 /// Loopback and LAN connections take microseconds; seconds mean nobody is listening.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A tarpc transport over TCP with bincode messages, flushes coalesced.
+/// A tarpc transport over TCP (in TLS or not) with bincode messages, flushes coalesced.
 pub type TcpTransport<Item, SinkItem> =
-    Coalescing<Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>>;
+    Coalescing<Transport<Stream, Item, SinkItem, Bincode<Item, SinkItem>>>;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,20 @@ pub enum ConnectError {
         /// What went wrong.
         source: HandshakeError,
     },
+    /// A dial over TLS found a server that does not speak it.
+    #[error("{address} did not answer TLS (was it started without --tls-cert or --tls-dir?)")]
+    NoTls {
+        /// The address dialled.
+        address: String,
+    },
+    /// The server's certificate was refused.
+    #[error("cannot connect to {address} over TLS: {reason}")]
+    Certificate {
+        /// The address dialled.
+        address: String,
+        /// Why, in a sentence about "its certificate".
+        reason: String,
+    },
     /// Nobody answered within the connect timeout.
     #[error("cannot connect to {address}: no answer within {timeout:?}")]
     TimedOut {
@@ -92,6 +110,8 @@ impl ConnectError {
             ConnectError::Resolve { address, .. }
             | ConnectError::Connect { address, .. }
             | ConnectError::Handshake { address, .. }
+            | ConnectError::NoTls { address }
+            | ConnectError::Certificate { address, .. }
             | ConnectError::TimedOut { address, .. } => address,
         }
     }
@@ -102,6 +122,10 @@ impl ConnectError {
             ConnectError::Resolve { source, .. } => format!("cannot resolve it: {source}"),
             ConnectError::Connect { source, .. } => source.kind().to_string(),
             ConnectError::Handshake { source, .. } => source.to_string(),
+            ConnectError::NoTls { .. } => {
+                "it did not answer TLS: was it started without --tls-cert or --tls-dir?".to_owned()
+            }
+            ConnectError::Certificate { reason, .. } => reason.clone(),
             ConnectError::TimedOut { timeout, .. } => {
                 format!("no answer within {}", words::Rounded(*timeout))
             }
@@ -109,15 +133,16 @@ impl ConnectError {
     }
 }
 
-/// Wraps one TCP stream into a length-delimited bincode transport.
-pub fn framed<Item, SinkItem>(stream: TcpStream) -> TcpTransport<Item, SinkItem>
+/// Wraps one connection, in TLS or plain TCP, into a length-delimited bincode transport.
+pub fn framed<Item, SinkItem>(stream: impl Into<Stream>) -> TcpTransport<Item, SinkItem>
 where
     Item: DeserializeOwned,
     SinkItem: Serialize,
 {
+    let stream = stream.into();
     // Small request/reply messages: without NODELAY, Nagle's algorithm holds each reply
     // back until the previous one is acknowledged, which adds up to 40 ms per call.
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = stream.tcp().set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {error}");
     }
     let codec = LengthDelimitedCodec::builder()
@@ -144,16 +169,21 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
     })
 }
 
-/// Opens a TCP connection to `address`, giving up after `timeout`, and offers `token` in the
-/// handshake.
+/// Opens a TCP connection to `address`, giving up after `timeout`; with `tls`, takes the TLS
+/// handshake on it; then offers `token` in the pairbroker handshake.
 pub async fn dial(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
-) -> Result<TcpStream, ConnectError> {
+    tls: Option<&ClientTls>,
+) -> Result<Stream, ConnectError> {
     let socket_address = resolve(address).await?;
     match tokio::time::timeout(timeout, TcpStream::connect(socket_address)).await {
-        Ok(Ok(mut stream)) => {
+        Ok(Ok(tcp)) => {
+            let mut stream = match tls {
+                Some(tls) => tls.connect(address, tcp).await?,
+                None => Stream::Plain(tcp),
+            };
             handshake::offer(&mut stream, token)
                 .await
                 .map_err(|source| ConnectError::Handshake {
@@ -173,23 +203,25 @@ pub async fn dial(
     }
 }
 
-/// Connects to a broker at `address` (`host:port`).
+/// Connects to a broker at `address` (`host:port`), over TLS with `tls`.
 pub async fn connect_broker(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
 ) -> Result<BrokerClient, ConnectError> {
-    let stream = dial(address, timeout, token).await?;
+    let stream = dial(address, timeout, token, tls).await?;
     Ok(BrokerClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
-/// Connects to a factory at `address` (`host:port`).
+/// Connects to a factory at `address` (`host:port`), over TLS with `tls`.
 pub async fn connect_factory(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
 ) -> Result<FactoryClient, ConnectError> {
-    let stream = dial(address, timeout, token).await?;
+    let stream = dial(address, timeout, token, tls).await?;
     Ok(FactoryClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
@@ -214,6 +246,8 @@ pub struct Admission {
     pub max_connections_per_ip: usize,
     /// Requests in flight per connection; more are answered with an error.
     pub max_requests_per_connection: usize,
+    /// TLS to require of every connection, before the handshake; none serves plain TCP.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for Admission {
@@ -223,6 +257,7 @@ impl Default for Admission {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            tls: None,
         }
     }
 }
@@ -267,7 +302,8 @@ impl Drop for IpSlot {
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Each connection within the
 /// limits of `admission` runs in its own task on `tracker` (so that the caller can wait for
-/// open connections to finish): first the handshake, then `handle`. A connection over a limit
+/// open connections to finish): first TLS if `admission` has it, then the handshake, then
+/// `handle`. A connection over a limit
 /// is closed at once, so that the clients within the limits are not held up.
 ///
 /// An accept error (e.g. too many open files) is logged and accepting goes on after a short
@@ -279,7 +315,7 @@ pub async fn accept<H, F>(
     tracker: TaskTracker,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    H: Fn(Stream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     accept_or(listener, admission, shutdown, tracker, handle, None).await
@@ -293,7 +329,8 @@ pub type OtherProtocol = Arc<
 
 /// [`accept`], with the connections whose first bytes are not a pairbroker handshake handed to
 /// `other` instead of closed. Another protocol has no place for the access token, so with a
-/// token set they are closed, with a line in the log that says why.
+/// token set they are closed, with a line in the log that says why; nor for TLS, so with TLS
+/// `other` is never called.
 pub async fn accept_or<H, F>(
     listener: TcpListener,
     admission: Admission,
@@ -302,9 +339,10 @@ pub async fn accept_or<H, F>(
     handle: H,
     other: Option<OtherProtocol>,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    H: Fn(Stream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let other = other.filter(|_| admission.tls.is_none());
     /// How long to wait before accepting again after an accept error, so that a persistent
     /// error (out of file descriptors) does not spin a core.
     const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -315,7 +353,7 @@ pub async fn accept_or<H, F>(
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!("accepting a connection failed: {error}");
@@ -339,11 +377,35 @@ pub async fn accept_or<H, F>(
             continue;
         };
         let token = admission.token.clone();
+        let tls = admission.tls.clone();
         let handle = handle.clone();
         let other = other.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slots = (slot, ip_slot);
+            let mut stream = match tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => {
+                    let accepted = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        accepted = tls.accept(tcp) => accepted,
+                    };
+                    match accepted {
+                        Ok(stream) => stream,
+                        Err(
+                            refusal @ (tls::TlsRefusal::PlaintextPairbroker
+                            | tls::TlsRefusal::NotTls),
+                        ) => {
+                            tracing::warn!("refused {refusal} at {peer}: this server requires TLS");
+                            return;
+                        }
+                        Err(refusal) => {
+                            tracing::info!("closed the connection from {peer}: {refusal}");
+                            return;
+                        }
+                    }
+                }
+            };
             // A peer still silent when the server stops must not hold the stop up.
             let greeted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -358,8 +420,17 @@ pub async fn accept_or<H, F>(
                     "refused a client at {peer} that is not pairbroker's (Go's net/rpc?): this \
                      server has an access token, and such a client cannot give one"
                 ),
-                (Ok(Greeting::Other(read)), Some(other)) => other(stream, read, peer).await,
+                (Ok(Greeting::Other(read)), Some(other)) => {
+                    // Only plain connections have `other` (see above).
+                    if let Stream::Plain(tcp) = stream {
+                        other(tcp, read, peer).await
+                    }
+                }
                 (Ok(Greeting::Other(_)), None) => {}
+                (Err(HandshakeError::TlsClient), _) => tracing::warn!(
+                    "refused a TLS client at {peer}: this server has no TLS (start it with \
+                     --tls-cert and --tls-key, or --tls-dir)"
+                ),
                 (Err(error), _) => {
                     tracing::debug!(
                         "closed the connection from {peer}: the handshake failed: {error}"

@@ -33,6 +33,8 @@ pub struct LinkConfig {
     pub give_up_after: Duration,
     /// The shared secret given to the broker.
     pub token: AccessToken,
+    /// TLS to dial the brokers with; none dials plain TCP.
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl LinkConfig {
@@ -43,6 +45,7 @@ impl LinkConfig {
             connect_timeout: crate::DEFAULT_CONNECT_TIMEOUT,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             token: AccessToken::none(),
+            tls: None,
         }
     }
 }
@@ -106,7 +109,14 @@ impl BrokerLink {
     pub async fn connect(config: &LinkConfig) -> Result<Arc<Self>, ConnectError> {
         let mut last_error = None;
         for (broker, address) in config.brokers.iter().enumerate() {
-            match connect_broker(address, config.connect_timeout, &config.token).await {
+            match connect_broker(
+                address,
+                config.connect_timeout,
+                &config.token,
+                config.tls.as_ref(),
+            )
+            .await
+            {
                 Ok(client) => {
                     return Ok(Arc::new(Self {
                         config: config.clone(),
@@ -195,9 +205,14 @@ impl BrokerLink {
             let attempt = dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let broker = (lost + 1 + attempt) % brokers.len();
             let address = &brokers[broker];
-            connect_broker(address, self.config.connect_timeout, &self.config.token)
-                .await
-                .map(|client| (broker, client))
+            connect_broker(
+                address,
+                self.config.connect_timeout,
+                &self.config.token,
+                self.config.tls.as_ref(),
+            )
+            .await
+            .map(|client| (broker, client))
         };
         let (broker, client) = dial
             .retry(backoff)

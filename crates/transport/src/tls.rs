@@ -568,3 +568,98 @@ fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitError
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_that_cannot_be_used_are_named_with_what_is_wrong() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("tls");
+        let files = write_development_files(&dir).unwrap();
+        let (ca, cert, key) = (
+            files.ca.clone().unwrap(),
+            files.cert.clone().unwrap(),
+            files.key.clone().unwrap(),
+        );
+        let other = write_development_files(&temp.path().join("other")).unwrap();
+        let other_key = other.key.unwrap();
+        let garbage = temp.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM at all\n").unwrap();
+        let broken = temp.path().join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64 !!\n").unwrap();
+        let missing = temp.path().join("missing.pem");
+
+        let server = |cert: &Path, key: &Path| ServerTls::load(cert, key).unwrap_err().to_string();
+        let client = |ca: &Path| ClientTls::load(ca).unwrap_err().to_string();
+        for (said, expected) in [
+            (
+                server(&missing, &key),
+                format!("cannot read {}", missing.display()),
+            ),
+            (
+                server(&cert, &missing),
+                format!("cannot read {}", missing.display()),
+            ),
+            (
+                server(&garbage, &key),
+                format!("{} holds no certificate", garbage.display()),
+            ),
+            (
+                server(&cert, &garbage),
+                format!("{} holds no private key", garbage.display()),
+            ),
+            (
+                server(&cert, &cert),
+                format!("{} holds no private key", cert.display()),
+            ),
+            (
+                server(&broken, &key),
+                format!("{} is not well-formed PEM", broken.display()),
+            ),
+            (
+                server(&cert, &other_key),
+                format!(
+                    "cannot serve TLS with the certificate in {} and the key in {}",
+                    cert.display(),
+                    other_key.display()
+                ),
+            ),
+            (
+                client(&missing),
+                format!("cannot read {}", missing.display()),
+            ),
+            (
+                client(&key),
+                format!("{} holds no certificate", key.display()),
+            ),
+        ] {
+            assert!(said.contains(&expected), "{said:?} should say {expected:?}");
+        }
+        assert!(ClientTls::load(&ca).is_ok() && ServerTls::load(&cert, &key).is_ok());
+        let again = write_development_files(&dir).unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+    }
+
+    #[test]
+    fn a_tls_dir_names_the_three_files_and_wins_over_single_files() {
+        let dir = Path::new("/etc/pb");
+        let files = TlsFiles::from_options(Some(dir), Some(Path::new("/x/ca.pem")), None, None);
+        assert_eq!(files, TlsFiles::in_dir(dir));
+        assert_eq!(files.cert.unwrap(), dir.join("cert.pem"));
+        let single = TlsFiles::from_options(None, Some(Path::new("/x/ca.pem")), None, None);
+        assert_eq!(single.ca.as_deref(), Some(Path::new("/x/ca.pem")));
+        assert!(
+            single.server().unwrap().is_none(),
+            "no certificate, no TLS served"
+        );
+    }
+
+    #[test]
+    fn the_host_checked_is_the_host_dialled() {
+        assert_eq!(host_of("127.0.0.1:8030"), "127.0.0.1");
+        assert_eq!(host_of("localhost:8030"), "localhost");
+        assert_eq!(host_of("[::1]:8030"), "::1");
+    }
+}

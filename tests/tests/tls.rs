@@ -220,8 +220,7 @@ async fn a_certificate_from_another_ca_is_refused_naming_the_ca_file() {
     let tls = ClientTls::load(&other_ca).unwrap();
     let error = dial(broker.address, &AccessToken::none(), Some(&tls))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let expected = format!(
         "its certificate is not signed by the CA in {}",
         other_ca.display()
@@ -333,4 +332,39 @@ async fn the_token_is_still_enforced_inside_tls() {
         .await
         .expect("the broker answers");
     broker.stop().await;
+}
+
+#[tokio::test]
+async fn lab_mark_marks_a_factory_over_tls_with_the_tls_dir_in_its_command() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = tls_init(temp.path(), "tls");
+    let factory = format!(
+        "{} --port {{port}} --broker {{broker}} --tls-dir {{tls-dir}}",
+        program("factory").display()
+    );
+    let args = lab::mark::MarkArgs {
+        tls_dir: Some(dir),
+        ..lab::mark::MarkArgs::new(&factory)
+    };
+    // Part 2b publishes from the factory's pipeline: the factory dials the harness's broker, and
+    // the broker dials the factory, both in TLS.
+    let report = lab::mark::run(&args).await;
+    assert!(report.all_passed(), "{report}");
+
+    // The same factory without TLS cannot take the harness's calls.
+    let plaintext = format!(
+        "{} --port {{port}} --broker {{broker}}",
+        program("factory").display()
+    );
+    let args = lab::mark::MarkArgs {
+        parts: vec![lab::mark::Part::One],
+        start_timeout: Duration::from_secs(10).into(),
+        check_timeout: Duration::from_secs(2).into(),
+        ..args
+    };
+    let args = lab::mark::MarkArgs {
+        factory: plaintext,
+        ..args
+    };
+    assert!(!lab::mark::run(&args).await.all_passed());
 }

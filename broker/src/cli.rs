@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use lab_console::usage::{at_least, duration_from_to, from_to};
 use lab_console::LogFormat;
-use transport::{AccessToken, Admission};
+use transport::{AccessToken, Admission, TlsFiles};
 
 use crate::queue::{Fsync, DEFAULT_DEAD_LETTER_LIMIT};
 use crate::requests::{Settings, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_TOPICS};
@@ -34,7 +34,9 @@ Examples:
   cargo run -p broker -- stats --watch                 # ... redrawn every second
   cargo run -p broker -- stats --json
   cargo run -p broker -- dead-letters                  # the jobs that failed, every topic's
-  cargo run -p broker -- dead-letters --topic divide --json";
+  cargo run -p broker -- dead-letters --topic divide --json
+  cargo run -p broker -- tls-init tls                  # a development CA and certificate in tls/
+  cargo run -p broker -- --tls-dir tls                 # ... then serve, and dial factories, in TLS";
 
 const STATS_EXAMPLES: &str = "\
 Examples:
@@ -79,6 +81,26 @@ pub enum Command {
     /// topic's, or one topic's.
     #[command(after_help = DEAD_LETTER_EXAMPLES)]
     DeadLetters(DeadLetterArgs),
+    /// Write a development CA and a certificate for this machine (127.0.0.1, ::1, localhost)
+    /// into DIR: ca.pem, cert.pem and key.pem, for every program's --tls-dir DIR.
+    #[command(after_help = TLS_INIT_EXAMPLES)]
+    TlsInit(TlsInitArgs),
+}
+
+const TLS_INIT_EXAMPLES: &str = "\
+Examples:
+  cargo run -p broker -- tls-init tls                  # then every program with --tls-dir tls
+  cargo run -p broker -- --tls-dir tls &
+  cargo run -p lab -- --tls-dir tls                    # the lab's own broker and factories in TLS";
+
+/// Options of `broker tls-init`.
+#[derive(Debug, Clone, Args)]
+pub struct TlsInitArgs {
+    /// The directory to write ca.pem, cert.pem and key.pem into.
+    ///
+    /// Created if missing. An existing file is never overwritten.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Which running broker to ask, and how: the options every command that asks one shares.
@@ -101,6 +123,27 @@ pub struct BrokerArgs {
         help_heading = "Broker"
     )]
     pub token: Option<AccessToken>,
+    /// Dial over TLS, trusting the CA certificate in FILE.
+    ///
+    /// PEM. The server's certificate must be signed by it and name the host dialled (its IP
+    /// address or its name). Without it or --tls-dir, connections are plain TCP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub tls_ca: Option<PathBuf>,
+    /// Dial over TLS with the files of `broker tls-init DIR`: DIR/ca.pem as --tls-ca.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "tls_ca",
+        help_heading = "Security"
+    )]
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// The TLS files these options name.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles::from_options(self.tls_dir.as_deref(), self.tls_ca.as_deref(), None, None)
+    }
 }
 
 /// Options of `broker stats`.
@@ -173,6 +216,43 @@ pub struct ServeArgs {
         help_heading = "Network"
     )]
     pub token: Option<AccessToken>,
+    /// Serve over TLS with the certificate in FILE (PEM, its chain after it); with --tls-key.
+    ///
+    /// Every client must then dial in TLS, the access token travelling inside it; Go's net/rpc
+    /// clients, which cannot, are not served.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Dial factories over TLS, trusting the CA certificate in FILE.
+    ///
+    /// PEM. Each factory's certificate must be signed by it and name the address the factory
+    /// subscribed with. Go factories are still dialled in plain TCP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS both ways with the files of `broker tls-init DIR`.
+    ///
+    /// DIR/cert.pem and DIR/key.pem as --tls-cert and --tls-key, DIR/ca.pem as --tls-ca.
+    #[arg(long, value_name = "DIR", help_heading = "Security")]
+    pub tls_dir: Option<PathBuf>,
     /// Keep topics, jobs and dead letters on disk in DIR.
     ///
     /// DIR is created if missing. A broker restarted on it, after a crash too, still holds
@@ -379,6 +459,16 @@ impl ServeArgs {
         self.fsync.map_or(Fsync::Always, Fsync::from)
     }
 
+    /// The TLS files these options name.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles::from_options(
+            self.tls_dir.as_deref(),
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+
     /// The copies JetStream keeps of each topic: `--replicas`, or [`DEFAULT_REPLICAS`].
     pub fn replicas(&self) -> u8 {
         self.replicas.unwrap_or(DEFAULT_REPLICAS)
@@ -401,7 +491,7 @@ impl ServeArgs {
         ignored
     }
 
-    /// The broker's limits.
+    /// The broker's limits, without TLS (see [`ServeArgs::tls_files`]).
     pub fn settings(&self) -> Settings {
         Settings {
             call_timeout: self.call_timeout.into(),
@@ -414,6 +504,7 @@ impl ServeArgs {
                 max_requests_per_connection: self.max_requests_per_connection as usize,
                 ..Admission::default()
             },
+            factory_tls: None,
             max_topics: self.max_topics as usize,
             max_deliveries: std::num::NonZeroU32::new(self.max_deliveries),
         }

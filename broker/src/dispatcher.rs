@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use stubs::{FactoryClient, Job, JobError, JobReport};
 use tarpc::client::NewClient;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,7 +84,7 @@ pub struct TarpcFactory {
 impl TarpcFactory {
     /// A client over `stream`, a connection to the factory that has passed the handshake.
     /// Spawns the task that carries the calls, so it must be called within a tokio runtime.
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: transport::Stream) -> Self {
         let peer = stream.peer_addr().ok();
         let NewClient { client, dispatch } =
             FactoryClient::new(tarpc::client::Config::default(), transport::framed(stream));
@@ -558,7 +557,7 @@ mod tests {
                 .await;
         });
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let client = FactoryLink::Tarpc(TarpcFactory::new(stream));
+        let client = FactoryLink::Tarpc(TarpcFactory::new(stream.into()));
 
         let dispatcher = Dispatcher {
             store: store.clone(),
@@ -705,7 +704,7 @@ mod tests {
         outcomes: &Outcomes,
     ) -> Dispatcher<MemoryStore> {
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let client = FactoryLink::Tarpc(TarpcFactory::new(stream));
+        let client = FactoryLink::Tarpc(TarpcFactory::new(stream.into()));
         let outcomes = outcomes.clone();
         Dispatcher {
             store: store.clone(),

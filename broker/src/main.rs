@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli: Cli = lab_console::usage::parse(&[]);
     lab_console::init_logging(cli.log_format);
     let threads = match cli.command {
-        Some(Command::Stats(_) | Command::DeadLetters(_)) => 1,
+        Some(Command::Stats(_) | Command::DeadLetters(_) | Command::TlsInit(_)) => 1,
         None => cli.serve.threads,
     };
     let runtime = if threads == 1 {
@@ -40,20 +40,76 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::Stats(stats)) => {
+            let Some(tls) = client_tls("broker stats", &stats.target) else {
+                return ExitCode::FAILURE;
+            };
             let token = stats.target.token.unwrap_or_default();
-            let shown =
-                broker::stats::show(&stats.target.broker, &token, stats.json, stats.watch).await;
+            let shown = broker::stats::show(
+                &stats.target.broker,
+                &token,
+                tls.as_ref(),
+                stats.json,
+                stats.watch,
+            )
+            .await;
             report("broker stats", shown)
         }
         Some(Command::DeadLetters(args)) => {
+            let Some(tls) = client_tls("broker dead-letters", &args.target) else {
+                return ExitCode::FAILURE;
+            };
             let token = args.target.token.unwrap_or_default();
             let topic = args.topic.as_deref();
-            let shown =
-                broker::stats::show_dead_letters(&args.target.broker, &token, topic, args.json)
-                    .await;
+            let shown = broker::stats::show_dead_letters(
+                &args.target.broker,
+                &token,
+                tls.as_ref(),
+                topic,
+                args.json,
+            )
+            .await;
             report("broker dead-letters", shown)
         }
+        Some(Command::TlsInit(args)) => tls_init(&args.dir),
         None => serve(cli.serve).await,
+    }
+}
+
+/// The TLS of a command that asks a running broker; `None` after saying why its files cannot
+/// be used.
+fn client_tls(
+    command: &str,
+    target: &broker::cli::BrokerArgs,
+) -> Option<Option<transport::ClientTls>> {
+    match target.tls_files().client() {
+        Ok(tls) => Some(tls),
+        Err(error) => {
+            eprintln!("{command}: {error}");
+            None
+        }
+    }
+}
+
+/// `broker tls-init DIR`: writes the files, then says how to use them.
+fn tls_init(dir: &std::path::Path) -> ExitCode {
+    match transport::tls::write_development_files(dir) {
+        Ok(_) => {
+            let dir = dir.display();
+            println!(
+                "wrote a development CA ({dir}/ca.pem) and a certificate for 127.0.0.1, ::1 and \
+                 localhost ({dir}/cert.pem, its key {dir}/key.pem readable by you only)."
+            );
+            println!("Turn TLS on: the broker, then every other program, with --tls-dir {dir}:");
+            println!("  cargo run -p broker -- --tls-dir {dir}");
+            println!(
+                "  cargo run -p factory -- --tls-dir {dir}     # and miner, lab, broker stats"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("broker tls-init: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -72,6 +128,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
     for warning in args.options_without_effect() {
         tracing::warn!("{warning}");
     }
+    let tls = args.tls_files();
+    let (server_tls, factory_tls) = match (tls.server(), tls.client()) {
+        (Ok(server), Ok(client)) => (server, client),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("broker: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut settings = args.settings();
+    settings.admission.tls = server_tls;
+    settings.factory_tls = factory_tls;
     // Bound before the store is opened, so that a port already taken is reported at once.
     let Some(listeners) = bind(&args).await else {
         return ExitCode::FAILURE;
@@ -103,7 +170,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 None => ExitCode::SUCCESS,
                 Some(Ok(store)) => {
                     tracing::info!("topics are kept in NATS JetStream");
-                    serve_with(store, args, listeners, shutdown).await
+                    serve_with(store, args, settings, listeners, shutdown).await
                 }
                 Some(Err(error)) => {
                     eprintln!("broker: {error}");
@@ -115,7 +182,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     match args.data_dir.clone() {
         None => {
             let store = MemoryStore::with_dead_letter_limit(dead_letter_limit);
-            serve_with(store, args, listeners, shutdown).await
+            serve_with(store, args, settings, listeners, shutdown).await
         }
         Some(dir) => {
             let opening = DiskStore::open(&dir, args.fsync(), dead_letter_limit);
@@ -123,7 +190,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 None => ExitCode::SUCCESS,
                 Some(Ok(store)) => {
                     tracing::info!("jobs are kept on disk in {}", dir.display());
-                    serve_with(store, args, listeners, shutdown).await
+                    serve_with(store, args, settings, listeners, shutdown).await
                 }
                 Some(Err(error)) => {
                     eprintln!("broker: {error}");
@@ -220,6 +287,7 @@ fn http_not_ready(mut stream: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Se
 async fn serve_with<S: JobStore>(
     store: S,
     args: ServeArgs,
+    settings: broker::Settings,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> ExitCode {
@@ -229,8 +297,13 @@ async fn serve_with<S: JobStore>(
     } else {
         print_results(Console::plain())
     };
-    let broker = Broker::new(store, args.settings(), observer, shutdown.clone());
-    tracing::info!("listening on {address}");
+    let tls = settings.admission.tls.is_some();
+    let broker = Broker::new(store, settings, observer, shutdown.clone());
+    if tls {
+        tracing::info!("listening on {address} in TLS");
+    } else {
+        tracing::info!("listening on {address}");
+    }
     if let Some(listener) = listeners.http {
         if let Ok(http) = listener.local_addr() {
             tracing::info!(

@@ -53,6 +53,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Who may connect, and how many at once. Its token is also offered to factories.
     pub admission: Admission,
+    /// TLS to dial pairbroker factories with; none dials them in plain TCP. Go factories are
+    /// always dialled in plain TCP: net/rpc has no TLS of ours.
+    pub factory_tls: Option<transport::ClientTls>,
     /// How many topics the broker holds at most, so that no client can grow its memory
     /// without bound by creating topics.
     pub max_topics: usize,
@@ -68,6 +71,7 @@ impl Default for Settings {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
             admission: Admission::default(),
+            factory_tls: None,
             max_topics: DEFAULT_MAX_TOPICS,
             max_deliveries: Some(DEFAULT_MAX_DELIVERIES),
         }
@@ -308,6 +312,7 @@ impl<S: JobStore> Broker<S> {
                 &key.factory.to_string(),
                 self.settings.connect_timeout,
                 &self.settings.admission.token,
+                self.settings.factory_tls.as_ref(),
             )
             .await
             .map_err(|error| unreachable(error.to_string()))?;

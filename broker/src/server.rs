@@ -26,10 +26,16 @@ pub async fn serve<S: JobStore>(
     let admission = broker.settings().admission.clone();
     let max_requests = admission.max_requests_per_connection;
     let stop_connections = shutdown.clone();
-    // Go's net/rpc clients on the same port: the lab's own programs, unchanged.
-    let go_clients: transport::OtherProtocol = {
+    // Go's net/rpc clients on the same port: the lab's own programs, unchanged. They cannot
+    // speak TLS, so a broker with TLS does not serve them.
+    let go_clients: Option<transport::OtherProtocol> = if admission.tls.is_some() {
+        tracing::info!(
+            "TLS is on: every client must speak it, so the Go front door (Go's net/rpc) is off"
+        );
+        None
+    } else {
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
-        Arc::new(move |stream, read, peer| {
+        Some(Arc::new(move |stream, read, peer| {
             Box::pin(crate::go::serve_connection(
                 broker.clone(),
                 stream,
@@ -37,7 +43,7 @@ pub async fn serve<S: JobStore>(
                 peer,
                 shutdown.clone(),
             ))
-        })
+        }))
     };
     transport::accept_or(
         listener,
@@ -63,7 +69,7 @@ pub async fn serve<S: JobStore>(
                 }
             }
         },
-        Some(go_clients),
+        go_clients,
     )
     .await;
     connections.close();

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use stubs::{
     BrokerClient, BrokerError, BrokerStats, DeadLetter, DeadLetters, JetStreamReport, Job, JobError,
 };
-use transport::{AccessToken, ConnectError};
+use transport::{AccessToken, ClientTls, ConnectError};
 
 use crate::queue::JobStore;
 use crate::requests::Broker;
@@ -68,10 +68,11 @@ enum Redraw {
 pub async fn show(
     address: &str,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
     json: bool,
     watch: bool,
 ) -> Result<(), StatsError> {
-    let client = connect(address, token).await?;
+    let client = connect(address, token, tls).await?;
     let redraw = watch.then(|| {
         if std::io::stdout().is_terminal() {
             Redraw::Screen
@@ -98,10 +99,11 @@ pub async fn show(
 pub async fn show_dead_letters(
     address: &str,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
     topic: Option<&str>,
     json: bool,
 ) -> Result<(), StatsError> {
-    let client = connect(address, token).await?;
+    let client = connect(address, token, tls).await?;
     let topics = match topic {
         Some(topic) => vec![topic.to_owned()],
         None => client
@@ -144,8 +146,12 @@ pub async fn api_dead_letters<S: JobStore>(State(broker): State<Arc<Broker<S>>>)
     Json(dead_letters_value(&lists))
 }
 
-async fn connect(address: &str, token: &AccessToken) -> Result<BrokerClient, StatsError> {
-    transport::connect_broker(address, transport::DEFAULT_CONNECT_TIMEOUT, token)
+async fn connect(
+    address: &str,
+    token: &AccessToken,
+    tls: Option<&ClientTls>,
+) -> Result<BrokerClient, StatsError> {
+    transport::connect_broker(address, transport::DEFAULT_CONNECT_TIMEOUT, token, tls)
         .await
         .map_err(StatsError::Unreachable)
 }

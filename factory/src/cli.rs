@@ -1,6 +1,7 @@
 //! The `factory` program's command line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use lab_console::usage::{at_least, from_to, GoFlag};
@@ -78,6 +79,27 @@ pub struct Cli {
     /// How to reach the broker.
     #[command(flatten)]
     pub broker: lab_console::BrokerArgs,
+    /// Serve the broker's calls over TLS with the certificate in FILE (PEM); with --tls-key.
+    ///
+    /// It must name --ip, the address the broker dials; the broker then needs --tls-ca (or
+    /// --tls-dir) to call this factory.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// The topics to work on, separated by commas.
     ///
     /// The factory subscribes to each, and serves its callback: `multiply` with
@@ -118,16 +140,26 @@ impl Cli {
         SocketAddr::new(self.ip, self.port)
     }
 
-    /// What the factory does, apart from where it listens.
-    pub fn config(&self) -> FactoryConfig {
-        FactoryConfig {
-            link: self.broker.link(),
+    /// What the factory does, apart from where it listens: an error when its TLS files cannot
+    /// be used.
+    pub fn config(&self) -> Result<FactoryConfig, transport::TlsError> {
+        let served = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => transport::TlsFiles {
+                cert: Some(cert.clone()),
+                key: Some(key.clone()),
+                ca: None,
+            },
+            _ => self.broker.tls_files(),
+        };
+        Ok(FactoryConfig {
+            tls: served.server()?,
+            link: self.broker.link()?,
             ip: self.ip,
             topics: self.topics.clone(),
             prefetch: self.prefetch,
             buffer: self.buffer,
             pipeline: !self.no_pipeline,
-        }
+        })
     }
 }
 
@@ -166,7 +198,7 @@ mod tests {
     fn wait_for_broker_reaches_the_link() {
         let cli = Cli::try_parse_from(["factory", "--wait-for-broker", "1m"]).unwrap();
         assert_eq!(
-            cli.config().link.wait_for_broker,
+            cli.config().expect("no TLS files").link.wait_for_broker,
             std::time::Duration::from_secs(60)
         );
         let error = Cli::try_parse_from(["factory", "--wait-for-broker", "5"]).unwrap_err();

@@ -45,6 +45,8 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct FactoryConfig {
     /// The brokers, and how to reach them; the token is also required of the broker's calls.
     pub link: LinkConfig,
+    /// TLS to require of the broker's calls; none serves them in plain TCP.
+    pub tls: Option<transport::ServerTls>,
     /// The address given to the broker, with the listener's port.
     pub ip: IpAddr,
     /// The topics to work on.
@@ -151,6 +153,7 @@ pub async fn run(
         listener,
         Admission {
             token: config.link.token.clone(),
+            tls: config.tls.clone(),
             ..Admission::default()
         },
         stop_accepting.clone(),

@@ -8,6 +8,13 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> ExitCode {
     let cli: Cli = lab_console::usage::parse(GO_FLAGS);
     lab_console::init_logging(cli.log_format);
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("factory: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let address = cli.listen_address();
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -26,7 +33,7 @@ async fn main() -> ExitCode {
     } else {
         Console::plain()
     };
-    match factory::run(cli.config(), listener, console, shutdown).await {
+    match factory::run(config, listener, console, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("factory: {error}");

@@ -107,15 +107,15 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// What the miner does.
-    pub fn config(&self) -> MinerConfig {
+    /// What the miner does: an error when its TLS files cannot be used.
+    pub fn config(&self) -> Result<MinerConfig, transport::TlsError> {
         let default_max = if self.triplets {
             DEFAULT_MAX_TRIPLET
         } else {
             DEFAULT_MAX_PAIR
         };
-        MinerConfig {
-            link: self.broker.link(),
+        Ok(MinerConfig {
+            link: self.broker.link()?,
             topic: self.topic.clone(),
             buffer: self.buffer,
             interval: self.interval.into(),
@@ -125,7 +125,7 @@ impl Cli {
             max: self.max.unwrap_or(default_max),
             seed: self.seed,
             concurrency: self.concurrency,
-        }
+        })
     }
 }
 
@@ -138,11 +138,12 @@ mod tests {
 
     #[test]
     fn broker_takes_one_address_or_several_separated_by_commas() {
-        let one = Cli::try_parse_from(["miner"]).unwrap().config();
+        let one = Cli::try_parse_from(["miner"]).unwrap().config().unwrap();
         assert_eq!(one.link.brokers, vec![lab_console::DEFAULT_BROKER]);
         let two = Cli::try_parse_from(["miner", "--broker", "127.0.0.1:8030,127.0.0.1:8040"])
             .unwrap()
-            .config();
+            .config()
+            .unwrap();
         assert_eq!(two.link.brokers, vec!["127.0.0.1:8030", "127.0.0.1:8040"]);
     }
 
@@ -150,7 +151,7 @@ mod tests {
     fn wait_for_broker_is_a_duration_with_its_unit_and_none_unless_given() {
         let link = |args: &[&str]| {
             Cli::try_parse_from([&["miner"], args].concat())
-                .map(|cli| cli.config().link.wait_for_broker)
+                .map(|cli| cli.config().expect("no TLS files").link.wait_for_broker)
         };
         assert_eq!(link(&[]).unwrap(), std::time::Duration::ZERO);
         assert_eq!(
@@ -228,6 +229,6 @@ mod tests {
             "{error}"
         );
         let cli = Cli::try_parse_from(["miner", "--interval", "0"]).unwrap();
-        assert_eq!(cli.config().interval, std::time::Duration::ZERO);
+        assert_eq!(cli.config().unwrap().interval, std::time::Duration::ZERO);
     }
 }

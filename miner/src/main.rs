@@ -22,7 +22,14 @@ async fn main() -> ExitCode {
     if !cli.jobs.is_empty() {
         return publish_chosen(&cli, output, shutdown).await;
     }
-    match miner::run(cli.config(), output, shutdown).await {
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("miner: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match miner::run(config, output, shutdown).await {
         Ok(report) => {
             tracing::info!(
                 "published {} jobs; the broker acknowledged half within {} and 99% within {}",
@@ -42,15 +49,14 @@ async fn main() -> ExitCode {
 /// Publishes the jobs given with `--job`; success only if every one was published.
 async fn publish_chosen(cli: &Cli, output: miner::Output, shutdown: CancellationToken) -> ExitCode {
     let jobs = &cli.jobs;
-    let published = miner::chosen::run(
-        cli.broker.link(),
-        &cli.topic,
-        cli.buffer,
-        jobs,
-        output,
-        shutdown,
-    )
-    .await;
+    let link = match cli.broker.link() {
+        Ok(link) => link,
+        Err(error) => {
+            eprintln!("miner: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let published = miner::chosen::run(link, &cli.topic, cli.buffer, jobs, output, shutdown).await;
     match published {
         Ok(job_ids) if job_ids.len() == jobs.len() => ExitCode::SUCCESS,
         Ok(job_ids) => {

@@ -169,6 +169,7 @@ pub async fn client(address: SocketAddr) -> BrokerClient {
         &address.to_string(),
         transport::DEFAULT_CONNECT_TIMEOUT,
         &transport::AccessToken::none(),
+        None,
     )
     .await
     .expect("connect to the test broker")
@@ -267,6 +268,7 @@ async fn client_within(
             &address.to_string(),
             Duration::from_secs(1),
             &transport::AccessToken::none(),
+            None,
         )
         .await
         {

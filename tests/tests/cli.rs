@@ -123,10 +123,11 @@ fn every_program_has_examples_in_its_help() {
 fn no_help_text_tells_the_projects_history() {
     // Every program and subcommand, short and long help: a help text says why, and history
     // (issue numbers, what was measured once) belongs in commit messages and docs/.
-    let commands: [(&str, &[&str]); 8] = [
+    let commands: [(&str, &[&str]); 9] = [
         ("broker", &[]),
         ("broker", &["stats"]),
         ("broker", &["dead-letters"]),
+        ("broker", &["tls-init"]),
         ("factory", &[]),
         ("miner", &[]),
         ("lab", &[]),
@@ -150,14 +151,39 @@ fn no_help_text_tells_the_projects_history() {
 }
 
 /// Every program and subcommand, with the headings its options are grouped under.
-const HEADINGS: [(&str, &[&str], &[&str]); 8] = [
-    ("broker", &[], &["Network", "Storage", "Limits", "Output"]),
-    ("broker", &["stats"], &["Broker", "Output"]),
-    ("broker", &["dead-letters"], &["Broker", "Output"]),
-    ("miner", &[], &["Broker", "Jobs", "Pace", "Output"]),
-    ("factory", &[], &["Network", "Broker", "Work", "Output"]),
-    ("lab", &[], &["Broker", "Factories", "Miners", "Output"]),
-    ("lab", &["mark"], &["Factory", "Deadlines", "Output"]),
+const HEADINGS: [(&str, &[&str], &[&str]); 9] = [
+    (
+        "broker",
+        &[],
+        &["Network", "Security", "Storage", "Limits", "Output"],
+    ),
+    ("broker", &["stats"], &["Broker", "Security", "Output"]),
+    (
+        "broker",
+        &["dead-letters"],
+        &["Broker", "Security", "Output"],
+    ),
+    ("broker", &["tls-init"], &["Output"]),
+    (
+        "miner",
+        &[],
+        &["Broker", "Security", "Jobs", "Pace", "Output"],
+    ),
+    (
+        "factory",
+        &[],
+        &["Network", "Broker", "Security", "Work", "Output"],
+    ),
+    (
+        "lab",
+        &[],
+        &["Broker", "Factories", "Miners", "Security", "Output"],
+    ),
+    (
+        "lab",
+        &["mark"],
+        &["Factory", "Deadlines", "Security", "Output"],
+    ),
     ("lab", &["new"], &["Output"]),
 ];
 

@@ -31,7 +31,7 @@ async fn connect_with(
     address: SocketAddr,
     token: AccessToken,
 ) -> Result<stubs::BrokerClient, ConnectError> {
-    transport::connect_broker(&address.to_string(), Duration::from_secs(3), &token).await
+    transport::connect_broker(&address.to_string(), Duration::from_secs(3), &token, None).await
 }
 
 /// Reads until the server closes the connection; fails the test if it does not within [`WAIT`].
@@ -361,9 +361,10 @@ impl Run {
 async fn run_clients(broker: &BrokerProcess) -> Run {
     let address = broker.address.to_string();
     let started = Instant::now();
-    let probe = transport::connect_broker(&address, Duration::from_secs(3), &AccessToken::none())
-        .await
-        .expect("a new client connects");
+    let probe =
+        transport::connect_broker(&address, Duration::from_secs(3), &AccessToken::none(), None)
+            .await
+            .expect("a new client connects");
     let connect = started.elapsed();
     let request = ChannelRequest {
         topic: "probe".into(),

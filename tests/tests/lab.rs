@@ -17,6 +17,7 @@ async fn the_lab_runs_end_to_end_and_its_summary_adds_up_what_each_pipeline_pair
         interval: std::time::Duration::from_millis(1).into(),
         count: Some(20),
         seed: Some(5),
+        tls_dir: None,
     };
     let summary = run(cli, Default::default()).await.expect("the lab runs");
     assert_eq!(summary.multiplied, 20, "{summary:?}");

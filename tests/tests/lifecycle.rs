@@ -85,6 +85,7 @@ async fn a_terminated_broker_exits_0() {
             &address.to_string(),
             Duration::from_secs(1),
             &transport::AccessToken::none(),
+            None,
         )
         .await
         .is_ok()

@@ -27,7 +27,7 @@ fn nats_server(port: u16, monitor: u16, store: &std::path::Path) -> Process {
 
 /// What a pairbroker client is told by the broker at `address` now.
 async fn handshake_with(address: &str) -> Result<(), ConnectError> {
-    transport::connect_broker(address, Duration::from_secs(1), &AccessToken::none())
+    transport::connect_broker(address, Duration::from_secs(1), &AccessToken::none(), None)
         .await
         .map(drop)
 }

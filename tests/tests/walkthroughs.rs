@@ -483,7 +483,7 @@ async fn wait_listening(running: &mut Running, address: SocketAddr) {
     loop {
         let serves = if running.name == "broker" {
             let token = transport::AccessToken::none();
-            transport::connect_broker(&address.to_string(), Duration::from_secs(1), &token)
+            transport::connect_broker(&address.to_string(), Duration::from_secs(1), &token, None)
                 .await
                 .is_ok()
         } else {

@@ -17,6 +17,7 @@ Examples:
   cargo run --release -p bench -- w2d md       # the durable ones: the broker with --data-dir
   cargo run --release -p bench -- w2c1 w2c3    # two brokers over NATS JetStream (nats-server on PATH)
   cargo run --release -p bench -- w2 --runs 5  # W2 only, median of 5
+  cargo run --release -p bench -- w2 w2tls     # W2 in plain TCP and in TLS
   cargo run --release -p bench -- w1 w2 w1go w2go  # W1 and W2, ours beside the Go lab's (go on PATH)
   cargo run -p bench -- all --smoke            # a few hundred jobs each, to check the runner";
 
@@ -43,6 +44,8 @@ pub enum Target {
     W2d,
     /// M durable: M with the broker's jobs on disk.
     Md,
+    /// W2 over TLS: W2 with every connection in TLS, certificates from `broker tls-init`.
+    W2tls,
     /// W2 cluster, one node: W2 through two brokers over one NATS JetStream server.
     W2c1,
     /// W2 cluster, three nodes: W2 through two brokers over three NATS servers, replicas 3,
@@ -106,6 +109,7 @@ impl Cli {
                     Target::S => *workload == Workload::S,
                     Target::W2d => *workload == Workload::W2Durable,
                     Target::Md => *workload == Workload::MDurable,
+                    Target::W2tls => *workload == Workload::W2Tls,
                     Target::W2c1 => *workload == Workload::W2ClusterOne,
                     Target::W2c3 => *workload == Workload::W2ClusterThree,
                 })
@@ -220,6 +224,7 @@ fn target(workload: Workload) -> &'static str {
         Workload::S => "",
         Workload::W2Durable => "≥ 100,000 jobs/s, publish ack p99 ≤ 2,000 µs",
         Workload::MDurable => "≤ 100 bytes a job on disk, recovery < 3 s",
+        Workload::W2Tls => "",
         Workload::W2ClusterOne => "",
         Workload::W2ClusterThree => "≥ 60% of JetStream used directly",
     }

@@ -470,6 +470,7 @@ async fn connect(address: SocketAddr, broker: &mut Program) -> anyhow::Result<Br
             &address.to_string(),
             Duration::from_secs(1),
             &transport::AccessToken::none(),
+            None,
         )
         .await
         {

@@ -68,6 +68,8 @@ pub enum Workload {
     S,
     /// W2 with the broker's jobs on disk (`--data-dir`, fsync always).
     W2Durable,
+    /// W2 with every connection in TLS (`--tls-dir` on every program).
+    W2Tls,
     /// M with the broker's jobs on disk: memory, and bytes a job on disk.
     MDurable,
     /// W2 through two brokers over a one-node NATS JetStream (`--store nats://…`).
@@ -82,7 +84,7 @@ pub const SCALING_FACTORIES: [u32; 4] = [1, 2, 4, 8];
 
 impl Workload {
     /// Every workload, in the order `all` runs them.
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 12] = [
         Workload::W1,
         Workload::W2,
         Workload::W1Go,
@@ -91,6 +93,7 @@ impl Workload {
         Workload::M,
         Workload::S,
         Workload::W2Durable,
+        Workload::W2Tls,
         Workload::MDurable,
         Workload::W2ClusterOne,
         Workload::W2ClusterThree,
@@ -107,6 +110,7 @@ impl Workload {
             rate: None,
             store: Store::Memory,
             language: Language::Rust,
+            tls: false,
         };
         let in_go = |flows: Vec<Flow>| {
             flows
@@ -127,6 +131,7 @@ impl Workload {
                 rate: None,
                 store: Store::Memory,
                 language: Language::Rust,
+                tls: false,
             }],
             Workload::W2 => vec![concurrent(4)],
             Workload::W1Go => in_go(Workload::W1.flows(scale)),
@@ -141,6 +146,7 @@ impl Workload {
                 rate: Some(scale.latency_rate),
                 store: Store::Memory,
                 language: Language::Rust,
+                tls: false,
             }],
             Workload::M => vec![Flow {
                 buffer: scale.memory_jobs.min(u64::from(u32::MAX)) as u32,
@@ -151,10 +157,15 @@ impl Workload {
                 rate: None,
                 store: Store::Memory,
                 language: Language::Rust,
+                tls: false,
             }],
             Workload::S => SCALING_FACTORIES.into_iter().map(concurrent).collect(),
             Workload::W2Durable => vec![Flow {
                 store: Store::Disk,
+                ..concurrent(4)
+            }],
+            Workload::W2Tls => vec![Flow {
+                tls: true,
                 ..concurrent(4)
             }],
             Workload::MDurable => {
@@ -207,6 +218,7 @@ impl Workload {
             Workload::M => "M",
             Workload::S => "S",
             Workload::W2Durable => "W2d",
+            Workload::W2Tls => "W2tls",
             Workload::MDurable => "Md",
             Workload::W2ClusterOne => "W2c1",
             Workload::W2ClusterThree => "W2c3",
@@ -297,7 +309,11 @@ impl Measured {
                     self.median_of(|run| run.ack_us.1 as f64)
                 )
             }
-            Workload::W1 | Workload::W2 | Workload::W1Go | Workload::W2Go => format!(
+            Workload::W1
+            | Workload::W2
+            | Workload::W1Go
+            | Workload::W2Go
+            | Workload::W2Tls => format!(
                 "{} jobs/s, broker CPU {:.1} µs/job",
                 thousands(self.jobs_per_s()),
                 self.broker_cpu_per_job_us()
@@ -325,11 +341,13 @@ impl Measured {
                 thousands(run.jobs_per_s()),
                 thousands(run.direct_jobs_per_s.unwrap_or(0.0))
             ),
-            Workload::W1 | Workload::W2 | Workload::W1Go | Workload::W2Go => format!(
-                "{} ({:.1} µs/job)",
-                thousands(run.jobs_per_s()),
-                run.broker_cpu_per_job_us()
-            ),
+            Workload::W1 | Workload::W2 | Workload::W1Go | Workload::W2Go | Workload::W2Tls => {
+                format!(
+                    "{} ({:.1} µs/job)",
+                    thousands(run.jobs_per_s()),
+                    run.broker_cpu_per_job_us()
+                )
+            }
             _ => thousands(run.jobs_per_s()),
         }
     }

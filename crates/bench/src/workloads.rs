@@ -40,6 +40,31 @@ pub struct Flow {
     pub store: Store,
     /// Whose miner and factories: ours, or the Go lab's.
     pub language: Language,
+    /// Whether every connection is in TLS, with the files of [`tls_dir`].
+    pub tls: bool,
+}
+
+/// The runner's TLS files, written by `broker tls-init`'s own function the first time a flow
+/// needs them, and kept for the runner's life.
+pub fn tls_dir() -> anyhow::Result<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    let dir = std::env::temp_dir().join(format!("pairbroker-bench-tls-{}", std::process::id()));
+    if !dir.join(transport::tls::KEY_FILE).exists() {
+        transport::tls::write_development_files(&dir)?;
+    }
+    Ok(DIR.get_or_init(|| dir))
+}
+
+/// `--tls-dir DIR` for a program of a TLS flow; nothing otherwise.
+fn tls_args(flow: Flow) -> anyhow::Result<Vec<String>> {
+    Ok(if flow.tls {
+        vec!["--tls-dir".to_owned(), tls_dir()?.display().to_string()]
+    } else {
+        Vec::new()
+    })
 }
 
 /// Whose miner and factories a run starts.
@@ -204,6 +229,7 @@ pub async fn run(
     if flow.store == Store::Disk {
         broker_args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
     }
+    broker_args.extend(tls_args(flow)?);
     let data = DataDir((flow.store == Store::Disk).then(|| data_dir.clone()));
     let broker = programs.start("broker", "broker", &broker_args)?;
     let mut run = Run {
@@ -211,7 +237,7 @@ pub async fn run(
         factories: Vec::new(),
         miners: Vec::new(),
     };
-    let client = connect(&broker_address, &mut run).await?;
+    let client = connect(&broker_address, flow, &mut run).await?;
     if flow.language == Language::Go {
         // The Go programs create the topic with the lab's buffer of 10; made first, it keeps
         // the flow's.
@@ -278,7 +304,7 @@ pub async fn run(
         run.brokers[0].kill();
         run.brokers[0] = programs.start("broker", "broker-recovering", &broker_args)?;
         let started = Instant::now();
-        let client = connect(&broker_address, &mut run).await?;
+        let client = connect(&broker_address, flow, &mut run).await?;
         wait_for(
             &client,
             &mut run,
@@ -374,7 +400,7 @@ async fn run_clustered(
     }
     let mut clients = Vec::new();
     for address in &addresses {
-        clients.push(connect(address, &mut run).await?);
+        clients.push(connect(address, flow, &mut run).await?);
     }
     // Each program knows both brokers, its own first.
     let both = |own: usize| format!("{},{}", addresses[own], addresses[1 - own]);
@@ -515,6 +541,7 @@ fn start_miner(
         Some(rate) => args.extend(["--rate".to_owned(), rate.to_string()]),
         None => args.extend(["--interval".to_owned(), "0".to_owned()]),
     }
+    args.extend(tls_args(flow)?);
     programs.start("miner", label, &args)
 }
 
@@ -550,11 +577,10 @@ fn start_factories(
             &flow.buffer.to_string(),
             "--quiet",
         ];
-        run.factories.push(programs.start(
-            "factory",
-            &format!("factory-{index}"),
-            &args.map(str::to_owned),
-        )?);
+        let mut args = args.map(str::to_owned).to_vec();
+        args.extend(tls_args(flow)?);
+        run.factories
+            .push(programs.start("factory", &format!("factory-{index}"), &args)?);
     }
     Ok(())
 }
@@ -607,13 +633,19 @@ fn topic_of(stats: &BrokerStats) -> Option<&TopicReport> {
 }
 
 /// Connects to the broker once it listens.
-async fn connect(address: &SocketAddr, run: &mut Run) -> anyhow::Result<BrokerClient> {
+async fn connect(address: &SocketAddr, flow: Flow, run: &mut Run) -> anyhow::Result<BrokerClient> {
+    let tls = if flow.tls {
+        transport::TlsFiles::in_dir(tls_dir()?).client()?
+    } else {
+        None
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match transport::connect_broker(
             &address.to_string(),
             Duration::from_secs(1),
             &transport::AccessToken::none(),
+            tls.as_ref(),
         )
         .await
         {

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +146,23 @@ pub struct BrokerArgs {
         help_heading = "Broker"
     )]
     pub token: Option<transport::AccessToken>,
+    /// Dial the broker over TLS, trusting the CA certificate in FILE.
+    ///
+    /// PEM. The broker's certificate must be signed by it and name the host in --broker (its
+    /// IP address or its name). Without it or --tls-dir, connections are plain TCP.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS with the files of `broker tls-init DIR`.
+    ///
+    /// DIR/ca.pem as --tls-ca; a factory also serves the broker's calls with DIR/cert.pem and
+    /// DIR/key.pem.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "tls_ca",
+        help_heading = "Security"
+    )]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The shortest connect timeout: with zero, every connection would fail.
@@ -155,15 +172,26 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 impl BrokerArgs {
-    /// The link settings these options give.
-    pub fn link(&self) -> transport::LinkConfig {
-        transport::LinkConfig {
+    /// The link settings these options give: an error when the TLS files cannot be used.
+    pub fn link(&self) -> Result<transport::LinkConfig, transport::TlsError> {
+        Ok(transport::LinkConfig {
             brokers: self.broker.clone(),
             connect_timeout: self.connect_timeout.into(),
             give_up_after: self.give_up_after.into(),
             wait_for_broker: self.wait_for_broker.into(),
             token: self.token.clone().unwrap_or_default(),
-        }
+            tls: self.tls_files().client()?,
+        })
+    }
+
+    /// The TLS files these options name: with --tls-dir, a server's certificate and key too.
+    pub fn tls_files(&self) -> transport::TlsFiles {
+        transport::TlsFiles::from_options(
+            self.tls_dir.as_deref(),
+            self.tls_ca.as_deref(),
+            None,
+            None,
+        )
     }
 }
 
@@ -208,9 +236,11 @@ pub fn unreachable_broker(error: &transport::ConnectError) -> String {
         }
         // The refusal says what to give.
         transport::ConnectError::Handshake {
-            source: transport::HandshakeError::WrongToken,
+            source: transport::HandshakeError::WrongToken | transport::HandshakeError::TlsRequired,
             ..
-        } => said,
+        }
+        | transport::ConnectError::NoTls { .. }
+        | transport::ConnectError::Certificate { .. } => said,
         transport::ConnectError::Handshake {
             source: transport::HandshakeError::NotReady,
             ..

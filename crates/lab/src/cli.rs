@@ -8,6 +8,7 @@ use clap::Parser;
 use factory::pipeline::PipelineReport;
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
+use transport::TlsFiles;
 
 use crate::{factory_config, miner_config, start_miner, RunningBroker, RunningFactory};
 
@@ -27,6 +28,7 @@ Examples:
   cargo run -p lab -- --triplets                       # Part 3
   cargo run -p lab -- --interval 10ms --count 100      # a short run that stops by itself
   cargo run -p lab -- --port 0                         # when 8030 is taken
+  cargo run -p lab -- --tls-dir tls                    # every connection in TLS (broker tls-init tls)
   cargo run -p lab -- mark --factory './target/debug/factory --port {port} --broker {broker}'
   cargo run -p lab -- new ../my-factory                # a student's starting point";
 
@@ -105,6 +107,12 @@ pub struct LabArgs {
     /// With the same seed, each miner publishes the same random jobs every time.
     #[arg(long, value_name = "N", help_heading = "Miners")]
     pub seed: Option<u64>,
+    /// Run every connection of the lab in TLS, with the files of `broker tls-init DIR`.
+    ///
+    /// The broker and the factories serve with DIR/cert.pem and DIR/key.pem; the miners, the
+    /// factories and the broker dial trusting DIR/ca.pem.
+    #[arg(long, value_name = "DIR", help_heading = "Security")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// What the lab did, and where its divide jobs came from.
@@ -244,13 +252,25 @@ pub enum LabError {
     /// A miner stopped with an error.
     #[error("a miner failed: {0}")]
     Miner(#[from] miner::MinerError),
+    /// The TLS files cannot be used.
+    #[error("{0}")]
+    Tls(#[from] transport::TlsError),
 }
 
 /// Runs the lab until `shutdown` is cancelled or, with `--count`, until the work is done.
 pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary, LabError> {
+    let (server_tls, client_tls) = match cli.tls_dir.as_deref().map(TlsFiles::in_dir) {
+        Some(files) => (files.server()?, files.client()?),
+        None => (None, None),
+    };
+    let mut settings = Settings {
+        factory_tls: client_tls.clone(),
+        ..Settings::default()
+    };
+    settings.admission.tls = server_tls.clone();
     let broker = RunningBroker::start(
         cli.port,
-        Settings::default(),
+        settings,
         print_results(Console::prefixed("broker")),
     )
     .await
@@ -263,9 +283,10 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
     for number in 1..=cli.factories {
         let name = format!("factory{number}");
         let console = Console::prefixed(&name);
-        let factory =
-            RunningFactory::start(0, factory_config(broker.address, !cli.no_pipeline), console)
-                .await?;
+        let mut config = factory_config(broker.address, !cli.no_pipeline);
+        config.tls = server_tls.clone();
+        config.link.tls = client_tls.clone();
+        let factory = RunningFactory::start(0, config, console).await?;
         tracing::info!("factory {number} serves on {}", factory.address);
         factories.push((name, factory));
     }
@@ -282,6 +303,7 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
             config.interval = cli.interval.into();
             config.count = cli.count;
             config.seed = cli.seed;
+            config.link.tls = client_tls.clone();
             config.triplets = cli.triplets;
             if cli.triplets {
                 config.max = miner::jobs::DEFAULT_MAX_TRIPLET;

@@ -136,6 +136,7 @@ impl RunningFactory {
 pub fn factory_config(broker: SocketAddr, pipeline: bool) -> FactoryConfig {
     FactoryConfig {
         link: transport::LinkConfig::to(broker.to_string()),
+        tls: None,
         ip: Ipv4Addr::LOCALHOST.into(),
         topics: vec![LabTopic::Multiply, LabTopic::Divide],
         prefetch: stubs::DEFAULT_PREFETCH,

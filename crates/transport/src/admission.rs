@@ -66,6 +66,8 @@ pub struct Admission {
     pub handshake_deadline: Duration,
     /// Requests in flight per connection; more are answered with an error.
     pub max_requests_per_connection: usize,
+    /// TLS to require of every connection, before the handshake; none serves plain TCP.
+    pub tls: Option<crate::ServerTls>,
 }
 
 impl Default for Admission {
@@ -78,6 +80,7 @@ impl Default for Admission {
             max_handshaking_per_ip: DEFAULT_MAX_HANDSHAKING_PER_IP,
             handshake_deadline: DEFAULT_HANDSHAKE_DEADLINE,
             max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            tls: None,
         }
     }
 }
@@ -377,7 +380,7 @@ mod accepting {
         };
         let shutdown = CancellationToken::new();
         // Each served connection is held until its client closes it.
-        let hold = |mut stream: TcpStream, _| async move {
+        let hold = |mut stream: crate::Stream, _| async move {
             let _ = stream.read(&mut [0; 1]).await;
         };
         let server = tokio::spawn(accept(

@@ -3,7 +3,9 @@
 //! The dialling side sends [`MAGIC`], then its access token (a big-endian `u16` length and the
 //! bytes; length 0 for none). The accepting side answers one byte: [`ACCEPTED`],
 //! [`WRONG_TOKEN`], [`NOT_PAIRBROKER`], [`NOT_READY`] (a broker still opening its store) or
-//! [`TOO_MANY_CONNECTIONS`]. Doing this per connection means that a request is
+//! [`TOO_MANY_CONNECTIONS`]; a server with TLS answers a handshake sent without it
+//! [`TLS_REQUIRED`]. With TLS, the handshake runs inside it (see [`crate::tls`]). Doing this
+//! per connection means that a request is
 //! never read, let alone acted on (e.g. a subscriber's address dialled), before its
 //! connection is authenticated; and that a peer speaking another protocol, or nothing at all,
 //! is shown the door within [`HANDSHAKE_TIMEOUT`].
@@ -13,8 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The first bytes of every connection: the protocol and its version.
 pub const MAGIC: &[u8; 8] = b"PAIRBRK1";
@@ -35,6 +36,8 @@ pub const NOT_READY: u8 = 3;
 /// The answer to a correct handshake when the server holds as many connections as it allows,
 /// in all or from the client's address.
 pub const TOO_MANY_CONNECTIONS: u8 = 4;
+/// The answer of a server with TLS to a handshake sent without it.
+pub const TLS_REQUIRED: u8 = 5;
 
 /// A shared secret, or none. Its `Debug` never shows the secret.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -112,10 +115,21 @@ pub enum HandshakeError {
          (its --max-connections and --max-connections-per-ip); try again once some close"
     )]
     TooManyConnections,
+    /// The server requires TLS, and this connection has none.
+    #[error(
+        "it requires TLS; give the CA of its certificate with --tls-ca FILE, or --tls-dir DIR"
+    )]
+    TlsRequired,
+    /// The peer opened a TLS handshake, and this server has no TLS.
+    #[error("the peer speaks TLS, and this server has none")]
+    TlsClient,
 }
 
 /// The dialling side: offers `token` and waits for the verdict.
-pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), HandshakeError> {
+pub async fn offer<S>(stream: &mut S, token: &AccessToken) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         let secret = token.bytes();
         let mut hello = Vec::with_capacity(MAGIC.len() + 2 + secret.len());
@@ -128,6 +142,7 @@ pub async fn offer(stream: &mut TcpStream, token: &AccessToken) -> Result<(), Ha
             WRONG_TOKEN => Err(HandshakeError::WrongToken),
             NOT_READY => Err(HandshakeError::NotReady),
             TOO_MANY_CONNECTIONS => Err(HandshakeError::TooManyConnections),
+            TLS_REQUIRED => Err(HandshakeError::TlsRequired),
             _ => Err(HandshakeError::NotPairbroker),
         }
     };
@@ -147,7 +162,10 @@ pub enum Greeting {
 
 /// The accepting side: reads the peer's handshake, checks its token against `expected` (any
 /// token passes when `expected` is none) and answers.
-pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(), HandshakeError> {
+pub async fn check<S>(stream: &mut S, expected: &AccessToken) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match greet(stream, expected, false).await? {
         Greeting::Pairbroker => Ok(()),
         Greeting::Other(_) => Err(HandshakeError::NotPairbroker),
@@ -158,11 +176,14 @@ pub async fn check(stream: &mut TcpStream, expected: &AccessToken) -> Result<(),
 /// handed back, for a server that speaks another protocol on the same port. They are told
 /// apart as soon as a byte differs from the magic, so that the other protocol's first message
 /// need not be longer than the magic.
-pub async fn greet(
-    stream: &mut TcpStream,
+pub async fn greet<S>(
+    stream: &mut S,
     expected: &AccessToken,
     others_welcome: bool,
-) -> Result<Greeting, HandshakeError> {
+) -> Result<Greeting, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     greet_if_room(stream, expected, others_welcome, HANDSHAKE_TIMEOUT, || {
         Some(())
     })
@@ -174,13 +195,16 @@ pub async fn greet(
 /// handshake (or, with `others_welcome`, the first bytes of another protocol), `room` is asked
 /// for its place among the server's connections. With none, a pairbroker peer is answered
 /// [`TOO_MANY_CONNECTIONS`] and another protocol is closed.
-pub async fn greet_if_room<T>(
-    stream: &mut TcpStream,
+pub async fn greet_if_room<S, T>(
+    stream: &mut S,
     expected: &AccessToken,
     others_welcome: bool,
     deadline: Duration,
     room: impl FnOnce() -> Option<T>,
-) -> Result<(Greeting, T), HandshakeError> {
+) -> Result<(Greeting, T), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         let mut magic = [0; MAGIC.len()];
         let mut read = 0;
@@ -188,6 +212,12 @@ pub async fn greet_if_room<T>(
             let got = stream.read(&mut magic[read..]).await?;
             if got == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            // A TLS client is closed without an answer: it reads none but TLS. No other protocol
+            // served beside ours opens with this byte (Go's gob stream opens with the length of
+            // its first message, the definition of rpc.Request, far longer than 22 bytes).
+            if read == 0 && magic[0] == crate::tls::TLS_HANDSHAKE_RECORD {
+                return Err(HandshakeError::TlsClient);
             }
             read += got;
             if magic[..read] != MAGIC[..read] {
@@ -227,4 +257,26 @@ pub async fn greet_if_room<T>(
     tokio::time::timeout(deadline, exchange)
         .await
         .map_err(|_| HandshakeError::TimedOut)?
+}
+
+/// A server with TLS, to a client that sent a pairbroker handshake without it: reads the
+/// handshake, so that the answer is not lost to a reset of a connection closed with unread
+/// bytes, and answers [`TLS_REQUIRED`]. Gives up quietly on anything else.
+pub async fn require_tls<S>(stream: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut magic = [0; MAGIC.len()];
+        stream.read_exact(&mut magic).await?;
+        if magic != *MAGIC {
+            return Ok(());
+        }
+        let length = (stream.read_u16().await? as usize).min(MAX_TOKEN_LENGTH);
+        let mut offered = vec![0; length];
+        stream.read_exact(&mut offered).await?;
+        stream.write_u8(TLS_REQUIRED).await?;
+        stream.shutdown().await
+    };
+    let _: Result<std::io::Result<()>, _> = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await;
 }

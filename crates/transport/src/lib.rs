@@ -9,6 +9,8 @@
 //! - [`link`]: a connection to the broker that reconnects by itself.
 //! - [`handshake`]: the protocol check and access token that open every connection.
 //! - [`starting`]: the answer "not ready yet" to clients of a server still opening its store.
+//! - [`tls`]: TLS under the handshake, the files it is loaded from, and [`Stream`], a
+//!   connection in TLS or plain TCP.
 //! - [`words`]: a failed call and a duration in our words.
 
 mod admission;
@@ -16,6 +18,7 @@ pub mod coalesce;
 pub mod handshake;
 pub mod link;
 pub mod starting;
+pub mod tls;
 pub mod words;
 
 pub use admission::{
@@ -25,6 +28,7 @@ pub use admission::{
 pub use coalesce::Coalescing;
 pub use handshake::{AccessToken, Greeting, HandshakeError};
 pub use link::{BrokerLink, LinkConfig, LinkError};
+pub use tls::{ClientTls, ServerTls, Stream, TlsError, TlsFiles};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,9 +54,9 @@ pub const MAX_FRAME_LENGTH: usize = 2 * 1024 * 1024;
 /// Loopback and LAN connections take microseconds; seconds mean nobody is listening.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A tarpc transport over TCP with bincode messages, flushes coalesced.
+/// A tarpc transport over TCP (in TLS or not) with bincode messages, flushes coalesced.
 pub type TcpTransport<Item, SinkItem> =
-    Coalescing<Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>>;
+    Coalescing<Transport<Stream, Item, SinkItem, Bincode<Item, SinkItem>>>;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,20 @@ pub enum ConnectError {
         /// What went wrong.
         source: HandshakeError,
     },
+    /// A dial over TLS found a server that does not speak it.
+    #[error("{address} did not answer TLS (was it started without --tls-cert or --tls-dir?)")]
+    NoTls {
+        /// The address dialled.
+        address: String,
+    },
+    /// The server's certificate was refused.
+    #[error("cannot connect to {address} over TLS: {reason}")]
+    Certificate {
+        /// The address dialled.
+        address: String,
+        /// Why, in a sentence about "its certificate".
+        reason: String,
+    },
     /// Nobody answered within the connect timeout.
     #[error("cannot connect to {address}: no answer within {timeout:?}")]
     TimedOut {
@@ -98,6 +116,8 @@ impl ConnectError {
             ConnectError::Resolve { address, .. }
             | ConnectError::Connect { address, .. }
             | ConnectError::Handshake { address, .. }
+            | ConnectError::NoTls { address }
+            | ConnectError::Certificate { address, .. }
             | ConnectError::TimedOut { address, .. } => address,
         }
     }
@@ -108,6 +128,10 @@ impl ConnectError {
             ConnectError::Resolve { source, .. } => format!("cannot resolve it: {source}"),
             ConnectError::Connect { source, .. } => source.kind().to_string(),
             ConnectError::Handshake { source, .. } => source.to_string(),
+            ConnectError::NoTls { .. } => {
+                "it did not answer TLS: was it started without --tls-cert or --tls-dir?".to_owned()
+            }
+            ConnectError::Certificate { reason, .. } => reason.clone(),
             ConnectError::TimedOut { timeout, .. } => {
                 format!("no answer within {}", words::Rounded(*timeout))
             }
@@ -115,15 +139,16 @@ impl ConnectError {
     }
 }
 
-/// Wraps one TCP stream into a length-delimited bincode transport.
-pub fn framed<Item, SinkItem>(stream: TcpStream) -> TcpTransport<Item, SinkItem>
+/// Wraps one connection, in TLS or plain TCP, into a length-delimited bincode transport.
+pub fn framed<Item, SinkItem>(stream: impl Into<Stream>) -> TcpTransport<Item, SinkItem>
 where
     Item: DeserializeOwned,
     SinkItem: Serialize,
 {
+    let stream = stream.into();
     // Small request/reply messages: without NODELAY, Nagle's algorithm holds each reply
     // back until the previous one is acknowledged, which adds up to 40 ms per call.
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = stream.tcp().set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {error}");
     }
     let codec = LengthDelimitedCodec::builder()
@@ -150,16 +175,21 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
     })
 }
 
-/// Opens a TCP connection to `address`, giving up after `timeout`, and offers `token` in the
-/// handshake.
+/// Opens a TCP connection to `address`, giving up after `timeout`; with `tls`, takes the TLS
+/// handshake on it; then offers `token` in the pairbroker handshake.
 pub async fn dial(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
-) -> Result<TcpStream, ConnectError> {
+    tls: Option<&ClientTls>,
+) -> Result<Stream, ConnectError> {
     let socket_address = resolve(address).await?;
     match tokio::time::timeout(timeout, TcpStream::connect(socket_address)).await {
-        Ok(Ok(mut stream)) => {
+        Ok(Ok(tcp)) => {
+            let mut stream = match tls {
+                Some(tls) => tls.connect(address, tcp).await?,
+                None => Stream::Plain(tcp),
+            };
             handshake::offer(&mut stream, token)
                 .await
                 .map_err(|source| ConnectError::Handshake {
@@ -179,32 +209,35 @@ pub async fn dial(
     }
 }
 
-/// Connects to a broker at `address` (`host:port`).
+/// Connects to a broker at `address` (`host:port`), over TLS with `tls`.
 pub async fn connect_broker(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
 ) -> Result<BrokerClient, ConnectError> {
-    let stream = dial(address, timeout, token).await?;
+    let stream = dial(address, timeout, token, tls).await?;
     Ok(BrokerClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
-/// Connects to a factory at `address` (`host:port`).
+/// Connects to a factory at `address` (`host:port`), over TLS with `tls`.
 pub async fn connect_factory(
     address: &str,
     timeout: Duration,
     token: &AccessToken,
+    tls: Option<&ClientTls>,
 ) -> Result<FactoryClient, ConnectError> {
-    let stream = dial(address, timeout, token).await?;
+    let stream = dial(address, timeout, token, tls).await?;
     Ok(FactoryClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Each connection runs in its
 /// own task on `tracker` (so that the caller can wait for open connections to finish): first
-/// the handshake, then `handle`. The limits of `admission` apply as [`Admission`] tells: a
-/// connection still in its handshake may be closed to make room for a newer one from its
-/// address, and a client that completes its handshake beyond the established limits is
-/// refused, told why ([`HandshakeError::TooManyConnections`]).
+/// TLS if `admission` has it, then the handshake, then `handle`. The limits of `admission`
+/// apply as [`Admission`] tells: a connection still in its handshake (TLS's included) may be
+/// closed to make room for a newer one from its address, and a client that completes its
+/// handshake beyond the established limits is refused, told why
+/// ([`HandshakeError::TooManyConnections`]).
 ///
 /// An accept error (e.g. too many open files) is logged and accepting goes on after a short
 /// pause, rather than ending the server.
@@ -215,7 +248,7 @@ pub async fn accept<H, F>(
     tracker: TaskTracker,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    H: Fn(Stream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     accept_or(listener, admission, shutdown, tracker, handle, None).await
@@ -229,7 +262,8 @@ pub type OtherProtocol = Arc<
 
 /// [`accept`], with the connections whose first bytes are not a pairbroker handshake handed to
 /// `other` instead of closed. Another protocol has no place for the access token, so with a
-/// token set they are closed, with a line in the log that says why.
+/// token set they are closed, with a line in the log that says why; nor for TLS, so with TLS
+/// `other` is never called.
 pub async fn accept_or<H, F>(
     listener: TcpListener,
     admission: Admission,
@@ -238,9 +272,10 @@ pub async fn accept_or<H, F>(
     handle: H,
     other: Option<OtherProtocol>,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    H: Fn(Stream, SocketAddr) -> F + Clone + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let other = other.filter(|_| admission.tls.is_none());
     /// How long to wait before accepting again after an accept error, so that a persistent
     /// error (out of file descriptors) does not spin a core.
     const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -267,6 +302,7 @@ pub async fn accept_or<H, F>(
             Welcome {
                 gate: gate.clone(),
                 token: admission.token.clone(),
+                tls: admission.tls.clone(),
                 deadline: admission.handshake_deadline,
                 other: other.clone(),
             },
@@ -285,35 +321,70 @@ pub async fn accept_or<H, F>(
 struct Welcome {
     gate: admission::Gate,
     token: AccessToken,
+    tls: Option<ServerTls>,
     deadline: Duration,
     other: Option<OtherProtocol>,
 }
 
-/// One connection's life: its handshake, unless `close` ends it first, then its handler.
+/// One connection's life: TLS if the server has it, its handshake, unless `close` ends them
+/// first, then its handler.
 async fn greet_and_handle<H, F>(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     welcome: Welcome,
     handshaking: admission::Handshaking,
     close: CancellationToken,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr) -> F,
+    H: Fn(Stream, SocketAddr) -> F,
     F: Future<Output = ()>,
 {
     let Welcome {
         gate,
         token,
+        tls,
         deadline,
         other,
     } = welcome;
+    let started = tokio::time::Instant::now();
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            // TLS is part of the handshake: it has the same deadline and gives way alike.
+            let accepted = tokio::select! {
+                _ = close.cancelled() => return,
+                accepted = tokio::time::timeout(deadline, tls.accept(tcp)) => accepted,
+            };
+            match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(
+                    refusal @ (tls::TlsRefusal::PlaintextPairbroker | tls::TlsRefusal::NotTls),
+                )) => {
+                    tracing::warn!("refused {refusal} at {peer}: this server requires TLS");
+                    return;
+                }
+                Ok(Err(refusal)) => {
+                    tracing::info!("closed the connection from {peer}: {refusal}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        "closed the connection from {peer}: no TLS handshake within {}",
+                        words::Rounded(deadline)
+                    );
+                    return;
+                }
+            }
+        }
+    };
     // The handshaking place is given back as the established one is taken, so that the
     // connection is never counted as both, nor as neither.
     let room = move || {
         drop(handshaking);
         gate.establish(peer)
     };
-    let greeting = handshake::greet_if_room(&mut stream, &token, other.is_some(), deadline, room);
+    let left = deadline.saturating_sub(started.elapsed());
+    let greeting = handshake::greet_if_room(&mut stream, &token, other.is_some(), left, room);
     let greeted = tokio::select! {
         // A handshake that can finish now is finished, even when its place is wanted: either
         // way it leaves the handshaking connections, and this way a client is not turned away.
@@ -331,10 +402,19 @@ async fn greet_and_handle<H, F>(
             "refused a client at {peer} that is not pairbroker's (Go's net/rpc?): this server \
              has an access token, and such a client cannot give one"
         ),
-        (Ok((Greeting::Other(read), _established)), Some(other)) => other(stream, read, peer).await,
+        (Ok((Greeting::Other(read), _established)), Some(other)) => {
+            // Only a server without TLS has `other` (see `accept_or`).
+            if let Stream::Plain(tcp) = stream {
+                other(tcp, read, peer).await
+            }
+        }
         (Ok((Greeting::Other(_), _)), None) => {}
         // Logged when the place was refused.
         (Err(HandshakeError::TooManyConnections), _) => {}
+        (Err(HandshakeError::TlsClient), _) => tracing::warn!(
+            "refused a TLS client at {peer}: this server has no TLS (start it with --tls-cert \
+             and --tls-key, or --tls-dir)"
+        ),
         (Err(HandshakeError::TimedOut), _) => tracing::debug!(
             "closed the connection from {peer}: no handshake within {}",
             words::Rounded(deadline)

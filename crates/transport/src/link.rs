@@ -39,6 +39,8 @@ pub struct LinkConfig {
     pub wait_for_broker: Duration,
     /// The shared secret given to the broker.
     pub token: AccessToken,
+    /// TLS to dial the brokers with; none dials plain TCP.
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl LinkConfig {
@@ -50,16 +52,19 @@ impl LinkConfig {
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             wait_for_broker: Duration::ZERO,
             token: AccessToken::none(),
+            tls: None,
         }
     }
 }
 
 /// Whether a broker that could not be reached at start may yet come: nobody listening yet, a
-/// broker still opening its store, or no answer in time. A name that does not resolve or a
-/// refused token will not mend by waiting.
+/// broker still opening its store, or no answer in time. A name that does not resolve, a
+/// refused token or a disagreement about TLS will not mend by waiting.
 pub fn may_come_yet(error: &ConnectError) -> bool {
     match error {
-        ConnectError::Resolve { .. } => false,
+        ConnectError::Resolve { .. }
+        | ConnectError::NoTls { .. }
+        | ConnectError::Certificate { .. } => false,
         ConnectError::Connect { .. } | ConnectError::TimedOut { .. } => true,
         ConnectError::Handshake { source, .. } => matches!(
             source,
@@ -160,7 +165,14 @@ impl BrokerLink {
         let mut lasting = None;
         let mut last_error = None;
         for (broker, address) in config.brokers.iter().enumerate() {
-            match connect_broker(address, config.connect_timeout, &config.token).await {
+            match connect_broker(
+                address,
+                config.connect_timeout,
+                &config.token,
+                config.tls.as_ref(),
+            )
+            .await
+            {
                 Ok(client) => {
                     if lasting.is_some() || last_error.is_some() {
                         tracing::info!("connected to the broker at {address}");
@@ -259,9 +271,14 @@ impl BrokerLink {
             let attempt = dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let broker = (lost + 1 + attempt) % brokers.len();
             let address = &brokers[broker];
-            connect_broker(address, self.config.connect_timeout, &self.config.token)
-                .await
-                .map(|client| (broker, client))
+            connect_broker(
+                address,
+                self.config.connect_timeout,
+                &self.config.token,
+                self.config.tls.as_ref(),
+            )
+            .await
+            .map(|client| (broker, client))
         };
         let (broker, client) = dial
             .retry(backoff)

@@ -104,6 +104,7 @@ mod tests {
                 &address,
                 Duration::from_secs(1),
                 &AccessToken::new("s3cret").unwrap(),
+                None,
             )
             .await
             .err();

@@ -157,6 +157,7 @@ async fn main() {
         &broker_address,
         Duration::from_secs(5),
         &AccessToken::default(),
+        None,
     )
     .await
     .expect("connect to the broker");

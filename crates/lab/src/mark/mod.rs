@@ -59,7 +59,7 @@ pub struct MarkArgs {
     /// The command that starts the factory, run with `sh -c`.
     ///
     /// `{port}` stands for the port it must serve on, `{broker}` for the broker's address
-    /// (127.0.0.1:PORT).
+    /// (127.0.0.1:PORT), `{tls-dir}` for --tls-dir.
     #[arg(long, value_name = "COMMAND", help_heading = "Factory")]
     pub factory: String,
     /// The parts to mark, separated by commas.
@@ -93,6 +93,11 @@ pub struct MarkArgs {
     /// The factory's whole process group is killed with SIGKILL after it.
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_STOP_TIMEOUT.into(), help_heading = "Deadlines")]
     pub stop_timeout: humantime::Duration,
+    /// Mark over TLS, with the files of `broker tls-init DIR`.
+    ///
+    /// The harness's broker serves and dials in TLS; give the factory `--tls-dir {tls-dir}`.
+    #[arg(long, value_name = "DIR", help_heading = "Security")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl MarkArgs {
@@ -106,6 +111,7 @@ impl MarkArgs {
             check_timeout: DEFAULT_CHECK_TIMEOUT.into(),
             call_timeout: DEFAULT_CALL_TIMEOUT.into(),
             stop_timeout: DEFAULT_STOP_TIMEOUT.into(),
+            tls_dir: None,
         }
     }
 
@@ -139,6 +145,14 @@ pub async fn main(args: MarkArgs, shutdown: CancellationToken) -> ExitCode {
     if args.factory.trim().is_empty() {
         eprintln!("lab mark: --factory needs a command, e.g. --factory './target/debug/factory --port {{port}} --broker {{broker}}'");
         return ExitCode::from(HARNESS_FAILED);
+    }
+    // Files that cannot be used fail every part the same way: say so once, before any.
+    if let Some(dir) = &args.tls_dir {
+        let files = transport::TlsFiles::in_dir(dir);
+        if let Err(error) = files.server().and_then(|_| files.client()) {
+            eprintln!("lab mark: {error}");
+            return ExitCode::from(HARNESS_FAILED);
+        }
     }
     let report = tokio::select! {
         report = run(&args) => report,

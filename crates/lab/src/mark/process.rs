@@ -59,11 +59,19 @@ pub enum Stopped {
 }
 
 impl FactoryProcess {
-    /// Starts `command` with `{port}` and `{broker}` replaced.
-    pub fn start(command: &str, port: u16, broker: SocketAddr) -> std::io::Result<Self> {
+    /// Starts `command` with `{port}`, `{broker}` and `{tls-dir}` replaced (the last with
+    /// nothing when there is no `tls_dir`).
+    pub fn start(
+        command: &str,
+        port: u16,
+        broker: SocketAddr,
+        tls_dir: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
+        let tls_dir = tls_dir.map(|dir| dir.display().to_string());
         let command = command
             .replace("{port}", &port.to_string())
-            .replace("{broker}", &broker.to_string());
+            .replace("{broker}", &broker.to_string())
+            .replace("{tls-dir}", tls_dir.as_deref().unwrap_or_default());
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&command)
@@ -270,6 +278,7 @@ mod tests {
             "echo port {port} broker {broker}; echo oops >&2; exit 3",
             41,
             broker(),
+            None,
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -288,9 +297,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_that_ignores_sigint_is_killed_with_what_it_started() {
-        let mut process =
-            FactoryProcess::start("trap '' INT; sleep 1000 & sleep 1000; wait", 1, broker())
-                .unwrap();
+        let mut process = FactoryProcess::start(
+            "trap '' INT; sleep 1000 & sleep 1000; wait",
+            1,
+            broker(),
+            None,
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stopped = process.stop(Duration::from_millis(300)).await;
         assert_eq!(stopped, Stopped::Killed);

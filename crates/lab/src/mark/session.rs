@@ -95,7 +95,7 @@ impl<'a> Session<'a> {
     pub async fn start(args: &'a MarkArgs) -> std::io::Result<Self> {
         Ok(Self {
             args,
-            broker: WatchedBroker::start(args.call_timeout.into()).await?,
+            broker: WatchedBroker::start(args.call_timeout.into(), args.tls_dir.as_deref()).await?,
             instances: Vec::new(),
             own: HashSet::new(),
         })
@@ -125,8 +125,13 @@ impl<'a> Session<'a> {
         callback: &str,
     ) -> Result<SubscribeSeen, String> {
         let since = self.journal().subscribes.len();
-        let process = FactoryProcess::start(&self.args.factory, port, self.broker.address())
-            .map_err(|error| format!("cannot start the command with sh: {error}"))?;
+        let process = FactoryProcess::start(
+            &self.args.factory,
+            port,
+            self.broker.address(),
+            self.args.tls_dir.as_deref(),
+        )
+        .map_err(|error| format!("cannot start the command with sh: {error}"))?;
         self.instances.push(process);
         // A factory that has subscribed to anything has started: the subscription asked for,
         // if it makes one, comes within a check's deadline, not a start's.
@@ -218,7 +223,8 @@ impl<'a> Session<'a> {
 
     /// Publishes `jobs` to `topic` in order, as a miner of the harness: their ids.
     pub async fn publish(&mut self, topic: &str, jobs: &[Job]) -> Result<Vec<JobId>, String> {
-        let link = transport::LinkConfig::to(self.broker.address().to_string());
+        let mut link = transport::LinkConfig::to(self.broker.address().to_string());
+        link.tls = self.broker.client_tls();
         let within = self.check_timeout();
         let published = tokio::time::timeout(
             within,

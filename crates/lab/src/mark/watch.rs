@@ -2,6 +2,7 @@
 //! outcome is written down, because a factory is judged by what the broker sees.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use stubs::{ChannelRequest, Job, Subscription};
 
 use super::TOPIC_BUFFER;
 use crate::RunningBroker;
+use transport::{ClientTls, TlsFiles};
 
 /// The most records of each kind kept: a factory that floods the broker is seen flooding,
 /// without growing the harness's memory for ever.
@@ -63,19 +65,30 @@ impl Journal {
 pub struct WatchedBroker {
     running: RunningBroker,
     journal: Arc<Mutex<Journal>>,
+    /// The harness's TLS as a client of the broker, when it serves TLS.
+    client_tls: Option<ClientTls>,
 }
 
 impl WatchedBroker {
     /// Starts a broker whose calls to a factory time out after `call_timeout`, with the lab's
-    /// two topics created.
-    pub async fn start(call_timeout: Duration) -> std::io::Result<Self> {
+    /// two topics created; with `tls_dir`, serving and dialling in TLS with its files.
+    pub async fn start(call_timeout: Duration, tls_dir: Option<&Path>) -> std::io::Result<Self> {
+        let (server_tls, client_tls) = match tls_dir.map(TlsFiles::in_dir) {
+            Some(files) => (
+                files.server().map_err(std::io::Error::other)?,
+                files.client().map_err(std::io::Error::other)?,
+            ),
+            None => (None, None),
+        };
         let journal = Arc::new(Mutex::new(Journal::default()));
         let outcomes = journal.clone();
         let requests = journal.clone();
-        let settings = Settings {
+        let mut settings = Settings {
             call_timeout,
+            factory_tls: client_tls.clone(),
             ..Settings::default()
         };
+        settings.admission.tls = server_tls;
         let running = RunningBroker::start_watched(
             0,
             settings,
@@ -136,7 +149,16 @@ impl WatchedBroker {
                 .await
                 .map_err(std::io::Error::other)?;
         }
-        Ok(Self { running, journal })
+        Ok(Self {
+            running,
+            journal,
+            client_tls,
+        })
+    }
+
+    /// How the harness dials the broker: in TLS when it serves TLS.
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.client_tls.clone()
     }
 
     /// Where the broker listens.

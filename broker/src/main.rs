@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use broker::cli::{Cli, Command, ServeArgs};
 use broker::queue::{DiskStore, JobStore, MemoryStore};
@@ -166,7 +167,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 args.listen_address()
             );
             let opening = broker::queue::JetStreamStore::connect(config);
-            return match open_refusing(&listeners, &shutdown, opening).await {
+            return match open_refusing(
+                &listeners,
+                settings.admission.tls.clone(),
+                &shutdown,
+                opening,
+            )
+            .await
+            {
                 None => ExitCode::SUCCESS,
                 Some(Ok(store)) => {
                     tracing::info!("topics are kept in NATS JetStream");
@@ -186,7 +194,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
         Some(dir) => {
             let opening = DiskStore::open(&dir, args.fsync(), dead_letter_limit);
-            match open_refusing(&listeners, &shutdown, opening).await {
+            match open_refusing(
+                &listeners,
+                settings.admission.tls.clone(),
+                &shutdown,
+                opening,
+            )
+            .await
+            {
                 None => ExitCode::SUCCESS,
                 Some(Ok(store)) => {
                     tracing::info!("jobs are kept on disk in {}", dir.display());
@@ -238,9 +253,11 @@ async fn bind(args: &ServeArgs) -> Option<Listeners> {
 }
 
 /// Runs `opening` (a store being opened) while every connection to the broker's listeners is
-/// told at once that the broker is not ready yet; `None` if the broker is stopped first.
+/// told at once that the broker is not ready yet (inside TLS, with `tls`); `None` if the broker
+/// is stopped first.
 async fn open_refusing<T>(
     listeners: &Listeners,
+    tls: Option<transport::ServerTls>,
     shutdown: &CancellationToken,
     opening: impl Future<Output = T>,
 ) -> Option<T> {
@@ -250,9 +267,9 @@ async fn open_refusing<T>(
             _ = shutdown.cancelled() => None,
         }
     };
-    let opening = refuse_while(&listeners.rpc, starting::not_ready, opening);
+    let opening = refuse_while(&listeners.rpc, starting::not_ready(tls), opening);
     match &listeners.http {
-        Some(http) => refuse_while(http, http_not_ready, opening).await,
+        Some(http) => refuse_while(http, Arc::new(http_not_ready), opening).await,
         None => opening.await,
     }
 }

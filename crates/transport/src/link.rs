@@ -348,8 +348,12 @@ mod tests {
                 tokio::time::sleep(COMES_UP_AFTER).await;
                 let listener = tokio::net::TcpListener::bind(address).await.unwrap();
                 let not_ready = tokio::time::sleep(READY_AFTER);
-                crate::starting::refuse_while(&listener, crate::starting::not_ready, not_ready)
-                    .await;
+                crate::starting::refuse_while(
+                    &listener,
+                    crate::starting::not_ready(None),
+                    not_ready,
+                )
+                .await;
                 serve(listener, Admission::default(), stop).await.unwrap();
             })
         };

@@ -22,8 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{LatencyHistograms, ProcessFigures};
-use crate::queue::JobStore;
-use crate::requests::Broker;
+use crate::requests::BrokerState;
 
 /// The dashboard: one HTML file with its script, built into the binary; it polls `/api/stats`.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -32,21 +31,18 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:8081";
 
 /// Serves the HTTP side on `listener` until `shutdown` is cancelled.
-pub async fn serve<S: JobStore>(
-    broker: Arc<Broker<S>>,
+pub async fn serve(
+    broker: Arc<BrokerState>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/", get(dashboard))
-        .route("/api/stats", get(api_stats::<S>))
-        .route("/metrics", get(metrics::<S>))
+        .route("/api/stats", get(api_stats))
+        .route("/metrics", get(metrics))
         // The dashboard's dead letters: the JSON of `broker dead-letters --json`, built in
         // stats.rs beside the command so that the two cannot drift apart.
-        .route(
-            "/api/dead-letters",
-            get(crate::stats::api_dead_letters::<S>),
-        )
+        .route("/api/dead-letters", get(crate::stats::api_dead_letters))
         .with_state(broker);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -57,14 +53,11 @@ async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
-async fn api_stats<S: JobStore>(State(broker): State<Arc<Broker<S>>>) -> Json<BrokerStats> {
+async fn api_stats(State(broker): State<Arc<BrokerState>>) -> Json<BrokerStats> {
     Json(broker.stats().await)
 }
 
-async fn metrics<S: JobStore>(
-    State(broker): State<Arc<Broker<S>>>,
-    headers: HeaderMap,
-) -> impl IntoResponse {
+async fn metrics(State(broker): State<Arc<BrokerState>>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok());

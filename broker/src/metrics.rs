@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use prometheus_client::metrics::histogram::Histogram as PrometheusHistogram;
 use stubs::Latency;
 
@@ -18,12 +19,6 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 const LATENCY_PRECISION: u8 = 2;
 /// The window of the completion rate, in whole seconds.
 pub const RATE_WINDOW_S: u64 = 10;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -61,10 +56,10 @@ impl TopicMetrics {
         let latency = now
             .duration_since(published_at)
             .map_or(0, |latency| latency.as_micros() as u64);
-        lock(&self.latency_us).saturating_record(latency.max(1));
+        self.latency_us.lock().saturating_record(latency.max(1));
         self.prometheus_latency.observe(latency as f64 / 1e6);
         let second = unix_seconds(now);
-        let mut completions = lock(&self.completions);
+        let mut completions = self.completions.lock();
         let slot = &mut completions[(second % (RATE_WINDOW_S + 1)) as usize];
         if slot.0 != second {
             *slot = (second, 0);
@@ -74,7 +69,7 @@ impl TopicMetrics {
 
     /// The median and 99th percentile since the broker started.
     pub fn latency(&self) -> Latency {
-        let histogram = lock(&self.latency_us);
+        let histogram = self.latency_us.lock();
         if histogram.is_empty() {
             return Latency::default();
         }
@@ -87,7 +82,9 @@ impl TopicMetrics {
     /// Completions per second over the last [`RATE_WINDOW_S`] whole seconds.
     pub fn rate_per_s(&self) -> f64 {
         let now = unix_seconds(SystemTime::now());
-        let completed: u64 = lock(&self.completions)
+        let completed: u64 = self
+            .completions
+            .lock()
             .iter()
             .filter(|(second, _)| *second < now && now - second <= RATE_WINDOW_S)
             .map(|(_, count)| count)
@@ -133,7 +130,7 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of `topic`.
     pub fn topic(&self, topic: &str) -> Arc<TopicMetrics> {
-        let mut topics = lock(&self.topics);
+        let mut topics = self.topics.lock();
         if let Some(metrics) = topics.get(topic) {
             return metrics.clone();
         }
@@ -144,13 +141,15 @@ impl Metrics {
 
     /// The metrics of `topic` if it has any yet: reading figures makes none.
     pub fn existing(&self, topic: &str) -> Option<Arc<TopicMetrics>> {
-        lock(&self.topics).get(topic).cloned()
+        self.topics.lock().get(topic).cloned()
     }
 
     /// The latency histograms of every topic, for `/metrics`, in the order of the topics' names
     /// so that a scrape lists its series as the one before did.
     pub fn prometheus_latency(&self) -> LatencyHistograms {
-        let mut histograms: LatencyHistograms = lock(&self.topics)
+        let mut histograms: LatencyHistograms = self
+            .topics
+            .lock()
             .iter()
             .map(|(topic, metrics)| (topic.clone(), metrics.prometheus_latency.clone()))
             .collect();
@@ -313,7 +312,7 @@ mod tests {
         let metrics = TopicMetrics::default();
         let now = unix_seconds(SystemTime::now());
         {
-            let mut completions = lock(&metrics.completions);
+            let mut completions = metrics.completions.lock();
             completions[((now - 1) % (RATE_WINDOW_S + 1)) as usize] = (now - 1, 30);
             completions[((now - 5) % (RATE_WINDOW_S + 1)) as usize] = (now - 5, 20);
             // Too old, and the current second: left out.

@@ -5,52 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lab_console::Console;
-use stubs::{Job, JobError};
+use stubs::{Callback, Job, JobError};
 
 use crate::queue::JobId;
-
-/// The procedure a subscription calls on its factory.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Callback {
-    /// `Factory.Multiply`.
-    Multiply,
-    /// `Factory.Divide`.
-    Divide,
-    /// Another method of a Go factory, called by its name over net/rpc: a student's own type
-    /// and method names, which the broker calls verbatim.
-    Named(Arc<str>),
-}
-
-impl Callback {
-    /// Reads a callback name of the lab (`"Factory.Multiply"` or `"Factory.Divide"`).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            stubs::MULTIPLY => Some(Callback::Multiply),
-            stubs::DIVIDE => Some(Callback::Divide),
-            _ => None,
-        }
-    }
-
-    /// A Go factory's method name: the lab's two by their names, any other as it is.
-    pub fn from_go_name(name: &str) -> Self {
-        Self::from_name(name).unwrap_or_else(|| Callback::Named(Arc::from(name)))
-    }
-
-    /// The callback's name, as a factory serves it.
-    pub fn name(&self) -> &str {
-        match self {
-            Callback::Multiply => stubs::MULTIPLY,
-            Callback::Divide => stubs::DIVIDE,
-            Callback::Named(name) => name,
-        }
-    }
-}
-
-impl fmt::Display for Callback {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// How a delivery ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,27 +175,22 @@ mod tests {
 
     #[test]
     fn result_lines_match_the_lab() {
-        let completed = Outcome::Completed {
+        let completed = |job: Job, result| Outcome::Completed {
             topic: "multiply".into(),
             job_id: 1,
             callback: Callback::Multiply,
-            job: Pair { x: 12, y: 34 }.into(),
-            result: 408,
+            job,
+            result,
             factory: "127.0.0.1:8050".into(),
         };
         assert_eq!(
-            completed.to_string(),
+            completed(Pair { x: 12, y: 34 }.into(), 408).to_string(),
             "Factory.Multiply of 12 and 34 is 408"
         );
-        let triplet = Outcome::Completed {
-            topic: "multiply".into(),
-            job_id: 2,
-            callback: Callback::Multiply,
-            job: Triplet { x: 1, y: 2, z: 3 }.into(),
-            result: 6,
-            factory: "127.0.0.1:8050".into(),
-        };
-        assert_eq!(triplet.to_string(), "Factory.Multiply of 1, 2 and 3 is 6");
+        assert_eq!(
+            completed(Triplet { x: 1, y: 2, z: 3 }.into(), 6).to_string(),
+            "Factory.Multiply of 1, 2 and 3 is 6"
+        );
         let failed = Outcome::Failed {
             topic: "divide".into(),
             job_id: 3,
@@ -264,16 +216,5 @@ mod tests {
             undeliverable.to_string(),
             "Factory.Divide of 5 and 0 dead-lettered: delivered 5 times; every call failed: connection closed"
         );
-    }
-
-    #[test]
-    fn callback_names_round_trip() {
-        for callback in [Callback::Multiply, Callback::Divide] {
-            assert_eq!(Callback::from_name(callback.name()), Some(callback.clone()));
-            assert_eq!(Callback::from_go_name(callback.name()), callback);
-        }
-        assert_eq!(Callback::from_name("Factory.Add"), None);
-        let named = Callback::from_go_name("Worker.Times");
-        assert_eq!(named.name(), "Worker.Times");
     }
 }

@@ -1,32 +1,31 @@
-//! [`Broker`]: the broker's four requests, checked and carried out over a [`JobStore`]. The
-//! tarpc service in `service.rs` only forwards to it.
+//! [`BrokerState`]: the broker's state, and its requests (topics, publishes, subscriptions, and
+//! what it reports of them) checked and carried out over its [`Store`]. The tarpc service in
+//! `service.rs` and the Go front door only forward to it.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, ChannelRequest, DeadLetters, JetStreamReport, Job, Protocol,
-    PublishBatch, PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport,
-    Subscription, TopicReport, MAX_PUBLISH_BATCH,
+    BrokerError, BrokerStats, Callback, ChannelRequest, DeadLetters, JetStreamReport, Job,
+    Protocol, PublishBatch, PublishRequest, Published, PublishedBatch, StatusReport,
+    SubscriberReport, Subscription, TopicReport, MAX_PUBLISH_BATCH,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use transport::{Admission, ConnectError};
+use transport::ConnectError;
 
 use crate::dispatcher::{accepts_batches, Dispatcher, DispatcherEnd, FactoryLink, TarpcFactory};
 use crate::go::GoFactory;
 use crate::metrics::{Metrics, SubscriberMetrics};
-use crate::outcome::{Callback, Observer};
+use crate::outcome::Observer;
 use crate::queue::{
     validate_buffer, validate_prefetch, validate_topic_name, JobId, JobStore, QueueError,
     TopicCreation, TopicStats,
 };
+use crate::settings::Settings;
+use crate::store::Store;
 use crate::subscriptions::{SubscriptionKey, Subscriptions};
-
-/// How long a factory may take to answer one call by default before its job is put back.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time kept back from a publisher's deadline, so that the broker's `TopicFull` reply reaches the
 /// publisher before the publisher gives up on its own.
@@ -34,49 +33,6 @@ pub const PUBLISH_REPLY_MARGIN: Duration = Duration::from_millis(50);
 
 /// The longest callback name a Go factory may give: far longer than any `Type.Method`.
 pub const MAX_CALLBACK_LENGTH: usize = 255;
-
-/// How many topics a broker holds by default.
-pub const DEFAULT_MAX_TOPICS: usize = 1_024;
-
-/// How many times a job is delivered by default before a failed call dead-letters it: enough
-/// for a job to outlive a few factories that die of other causes, few enough that a job that
-/// kills every factory it reaches stops after taking down a handful (RabbitMQ's quorum queues
-/// and JetStream's MaxDeliver set the same kind of limit).
-pub const DEFAULT_MAX_DELIVERIES: NonZeroU32 = NonZeroU32::new(5).expect("five is not zero");
-
-/// The broker's tunable limits.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// How long a factory may take to answer one call before its job is put back.
-    pub call_timeout: Duration,
-    /// How long `subscribe` waits to connect to a factory.
-    pub connect_timeout: Duration,
-    /// Who may connect, and how many at once. Its token is also offered to factories.
-    pub admission: Admission,
-    /// TLS to dial pairbroker factories with; none dials them in plain TCP. Go factories are
-    /// always dialled in plain TCP: net/rpc has no TLS of ours.
-    pub factory_tls: Option<transport::ClientTls>,
-    /// How many topics the broker holds at most, so that no client can grow its memory
-    /// without bound by creating topics.
-    pub max_topics: usize,
-    /// How many times a job may be delivered before a failed call dead-letters it instead of
-    /// putting it back, so that a job that brings down every factory it reaches stops
-    /// (`None`: no limit).
-    pub max_deliveries: Option<NonZeroU32>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
-            admission: Admission::default(),
-            factory_tls: None,
-            max_topics: DEFAULT_MAX_TOPICS,
-            max_deliveries: Some(DEFAULT_MAX_DELIVERIES),
-        }
-    }
-}
 
 /// A request that changes what the broker does, with the broker's answer, as a [`Watcher`]
 /// hears of it.
@@ -108,8 +64,8 @@ pub enum Request<'a> {
 pub type Watcher = Arc<dyn Fn(Request<'_>) + Send + Sync>;
 
 /// The broker's state and its requests.
-pub struct Broker<S> {
-    store: Arc<S>,
+pub struct BrokerState {
+    store: Arc<Store>,
     subscriptions: Subscriptions,
     settings: Settings,
     observer: Observer,
@@ -120,20 +76,11 @@ pub struct Broker<S> {
     started: Instant,
 }
 
-impl<S: JobStore> Broker<S> {
-    /// A broker over `store`. Cancelling `shutdown` stops every dispatcher.
+impl BrokerState {
+    /// A broker over `store` whose subscribes and publishes `watcher`, if any, hears of.
+    /// Cancelling `shutdown` stops every dispatcher.
     pub fn new(
-        store: S,
-        settings: Settings,
-        observer: Observer,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        Self::watched(store, settings, observer, None, shutdown)
-    }
-
-    /// A broker over `store` whose subscribes and publishes `watcher` hears of.
-    pub fn watched(
-        store: S,
+        store: Store,
         settings: Settings,
         observer: Observer,
         watcher: Option<Watcher>,
@@ -191,12 +138,9 @@ impl<S: JobStore> Broker<S> {
         deadline: Instant,
     ) -> Result<Published, BrokerError> {
         validate_topic_name(&request.topic)?;
-        let reply_by = deadline
-            .checked_sub(PUBLISH_REPLY_MARGIN)
-            .unwrap_or(deadline);
         let stored = self
             .store
-            .publish(&request.topic, request.job, reply_by.into())
+            .publish(&request.topic, request.job, reply_by(deadline))
             .await
             .map_err(BrokerError::from);
         if let Some(watcher) = &self.watcher {
@@ -216,9 +160,9 @@ impl<S: JobStore> Broker<S> {
         Ok(Published { job_id })
     }
 
-    /// Appends the jobs of `batch` in order, each as [`Broker::publish`] would, all by `deadline`:
-    /// a batch that meets a full topic waits for room job by job, and the jobs still waiting
-    /// at the deadline are left out, with `TopicFull`.
+    /// Appends the jobs of `batch` in order, each as [`BrokerState::publish`] would, all by
+    /// `deadline`: a batch that meets a full topic waits for room job by job, and the jobs still
+    /// waiting at the deadline are left out, with `TopicFull`.
     pub async fn publish_batch(
         &self,
         batch: PublishBatch,
@@ -231,14 +175,11 @@ impl<S: JobStore> Broker<S> {
                 max: MAX_PUBLISH_BATCH as u32,
             });
         }
-        let reply_by = deadline
-            .checked_sub(PUBLISH_REPLY_MARGIN)
-            .unwrap_or(deadline);
         // Kept for the watcher alone: the store takes the jobs.
         let watched_jobs = self.watcher.as_ref().map(|_| batch.jobs.clone());
         let (job_ids, error) = self
             .store
-            .publish_many(&batch.topic, batch.jobs, reply_by.into())
+            .publish_many(&batch.topic, batch.jobs, reply_by(deadline))
             .await;
         let error = error.map(BrokerError::from);
         if let (Some(watcher), Some(jobs)) = (&self.watcher, &watched_jobs) {
@@ -265,7 +206,7 @@ impl<S: JobStore> Broker<S> {
         self.watched_subscribe(subscription, Protocol::Tarpc).await
     }
 
-    /// [`Broker::subscribe`] for a factory that Go's net/rpc reaches: its callback is any
+    /// [`BrokerState::subscribe`] for a factory that Go's net/rpc reaches: its callback is any
     /// method it registered, called by name, one job a call.
     pub async fn subscribe_go(
         self: &Arc<Self>,
@@ -303,8 +244,40 @@ impl<S: JobStore> Broker<S> {
             return Err(BrokerError::ShuttingDown);
         }
         let address = subscription.factory_address;
+        let (client, batches) = self
+            .connect_factory(&key, &address, prefetch, protocol)
+            .await?;
+        let replaced = self.start_dispatcher(key, client, prefetch, batches, protocol);
+        let verb = if replaced {
+            "resubscribed"
+        } else {
+            "subscribed"
+        };
+        tracing::info!(
+            "{verb} {address} to {:?} with {} ({}, prefetch {prefetch})",
+            subscription.topic,
+            subscription.callback,
+            protocol.name()
+        );
+        Ok(StatusReport {
+            message: format!(
+                "{verb} {address} to {:?} with {} (prefetch {prefetch})",
+                subscription.topic, subscription.callback
+            ),
+        })
+    }
+
+    /// Connects to the factory of a subscription: the link, and whether it takes batched
+    /// calls.
+    async fn connect_factory(
+        &self,
+        key: &SubscriptionKey,
+        address: &str,
+        prefetch: u32,
+        protocol: Protocol,
+    ) -> Result<(FactoryLink, bool), BrokerError> {
         let unreachable = |reason: String| BrokerError::Unreachable {
-            address: address.clone(),
+            address: address.to_owned(),
             reason,
         };
         let connect = || async {
@@ -318,12 +291,12 @@ impl<S: JobStore> Broker<S> {
             .map_err(|error| unreachable(error.to_string()))?;
             Ok::<_, BrokerError>(TarpcFactory::new(stream))
         };
-        let (client, batches) = match protocol {
+        match protocol {
             Protocol::GoNetRpc => {
                 let factory = GoFactory::connect(key.factory, self.settings.connect_timeout)
                     .await
                     .map_err(unreachable)?;
-                (FactoryLink::Go(factory), false)
+                Ok((FactoryLink::Go(factory), false))
             }
             Protocol::Tarpc => {
                 let mut client = connect().await?;
@@ -338,9 +311,21 @@ impl<S: JobStore> Broker<S> {
                     // It may have closed the connection on the question.
                     client = connect().await?;
                 }
-                (FactoryLink::Tarpc(client), batches)
+                Ok((FactoryLink::Tarpc(client), batches))
             }
-        };
+        }
+    }
+
+    /// Registers the subscription `key` and starts its dispatcher over `client`; whether it
+    /// replaced an earlier one.
+    fn start_dispatcher(
+        self: &Arc<Self>,
+        key: SubscriptionKey,
+        client: FactoryLink,
+        prefetch: u32,
+        batches: bool,
+        protocol: Protocol,
+    ) -> bool {
         let stop = self.shutdown.child_token();
         let subscriber_metrics = Arc::new(SubscriberMetrics::new(prefetch, protocol));
         let (generation, replaced) =
@@ -361,48 +346,13 @@ impl<S: JobStore> Broker<S> {
             topic_metrics: self.metrics.topic(&key.topic),
             subscriber_metrics,
         };
-        let broker = self.clone();
+        let state = self.clone();
         self.dispatchers.spawn(async move {
             let end = dispatcher.run().await;
-            broker.subscriptions.remove_ended(&key, generation);
-            match end {
-                // Unsubscribing, resubscribing and stopping the broker each said so already.
-                DispatcherEnd::Stopped => tracing::debug!(
-                    "the subscription of {} to {:?} with {} ended",
-                    key.factory,
-                    key.topic,
-                    key.callback
-                ),
-                DispatcherEnd::FactoryFailed(reason) => tracing::warn!(
-                    "dropped the subscription of {} to {:?} with {}: {reason}",
-                    key.factory,
-                    key.topic,
-                    key.callback
-                ),
-                DispatcherEnd::Store(error) => tracing::error!(
-                    "dropped the subscription of {} to {:?}: the store failed: {error}",
-                    key.factory,
-                    key.topic
-                ),
-            }
+            state.subscriptions.remove_ended(&key, generation);
+            log_end(&key, end);
         });
-        let verb = if replaced {
-            "resubscribed"
-        } else {
-            "subscribed"
-        };
-        tracing::info!(
-            "{verb} {address} to {:?} with {} ({}, prefetch {prefetch})",
-            subscription.topic,
-            subscription.callback,
-            protocol.name()
-        );
-        Ok(StatusReport {
-            message: format!(
-                "{verb} {address} to {:?} with {} (prefetch {prefetch})",
-                subscription.topic, subscription.callback
-            ),
-        })
+        replaced
     }
 
     /// Stops dispatching to a subscription; its calls in flight finish.
@@ -578,6 +528,39 @@ impl<S: JobStore> Broker<S> {
             subscription.prefetch,
         ))
     }
+}
+
+/// Says why a subscription's dispatcher ended.
+fn log_end(key: &SubscriptionKey, end: DispatcherEnd) {
+    match end {
+        // Unsubscribing, resubscribing and stopping the broker each said so already.
+        DispatcherEnd::Stopped => tracing::debug!(
+            "the subscription of {} to {:?} with {} ended",
+            key.factory,
+            key.topic,
+            key.callback
+        ),
+        DispatcherEnd::FactoryFailed(reason) => tracing::warn!(
+            "dropped the subscription of {} to {:?} with {}: {reason}",
+            key.factory,
+            key.topic,
+            key.callback
+        ),
+        DispatcherEnd::Store(error) => tracing::error!(
+            "dropped the subscription of {} to {:?}: the store failed: {error}",
+            key.factory,
+            key.topic
+        ),
+    }
+}
+
+/// When the store must answer a publisher whose deadline is `deadline`: early enough for the
+/// answer to reach it.
+fn reply_by(deadline: Instant) -> tokio::time::Instant {
+    deadline
+        .checked_sub(PUBLISH_REPLY_MARGIN)
+        .unwrap_or(deadline)
+        .into()
 }
 
 impl From<QueueError> for BrokerError {

@@ -1,4 +1,4 @@
-//! Serving a [`Broker`] on a TCP listener until shutdown: tarpc clients, and Go's net/rpc
+//! Serving a [`BrokerState`] on a TCP listener until shutdown: tarpc clients, and Go's net/rpc
 //! clients on the same port.
 
 use std::sync::Arc;
@@ -10,17 +10,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::queue::JobStore;
-use crate::requests::Broker;
+use crate::requests::BrokerState;
 use crate::service::BrokerService;
 
 /// Serves `broker` on `listener` until `shutdown` is cancelled, then waits for its
 /// connections to close and its dispatchers to finish their calls in flight.
-pub async fn serve<S: JobStore>(
-    broker: Arc<Broker<S>>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(broker: Arc<BrokerState>, listener: TcpListener, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let service = BrokerService::new(broker.clone());
     let admission = broker.settings().admission.clone();
@@ -61,7 +56,7 @@ pub async fn serve<S: JobStore>(
                     .execute(service.serve())
                     // The connection's requests run side by side, so that a publish waiting for
                     // room does not hold up the requests behind it; in the connection's own task,
-                    // because a task per request cost more than the request (a profile showed it).
+                    // because spawning a task costs more than most requests do.
                     .for_each_concurrent(None, |request| request);
                 tokio::select! {
                     _ = requests => tracing::debug!("the connection from {peer} closed"),

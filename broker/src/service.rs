@@ -1,4 +1,5 @@
-//! The tarpc adapter: the `stubs::Broker` service over a [`Broker`]. No queue logic lives here.
+//! The tarpc adapter: the `stubs::Broker` service over a [`BrokerState`]. No queue logic lives
+//! here.
 
 use std::sync::Arc;
 
@@ -8,30 +9,22 @@ use stubs::{
 };
 use tarpc::context::Context;
 
-use crate::queue::JobStore;
-use crate::requests::Broker;
+use crate::requests::BrokerState;
 
 /// The broker's RPC service, one clone per request.
-pub struct BrokerService<S> {
-    broker: Arc<Broker<S>>,
+#[derive(Clone)]
+pub struct BrokerService {
+    broker: Arc<BrokerState>,
 }
 
-impl<S> Clone for BrokerService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            broker: self.broker.clone(),
-        }
-    }
-}
-
-impl<S> BrokerService<S> {
+impl BrokerService {
     /// Serves `broker`.
-    pub fn new(broker: Arc<Broker<S>>) -> Self {
+    pub fn new(broker: Arc<BrokerState>) -> Self {
         Self { broker }
     }
 }
 
-impl<S: JobStore> stubs::Broker for BrokerService<S> {
+impl stubs::Broker for BrokerService {
     async fn create_channel(
         self,
         _: Context,

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
+use stubs::Callback;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SubscriberMetrics;
-use crate::outcome::Callback;
 
 /// What names a subscription. A factory that restarts on the same address and subscribes again
 /// has the same key, so its new subscription replaces the old one.
@@ -39,12 +40,6 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SubscriptionKey, Active>> {
-        self.active
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Registers a subscription that `stop` ends, stopping any it replaces. Returns its
     /// generation, for [`Subscriptions::remove_ended`], and whether it replaced one.
     pub fn insert(
@@ -54,7 +49,7 @@ impl Subscriptions {
         metrics: Arc<SubscriberMetrics>,
     ) -> (u64, bool) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.lock().insert(
+        let replaced = self.active.lock().insert(
             key,
             Active {
                 generation,
@@ -70,7 +65,7 @@ impl Subscriptions {
 
     /// Stops and removes the subscription under `key`; false if there is none.
     pub fn remove(&self, key: &SubscriptionKey) -> bool {
-        match self.lock().remove(key) {
+        match self.active.lock().remove(key) {
             Some(active) => {
                 active.stop.cancel();
                 true
@@ -82,7 +77,7 @@ impl Subscriptions {
     /// Removes the subscription under `key` once its dispatcher has ended, unless a newer
     /// subscription has replaced it meanwhile.
     pub fn remove_ended(&self, key: &SubscriptionKey, generation: u64) {
-        let mut active = self.lock();
+        let mut active = self.active.lock();
         if active.get(key).is_some_and(|a| a.generation == generation) {
             active.remove(key);
         }
@@ -90,7 +85,7 @@ impl Subscriptions {
 
     /// Whether a subscription is in force under `key`.
     pub fn contains(&self, key: &SubscriptionKey) -> bool {
-        self.lock().contains_key(key)
+        self.active.lock().contains_key(key)
     }
 
     /// The subscriptions in force, sorted by topic, factory and callback.
@@ -101,6 +96,7 @@ impl Subscriptions {
     /// The subscriptions in force with their counters, sorted by topic, factory and callback.
     pub fn list(&self) -> Vec<(SubscriptionKey, Arc<SubscriberMetrics>)> {
         let mut keys: Vec<_> = self
+            .active
             .lock()
             .iter()
             .map(|(key, active)| (key.clone(), active.metrics.clone()))

@@ -10,6 +10,9 @@
 //! - The two tarpc services, [`Broker`] and [`Factory`], and the callback names of the lab.
 #![deny(missing_docs)]
 
+mod callback;
+pub use callback::Callback;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

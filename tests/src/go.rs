@@ -3,6 +3,7 @@
 //! serves them unchanged.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
@@ -15,9 +16,8 @@ const NEEDS_GO: &str = "this test needs Go: apt-get install golang-go";
 /// The Go program `name` of `tests/go` (`miner`, `factory`), built once per test process into
 /// `<target>/go-bin/`.
 ///
-/// Nothing is downloaded (the module has no requirements, and `GOPROXY=off` keeps it so) and
-/// nothing is written to `$HOME`: Go's caches live in `<target>/go-cache`, where CI keeps them
-/// between runs as it keeps cargo's.
+/// Built as the benchmark builds it ([`nats_harness::go::command`]), with Go's caches in
+/// `<target>/go-cache`, where CI keeps them between runs as it keeps cargo's.
 pub fn go_program(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
@@ -25,33 +25,16 @@ pub fn go_program(name: &str) -> PathBuf {
         return path.clone();
     }
     let target = target_dir();
-    let cache = target.join("go-cache");
-    let (gocache, gopath, gotmpdir) = (cache.join("build"), cache.join("path"), cache.join("tmp"));
-    for dir in [&gocache, &gopath, &gotmpdir] {
-        std::fs::create_dir_all(dir).unwrap_or_else(|error| panic!("create {dir:?}: {error}"));
-    }
     let path = target
         .join("go-bin")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("go");
     // Checked first: a missing working directory is also reported as NotFound.
     assert!(source.is_dir(), "the Go sources are missing: {source:?}");
-    let output = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(&path)
+    let build = [OsStr::new("build"), OsStr::new("-o"), path.as_os_str()];
+    let output = nats_harness::go::command(&source, &target, build)
+        .unwrap_or_else(|error| panic!("create Go's caches in {target:?}: {error}"))
         .arg(format!("./{name}"))
-        .current_dir(&source)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        // A newer Go must not fetch the toolchain go.mod names; any Go from 1.19 builds it.
-        .env("GOTOOLCHAIN", "local")
-        // No go.work above the module, no C compiler needed for net.
-        .env("GOWORK", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", &gocache)
-        .env("GOPATH", &gopath)
-        .env("GOTMPDIR", &gotmpdir)
         .output()
         .unwrap_or_else(|error| match error.kind() {
             std::io::ErrorKind::NotFound => panic!("{NEEDS_GO}"),

@@ -10,16 +10,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use broker::queue::JobId;
-use broker::{Callback, Observer, Outcome, Settings};
+use broker::{Observer, Outcome, Settings};
 use factory::cli::LabTopic;
 use factory::FactoryConfig;
 use lab::{RunningBroker, RunningFactory};
 use lab_console::Console;
-use stubs::{BrokerClient, BrokerError, Job, PublishRequest};
+use stubs::{BrokerClient, BrokerError, Callback, Job, PublishRequest};
 
 mod accounting;
 pub mod go;
+mod helpers;
 pub use accounting::*;
+pub use helpers::*;
 pub use nats_harness::{NatsCluster, NatsServer};
 
 /// How long a test waits for a condition before it fails. Generous, because CI's two cores may
@@ -108,20 +110,6 @@ pub fn assert_each_result_used_once(results: &[i64], operands: &[i64]) {
     }
 }
 
-/// Serves `broker`'s HTTP side on a free loopback port; returns its address.
-pub async fn serve_http(broker: &RunningBroker) -> SocketAddr {
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    let address = http.local_addr().expect("a bound address");
-    tokio::spawn(broker::http::serve(
-        broker.broker.clone(),
-        http,
-        Default::default(),
-    ));
-    address
-}
-
 /// A plain HTTP/1.1 GET of `path`; fails the test unless the answer is 200. Returns the body.
 pub async fn http_get(address: SocketAddr, path: &str) -> String {
     try_http_get(address, path)
@@ -161,6 +149,23 @@ pub async fn start_broker(settings: Settings) -> (RunningBroker, Recorder) {
         .await
         .expect("bind a loopback port");
     (broker, recorder)
+}
+
+/// [`start_broker`], with its HTTP side (dashboard, `/metrics`, JSON API) served as the broker
+/// program serves it, on a free loopback port: the broker, its recorder and the HTTP address.
+pub async fn start_broker_with_http(settings: Settings) -> (RunningBroker, Recorder, SocketAddr) {
+    let recorder = Recorder::default();
+    let config = broker::Config {
+        settings,
+        store: broker::StoreConfig::default(),
+        observer: recorder.observer(),
+        watcher: None,
+    };
+    let broker = RunningBroker::start_with(0, config, true)
+        .await
+        .expect("start a broker on loopback");
+    let http = broker.http.expect("the broker serves HTTP");
+    (broker, recorder, http)
 }
 
 /// A client of the broker at `address`.

@@ -4,22 +4,8 @@ use std::time::{Duration, Instant};
 
 use broker::Settings;
 use factory::cli::LabTopic::{Divide, Multiply};
-use stubs::{
-    BrokerClient, BrokerError, ChannelRequest, JobError, Pair, PublishRequest, Subscription,
-};
+use stubs::{BrokerClient, BrokerError, JobError, Pair, PublishRequest, Subscription};
 use system_tests::*;
-
-async fn create(client: &BrokerClient, topic: &str, buffer: u32) -> Result<String, BrokerError> {
-    let request = ChannelRequest {
-        topic: topic.to_owned(),
-        buffer,
-    };
-    client
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .map(|report| report.message)
-}
 
 async fn subscribe(
     client: &BrokerClient,
@@ -52,7 +38,7 @@ async fn publishing_to_a_missing_topic_is_no_such_topic() {
         })
     );
     // The broker still serves.
-    create(&client, "nowhere", 1).await.unwrap();
+    try_create_topic(&client, "nowhere", 1).await.unwrap();
     assert!(try_publish(&client, "nowhere", Pair { x: 1, y: 2 })
         .await
         .is_ok());
@@ -64,7 +50,7 @@ async fn invalid_topic_names_are_refused() {
     let client = client(broker.address).await;
     let too_long = "x".repeat(256);
     for name in ["", "has space", "slash/es", "ünicode", too_long.as_str()] {
-        let created = create(&client, name, 10).await;
+        let created = try_create_topic(&client, name, 10).await;
         assert!(
             matches!(created, Err(BrokerError::InvalidTopic { .. })),
             "{name:?}: {created:?}"
@@ -75,7 +61,9 @@ async fn invalid_topic_names_are_refused() {
             "{name:?}: {published:?}"
         );
     }
-    assert!(create(&client, &"x".repeat(255), 10).await.is_ok());
+    assert!(try_create_topic(&client, &"x".repeat(255), 10)
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -84,7 +72,7 @@ async fn buffers_outside_1_to_1_000_000_are_refused() {
     let client = client(broker.address).await;
     for buffer in [0, 1_000_001] {
         assert_eq!(
-            create(&client, "jobs", buffer).await,
+            try_create_topic(&client, "jobs", buffer).await,
             Err(BrokerError::InvalidBuffer {
                 buffer,
                 min: 1,
@@ -102,9 +90,9 @@ async fn buffers_outside_1_to_1_000_000_are_refused() {
 async fn create_channel_is_idempotent_and_keeps_the_first_capacity() {
     let (broker, _) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    let first = create(&client, "jobs", 5).await.unwrap();
+    let first = try_create_topic(&client, "jobs", 5).await.unwrap();
     assert!(first.contains("created"), "{first}");
-    let second = create(&client, "jobs", 50).await.unwrap();
+    let second = try_create_topic(&client, "jobs", 50).await.unwrap();
     assert!(second.contains("keeps that buffer"), "{second}");
     assert_eq!(broker.topic_stats("jobs").await.unwrap().capacity, 5);
 }
@@ -113,7 +101,7 @@ async fn create_channel_is_idempotent_and_keeps_the_first_capacity() {
 async fn subscription_errors_are_typed() {
     let (broker, _) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "multiply", 10).await.unwrap();
+    try_create_topic(&client, "multiply", 10).await.unwrap();
     // A port that nobody listens on: bound, then released.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -168,12 +156,7 @@ async fn subscription_errors_are_typed() {
 #[tokio::test]
 async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], false),
-    )
-    .await;
+    let factory = lab_factory(&broker, &[Multiply, Divide], false).await;
     let client = client(broker.address).await;
 
     publish(&client, "divide", Pair { x: 5, y: 0 }).await;
@@ -243,7 +226,7 @@ async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving()
 async fn a_publish_to_a_full_topic_waits_and_past_its_deadline_leaves_no_job() {
     let (broker, _) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "small", 2).await.unwrap();
+    try_create_topic(&client, "small", 2).await.unwrap();
     for x in 0..2 {
         try_publish(&client, "small", Pair { x, y: 1 })
             .await
@@ -279,19 +262,14 @@ async fn a_publish_to_a_full_topic_waits_and_past_its_deadline_leaves_no_job() {
 async fn a_waiting_publish_goes_through_once_room_is_made() {
     let (broker, recorder) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "multiply", 1).await.unwrap();
+    try_create_topic(&client, "multiply", 1).await.unwrap();
     publish(&client, "multiply", Pair { x: 1, y: 1 }).await;
     let waiting = {
         let client = client.clone();
         tokio::spawn(async move { publish(&client, "multiply", Pair { x: 2, y: 2 }).await })
     };
     eventually("the second publish is waiting", || !waiting.is_finished()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply], false).await;
     waiting.await.unwrap();
     eventually("both jobs are completed", || {
         recorder.completed("multiply").len() == 2
@@ -302,12 +280,7 @@ async fn a_waiting_publish_goes_through_once_room_is_made() {
 #[tokio::test]
 async fn unsubscribe_stops_dispatching_and_resubscribing_replaces_the_old_subscription() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let factory = lab_factory(&broker, &[Multiply], false).await;
     let address = factory.address.to_string();
     let client = client(broker.address).await;
 
@@ -422,14 +395,14 @@ async fn the_number_of_topics_is_capped() {
     };
     let (broker, _) = start_broker(settings).await;
     let client = client(broker.address).await;
-    create(&client, "one", 1).await.unwrap();
-    create(&client, "two", 1).await.unwrap();
+    try_create_topic(&client, "one", 1).await.unwrap();
+    try_create_topic(&client, "two", 1).await.unwrap();
     assert_eq!(
-        create(&client, "three", 1).await,
+        try_create_topic(&client, "three", 1).await,
         Err(BrokerError::TooManyTopics { limit: 2 })
     );
     assert!(
-        create(&client, "one", 1).await.is_ok(),
+        try_create_topic(&client, "one", 1).await.is_ok(),
         "an existing topic is still fine"
     );
 }

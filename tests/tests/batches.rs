@@ -7,23 +7,10 @@ use broker::Settings;
 use factory::cli::LabTopic::Multiply;
 use lab_console::Console;
 use stubs::{
-    BrokerClient, BrokerError, ChannelRequest, Job, Pair, PublishBatch, PublishedBatch, Triplet,
-    MAX_PUBLISH_BATCH,
+    BrokerClient, BrokerError, Job, Pair, PublishBatch, PublishedBatch, Triplet, MAX_PUBLISH_BATCH,
 };
 use system_tests::*;
 use tokio_util::sync::CancellationToken;
-
-async fn create(client: &BrokerClient, topic: &str, buffer: u32) {
-    let request = ChannelRequest {
-        topic: topic.to_owned(),
-        buffer,
-    };
-    client
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .expect("the topic is created");
-}
 
 async fn publish_batch(
     client: &BrokerClient,
@@ -51,7 +38,7 @@ fn pairs(count: i64) -> Vec<Job> {
 async fn a_batch_is_stored_in_order_and_each_job_is_delivered_once() {
     let (broker, recorder) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "multiply", 100).await;
+    create_topic(&client, "multiply", 100).await;
     let mut jobs = pairs(5);
     jobs.push(Triplet { x: 1, y: 2, z: 3 }.into());
     let published = publish_batch(&client, "multiply", jobs, Duration::from_secs(5))
@@ -94,7 +81,7 @@ async fn a_batch_is_stored_in_order_and_each_job_is_delivered_once() {
 async fn a_batch_meeting_a_full_topic_stores_what_fits_and_names_the_reason_for_the_rest() {
     let (broker, _) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "small", 3).await;
+    create_topic(&client, "small", 3).await;
     let published = publish_batch(&client, "small", pairs(5), Duration::from_millis(400))
         .await
         .expect("part of the batch is stored");
@@ -124,7 +111,7 @@ async fn a_batch_meeting_a_full_topic_stores_what_fits_and_names_the_reason_for_
 async fn bad_batches_get_typed_errors_and_the_broker_keeps_serving() {
     let (broker, _) = start_broker(Settings::default()).await;
     let client = client(broker.address).await;
-    create(&client, "multiply", 10).await;
+    create_topic(&client, "multiply", 10).await;
     let second = Duration::from_secs(1);
     assert_eq!(
         publish_batch(
@@ -166,12 +153,7 @@ async fn bad_batches_get_typed_errors_and_the_broker_keeps_serving() {
 #[tokio::test]
 async fn a_miner_with_many_publishers_publishes_each_job_once_through_its_batches() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply], false).await;
     let mut config = lab::miner_config(broker.address, "multiply");
     config.interval = Duration::ZERO;
     config.concurrency = 32;
@@ -271,7 +253,7 @@ async fn a_factory_without_batched_calls_is_called_one_job_at_a_time() {
     ));
 
     let client = client(broker.address).await;
-    create(&client, "multiply", 100).await;
+    create_topic(&client, "multiply", 100).await;
     let published = publish_batch(&client, "multiply", pairs(20), Duration::from_secs(5))
         .await
         .unwrap();

@@ -286,12 +286,7 @@ fn broker_stats_and_dead_letters_have_examples_in_their_help() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stats_reports_topics_and_subscribers_as_json_and_as_a_table() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let factory = lab_factory(&broker, &[Multiply], false).await;
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = std::time::Duration::ZERO;
     miner.count = Some(200);

@@ -3,7 +3,7 @@
 //! real nats-server.
 
 use factory::cli::LabTopic::Multiply;
-use stubs::{ChannelRequest, Job, Pair, PublishBatch};
+use stubs::{Job, Pair, PublishBatch};
 use system_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,15 +35,7 @@ async fn a_job_published_through_one_broker_is_done_by_a_factory_of_another() {
     .await
     .unwrap();
     // The first broker takes the jobs.
-    let request = ChannelRequest {
-        topic: "multiply".into(),
-        buffer: 1_000,
-    };
-    publisher
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .unwrap()
-        .unwrap();
+    create_topic(&publisher, "multiply", 1_000).await;
     let jobs: Vec<Job> = (0..JOBS).map(|x| Pair { x, y: 3 }.into()).collect();
     let batch = PublishBatch {
         topic: "multiply".into(),

@@ -184,14 +184,8 @@ async fn api_completed(address: std::net::SocketAddr) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_numbers_that_match_the_api() {
-    let (broker, recorder) = start_broker(Settings::default()).await;
-    let http_address = serve_http(&broker).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let (broker, recorder, http_address) = start_broker_with_http(Settings::default()).await;
+    let _factory = lab_factory(&broker, &[Multiply], false).await;
     // A job the factory fails, for the page's dead letters.
     let overflow = stubs::Pair { x: i64::MAX, y: 2 };
     let overflow = publish(&client(broker.address).await, "multiply", overflow).await;
@@ -205,11 +199,7 @@ async fn the_dashboard_shows_live_numbers_that_match_the_api() {
     let stop_miner = tokio_util::sync::CancellationToken::new();
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = Duration::from_millis(5);
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        stop_miner.clone(),
-    ));
+    let miner = spawn_miner(miner, stop_miner.clone());
 
     // Made before the driver, so that it is removed after the browser is gone.
     let profile = tempfile::Builder::new()

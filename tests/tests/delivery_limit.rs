@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use stubs::{BrokerClient, JobError, Pair, TopicReport};
+use stubs::{BrokerClient, DeadLetters, JobError, Pair, TopicReport};
 use system_tests::*;
 
 /// The limit the brokers of these tests run with.
@@ -28,6 +28,15 @@ fn aborting_factory(broker: SocketAddr) -> (Process, SocketAddr) {
         &broker.to_string(),
     ]);
     (Process::spawn(command), ([127, 0, 0, 1], port).into())
+}
+
+/// The dead letters of topic `divide`.
+async fn divide_dead_letters(client: &BrokerClient) -> DeadLetters {
+    client
+        .dead_letters(tarpc::context::current(), stubs::DIVIDE_TOPIC.into())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The figures of topic `divide`.
@@ -182,12 +191,7 @@ async fn a_poison_job_is_dead_lettered_after_the_limit(store: &[&str]) -> (Broke
         (3, 1, 1, u64::from(MAX_DELIVERIES) - 1, 0, 0)
     );
 
-    let dead = broker
-        .client
-        .dead_letters(tarpc::context::current(), "divide".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let dead = divide_dead_letters(&broker.client).await;
     assert_eq!((dead.total, dead.letters.len()), (1, 1));
     let letter = &dead.letters[0];
     assert_eq!(
@@ -237,12 +241,7 @@ async fn on_disk_the_dead_letter_and_its_count_outlive_a_restart() {
         (figures.failed, figures.undeliverable, figures.ready),
         (1, 1, 0)
     );
-    let dead = broker
-        .client
-        .dead_letters(tarpc::context::current(), "divide".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let dead = divide_dead_letters(&broker.client).await;
     let errors: Vec<&JobError> = dead.letters.iter().map(|letter| &letter.error).collect();
     assert_eq!(errors, [&error]);
 }

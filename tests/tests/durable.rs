@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use factory::cli::LabTopic::Multiply;
-use stubs::{ChannelRequest, Job, Pair, PublishBatch};
+use stubs::{Job, Pair, PublishBatch};
 use system_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,15 +122,7 @@ fn products(broker: &Process) -> Vec<i64> {
 
 /// Creates the `multiply` topic with `buffer`.
 async fn create_multiply(client: &stubs::BrokerClient, buffer: u32) {
-    let request = ChannelRequest {
-        topic: "multiply".into(),
-        buffer,
-    };
-    client
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .unwrap()
-        .unwrap();
+    create_topic(client, "multiply", buffer).await;
 }
 
 /// The broker's arguments for a data dir, on a fixed port.

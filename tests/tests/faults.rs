@@ -27,17 +27,9 @@ async fn start_factory_process(
     extra: &[&str],
 ) -> (Process, SocketAddr) {
     let broker_address = broker.address.to_string();
-    let mut args = vec![
-        "--broker",
-        &broker_address,
-        "--port",
-        "0",
-        "--topics",
-        "multiply",
-        "--no-pipeline",
-    ];
+    let mut args = vec!["--no-pipeline"];
     args.extend_from_slice(extra);
-    let process = Process::start("factory", &args);
+    let process = factory_process(&broker_address, 0, "multiply", &args);
     eventually("the factory process subscribes", || {
         other_subscriber(broker, known).is_some()
     })
@@ -68,11 +60,7 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     miner.interval = Duration::ZERO;
     miner.count = Some(JOBS);
     miner.concurrency = 4;
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        Default::default(),
-    ));
+    let miner = spawn_miner(miner, Default::default());
 
     let victim_name = victim_address.to_string();
     eventually("the factory process has completed 100 jobs", || {
@@ -141,18 +129,8 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
     );
 
     // The killed factory, started again on its port, subscribes and gets work again.
-    let restarted = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &broker_address,
-            "--port",
-            &victim_address.port().to_string(),
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-        ],
-    );
+    let port = victim_address.port();
+    let restarted = factory_process(&broker_address, port, "multiply", &["--no-pipeline"]);
     eventually("the restarted factory subscribes", || {
         subscriptions_of(&broker, victim_address) == 1
     })
@@ -179,12 +157,7 @@ async fn a_hung_factory_is_dropped_on_the_deadline_and_resubscribes_by_itself_wh
         ..Settings::default()
     };
     let (broker, recorder) = start_broker(settings).await;
-    let survivor = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let survivor = lab_factory(&broker, &[Multiply], false).await;
     let (sleeper, sleeper_address) = start_factory_process(&broker, survivor.address, &[]).await;
     let sleeper_name = sleeper_address.to_string();
     let done_by_sleeper = || {
@@ -199,11 +172,7 @@ async fn a_hung_factory_is_dropped_on_the_deadline_and_resubscribes_by_itself_wh
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = Duration::from_millis(1);
     miner.count = Some(JOBS);
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        Default::default(),
-    ));
+    let miner = spawn_miner(miner, Default::default());
 
     eventually("the factory process completes jobs", || {
         done_by_sleeper() >= 20
@@ -279,11 +248,7 @@ async fn miners_and_factories_carry_on_through_a_broker_restart() {
     let mut miner = lab::miner_config(broker_address, "multiply");
     miner.interval = Duration::from_millis(5);
     miner.count = Some(JOBS);
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        Default::default(),
-    ));
+    let miner = spawn_miner(miner, Default::default());
 
     eventually("the first broker completes jobs", || {
         first.count_lines(completions) >= 20
@@ -354,21 +319,8 @@ async fn at_full_speed_twenty_factory_kills_and_a_hang_past_the_call_timeout_los
     // Two victims, killed in turn, each restarted on its own port: while one starts again the
     // other is at work, so every kill meets a factory with calls in flight.
     let start_victim = |port: u16| {
-        let port = port.to_string();
-        Process::start(
-            "factory",
-            &[
-                "--broker",
-                &broker_address,
-                "--port",
-                &port,
-                "--topics",
-                "multiply",
-                "--no-pipeline",
-                "--prefetch",
-                "4",
-            ],
-        )
+        let extra = ["--no-pipeline", "--prefetch", "4"];
+        factory_process(&broker_address, port, "multiply", &extra)
     };
     let victim_addresses: [SocketAddr; 2] = [
         ([127, 0, 0, 1], free_port()).into(),
@@ -386,11 +338,7 @@ async fn at_full_speed_twenty_factory_kills_and_a_hang_past_the_call_timeout_los
     miner.interval = Duration::ZERO;
     miner.concurrency = 4;
     let stop_miner = tokio_util::sync::CancellationToken::new();
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        stop_miner.clone(),
-    ));
+    let miner = spawn_miner(miner, stop_miner.clone());
 
     // Each kill waits until the victim's new subscription has completed a job, so that it
     // meets a working factory, and until the broker has dropped the old one, so that the next

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use broker::Settings;
 use netrpc::{
-    CallError, Client, FieldKind, Limits, Record, ServerReader, ServerWriter, StructType,
+    CallError, Client, FieldKind, Limits, Record, ServerReader, ServerWriter, Struct, StructType,
 };
 use stubs::{ChannelRequest, Pair, Protocol};
 use system_tests::*;
@@ -50,6 +50,12 @@ fn publish_request(topic: &str, x: i64, y: i64) -> Record {
         .set("Topic", topic)
         .and_then(|record| record.set("Pair", pair))
         .unwrap()
+}
+
+/// `Broker.Publish` of `Pair{n, n}` to multiply, with time to wait for room in the topic.
+async fn publish_waiting(client: Client, n: i64) -> Result<Struct, CallError> {
+    let request = publish_request("multiply", n, n);
+    client.call("Broker.Publish", request, CALL * 6).await
 }
 
 fn subscription(topic: &str, address: SocketAddr, callback: &str) -> Record {
@@ -110,12 +116,7 @@ async fn go_clients_create_publish_and_hear_the_go_labs_words() {
         .await
         .unwrap();
     assert_eq!(published.string("Message").unwrap(), "published as job 0");
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[factory::cli::LabTopic::Multiply], false),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[factory::cli::LabTopic::Multiply], false).await;
     eventually("the Go client's job is completed", || {
         recorder
             .completed("multiply")
@@ -237,35 +238,14 @@ async fn a_go_publish_to_a_full_topic_waits_and_one_whose_client_left_leaves_no_
 
     // A client that goes away while its publish waits for room.
     let leaving = go_client(broker.address).await;
-    let waiting = tokio::spawn(async move {
-        leaving
-            .call(
-                "Broker.Publish",
-                publish_request("multiply", 2, 2),
-                CALL * 6,
-            )
-            .await
-    });
+    let waiting = tokio::spawn(publish_waiting(leaving, 2));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "a publish to a full topic waits");
     waiting.abort();
     // A client that stays waits until a factory makes room.
     let staying = go_client(broker.address).await;
-    let stays = tokio::spawn(async move {
-        staying
-            .call(
-                "Broker.Publish",
-                publish_request("multiply", 3, 3),
-                CALL * 6,
-            )
-            .await
-    });
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[factory::cli::LabTopic::Multiply], false),
-    )
-    .await;
+    let stays = tokio::spawn(publish_waiting(staying, 3));
+    let _factory = lab_factory(&broker, &[factory::cli::LabTopic::Multiply], false).await;
     let published = stays
         .await
         .unwrap()

@@ -49,15 +49,7 @@ async fn still_serves(address: SocketAddr, token: AccessToken) {
     let client = connect_with(address, token)
         .await
         .expect("a good client still connects");
-    let request = ChannelRequest {
-        topic: "still-here".into(),
-        buffer: 100_000,
-    };
-    client
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .expect("the broker accepts");
+    create_topic(&client, "still-here", 100_000).await;
     publish(&client, "still-here", Pair { x: 1, y: 2 }).await;
 }
 
@@ -142,12 +134,7 @@ async fn random_bytes_a_4_gib_frame_header_and_a_frame_of_the_wrong_type_are_shu
     let _ = random.write_all(&noise).await;
     assert_eq!(closed_by_server(&mut random).await, Vec::<u8>::new());
     // A factory speaks pairbroker alone: it says so, and closes.
-    let factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let factory = lab_factory(&broker, &[Multiply], false).await;
     let mut random = TcpStream::connect(factory.address).await.unwrap();
     let _ = random.write_all(&noise).await;
     assert_eq!(closed_by_server(&mut random).await, vec![NOT_PAIRBROKER]);
@@ -366,15 +353,7 @@ async fn run_clients(broker: &BrokerProcess) -> Run {
             .await
             .expect("a new client connects");
     let connect = started.elapsed();
-    let request = ChannelRequest {
-        topic: "probe".into(),
-        buffer: 100_000,
-    };
-    probe
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .expect("the broker accepts");
+    create_topic(&probe, "probe", 100_000).await;
     let mut publishes = Vec::with_capacity(PROBES);
     for x in 0..PROBES as i64 {
         let sent = Instant::now();
@@ -385,18 +364,7 @@ async fn run_clients(broker: &BrokerProcess) -> Run {
 
     let completed_before = broker.process.count_lines(COMPLETED);
     let started = Instant::now();
-    let _factory = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &address,
-            "--port",
-            "0",
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-        ],
-    );
+    let _factory = factory_process(&address, 0, "multiply", &["--no-pipeline"]);
     let count = JOBS.to_string();
     let mut miner = Process::start(
         "miner",
@@ -534,15 +502,7 @@ async fn beyond_max_connections_a_client_is_told_why_while_those_within_are_serv
         "{said}"
     );
     // The client within the limit is served all along.
-    let request = ChannelRequest {
-        topic: "within".into(),
-        buffer: 1_000,
-    };
-    served
-        .create_channel(tarpc::context::current(), request)
-        .await
-        .expect("the broker answers")
-        .expect("the broker accepts");
+    create_topic(&served, "within", 1_000).await;
     for x in 0..100 {
         publish(&served, "within", Pair { x, y: 1 }).await;
     }

@@ -7,14 +7,8 @@ use system_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_metrics_and_dashboard_are_served() {
-    let (broker, recorder) = start_broker(Settings::default()).await;
-    let http_address = serve_http(&broker).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let (broker, recorder, http_address) = start_broker_with_http(Settings::default()).await;
+    let _factory = lab_factory(&broker, &[Multiply], false).await;
     let client = client(broker.address).await;
     for x in 0..50 {
         publish(&client, "multiply", Pair { x, y: 2 }).await;

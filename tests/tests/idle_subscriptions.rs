@@ -156,12 +156,7 @@ async fn a_killed_factory_loses_both_subscriptions_within_seconds(
         multiply_jobs.push(publish(&client, "multiply", Pair { x, y: 3 }).await);
         divide_jobs.push(publish(&client, "divide", Pair { x: 10 * x, y: x }).await);
     }
-    let _heir = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], false),
-    )
-    .await;
+    let _heir = lab_factory(&broker, &[Multiply, Divide], false).await;
     eventually("every job is completed", || {
         let multiplied = recorder.completed_ids("multiply");
         let divided = recorder.completed_ids("divide");
@@ -185,18 +180,7 @@ async fn a_killed_factory_loses_both_subscriptions_within_seconds(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_factorys_idle_divide_subscription_is_dropped_within_seconds_and_no_job_is_lost() {
     a_killed_factory_loses_both_subscriptions_within_seconds(|broker| {
-        Process::start(
-            "factory",
-            &[
-                "--broker",
-                broker,
-                "--port",
-                "0",
-                "--topics",
-                "multiply,divide",
-                "--no-pipeline",
-            ],
-        )
+        factory_process(broker, 0, "multiply,divide", &["--no-pipeline"])
     })
     .await;
 }

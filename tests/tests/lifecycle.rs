@@ -16,21 +16,8 @@ use tarpc::server::{BaseChannel, Channel};
 async fn a_terminated_factory_unsubscribes_finishes_its_calls_flushes_its_pipeline_and_exits_0() {
     let (broker, recorder) = start_broker(Settings::default()).await;
     let broker_address = broker.address.to_string();
-    let mut factory = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &broker_address,
-            "--port",
-            "0",
-            "--topics",
-            "multiply",
-            "--prefetch",
-            "4",
-            "--buffer",
-            "100000",
-        ],
-    );
+    let extra = ["--prefetch", "4", "--buffer", "100000"];
+    let mut factory = factory_process(&broker_address, 0, "multiply", &extra);
     eventually("the factory subscribes", || {
         broker.broker.subscriptions().len() == 1
     })
@@ -38,11 +25,7 @@ async fn a_terminated_factory_unsubscribes_finishes_its_calls_flushes_its_pipeli
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = Duration::ZERO;
     let stop_miner = tokio_util::sync::CancellationToken::new();
-    let miner = tokio::spawn(miner::run(
-        miner,
-        lab_console::Console::quiet(),
-        stop_miner.clone(),
-    ));
+    let miner = spawn_miner(miner, stop_miner.clone());
 
     eventually("the factory completes jobs", || {
         recorder.completed("multiply").len() >= 101
@@ -320,20 +303,8 @@ async fn a_broker_terminated_with_calls_in_flight_refuses_at_once_settles_them_a
 
     // One factory process, stopped: its calls can only end by their deadline.
     let address_arg = address.to_string();
-    let stopped = Process::start(
-        "factory",
-        &[
-            "--broker",
-            &address_arg,
-            "--port",
-            "0",
-            "--topics",
-            "multiply",
-            "--no-pipeline",
-            "--prefetch",
-            "4",
-        ],
-    );
+    let extra = ["--no-pipeline", "--prefetch", "4"];
+    let stopped = factory_process(&address_arg, 0, "multiply", &extra);
     let mut stopped_address = String::new();
     eventually_async("the factory process subscribes", async || {
         let stats = client.stats(tarpc::context::current()).await;

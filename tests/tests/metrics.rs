@@ -33,14 +33,8 @@ struct BusyBroker {
 }
 
 async fn busy_broker() -> BusyBroker {
-    let (broker, recorder) = start_broker(Settings::default()).await;
-    let http = serve_http(&broker).await;
-    let factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], false),
-    )
-    .await;
+    let (broker, recorder, http) = start_broker_with_http(Settings::default()).await;
+    let factory = lab_factory(&broker, &[Multiply, Divide], false).await;
     let client = client(broker.address).await;
     for x in 0..JOBS {
         publish(&client, "multiply", Pair { x, y: 3 }).await;

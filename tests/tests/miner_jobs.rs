@@ -112,8 +112,7 @@ async fn job_with_a_random_job_option_is_a_usage_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_jobs_returns_the_ids_in_the_order_of_the_jobs() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory =
-        start_factory(&broker, 0, factory_config(broker.address, &[Divide], false)).await;
+    let _factory = lab_factory(&broker, &[Divide], false).await;
     let jobs: [Job; 3] = [
         Pair { x: 5, y: 0 }.into(),
         Pair { x: 12, y: -4 }.into(),

@@ -2,20 +2,15 @@
 
 use std::collections::HashSet;
 
-use broker::{Callback, Settings};
+use broker::Settings;
 use factory::cli::LabTopic::Multiply;
-use stubs::{Job, Pair};
+use stubs::{Callback, Job, Pair};
 use system_tests::*;
 
 #[tokio::test]
 async fn a_subscribed_factory_gets_jobs_and_the_broker_completes_them_with_products() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply], false).await;
     let client = client(broker.address).await;
 
     let mut published = HashSet::new();
@@ -85,18 +80,8 @@ async fn a_factory_stopped_and_restarted_on_its_port_gets_work_again() {
 #[tokio::test]
 async fn two_factories_both_get_work_and_no_job_is_completed_twice() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let first = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
-    let second = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply], false),
-    )
-    .await;
+    let first = lab_factory(&broker, &[Multiply], false).await;
+    let second = lab_factory(&broker, &[Multiply], false).await;
 
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = std::time::Duration::ZERO;

@@ -1,15 +1,14 @@
 //! Part 2a (Divide) and Part 2b (the pipeline from Multiply to Divide).
 
-use broker::{Callback, Settings};
+use broker::Settings;
 use factory::cli::LabTopic::{Divide, Multiply};
-use stubs::{Job, Pair};
+use stubs::{Callback, Job, Pair};
 use system_tests::*;
 
 #[tokio::test]
 async fn divide_jobs_are_completed_with_quotients_truncated_toward_zero() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory =
-        start_factory(&broker, 0, factory_config(broker.address, &[Divide], false)).await;
+    let _factory = lab_factory(&broker, &[Divide], false).await;
     let client = client(broker.address).await;
 
     let jobs = [
@@ -52,22 +51,13 @@ async fn divide_jobs_are_completed_with_quotients_truncated_toward_zero() {
 #[tokio::test]
 async fn a_divide_miner_and_a_multiply_miner_run_side_by_side() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], false),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply, Divide], false).await;
     let mut miners = Vec::new();
     for topic in ["multiply", "divide"] {
         let mut miner = lab::miner_config(broker.address, topic);
         miner.interval = std::time::Duration::ZERO;
         miner.count = Some(40);
-        miners.push(tokio::spawn(miner::run(
-            miner,
-            lab_console::Console::quiet(),
-            Default::default(),
-        )));
+        miners.push(spawn_miner(miner, Default::default()));
     }
     for miner in miners {
         assert_eq!(miner.await.unwrap().unwrap().published, 40);
@@ -87,12 +77,7 @@ async fn a_divide_miner_and_a_multiply_miner_run_side_by_side() {
 #[tokio::test]
 async fn with_only_a_multiply_miner_the_pipeline_makes_divide_jobs_from_pairs_of_results() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], true),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply, Divide], true).await;
     let client = client(broker.address).await;
 
     for i in 1..=20_i64 {

@@ -8,12 +8,7 @@ use system_tests::*;
 #[tokio::test]
 async fn triplets_flow_through_multiply_the_pipeline_and_divide() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], true),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply, Divide], true).await;
 
     let mut miner = lab::miner_config(broker.address, "multiply");
     miner.interval = std::time::Duration::ZERO;
@@ -51,12 +46,7 @@ async fn triplets_flow_through_multiply_the_pipeline_and_divide() {
 #[tokio::test]
 async fn pairs_and_triplets_are_grouped_apart_in_the_same_topics() {
     let (broker, recorder) = start_broker(Settings::default()).await;
-    let _factory = start_factory(
-        &broker,
-        0,
-        factory_config(broker.address, &[Multiply, Divide], true),
-    )
-    .await;
+    let _factory = lab_factory(&broker, &[Multiply, Divide], true).await;
     let client = client(broker.address).await;
 
     // Two pairs and three triplets, interleaved: one divide Pair and one divide Triplet result.

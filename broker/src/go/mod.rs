@@ -2,7 +2,7 @@
 //! second way to call a factory back. Neither holds queue logic.
 //!
 //! - [`service`]: `Broker.CreateChannel`, `Broker.Publish` and `Broker.Subscribe` for Go
-//!   clients on the broker's port, each forwarded to [`crate::Broker`].
+//!   clients on the broker's port, each forwarded to [`crate::BrokerState`].
 //! - [`factory`]: [`GoFactory`], a Go factory that a dispatcher calls by method name.
 
 pub mod factory;

@@ -1,16 +1,17 @@
 //! The Go front door: a Go lab program's `rpc.Dial("tcp", broker)` and `client.Call`, served on
-//! the broker's own port. Each request is forwarded to [`Broker`]; nothing here decides about
+//! the broker's own port. Each request is forwarded to [`BrokerState`]; nothing here decides about
 //! jobs.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netrpc::{
     FieldKind, Limits, ReadError, Record, ServerReader, ServerWriter, Struct, StructType, Value,
 };
+use parking_lot::Mutex;
 use stubs::{BrokerError, ChannelRequest, Job, Pair, PublishRequest, Subscription, Triplet};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -18,8 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::queue::JobStore;
-use crate::requests::Broker;
+use crate::requests::BrokerState;
 
 /// The Go lab's answer to an unknown topic, word for word, which its students' code may match.
 pub const NO_SUCH_TOPIC: &str = "No such topic.";
@@ -41,8 +41,8 @@ type Subscribes = Mutex<HashMap<(String, String, String), u32>>;
 
 /// Serves one Go client's connection until it closes or the broker stops. `read` holds the
 /// bytes the broker read to tell the protocol apart: the start of the client's first message.
-pub async fn serve_connection<S: JobStore>(
-    broker: Arc<Broker<S>>,
+pub async fn serve_connection(
+    broker: Arc<BrokerState>,
     stream: TcpStream,
     read: Vec<u8>,
     peer: SocketAddr,
@@ -51,29 +51,11 @@ pub async fn serve_connection<S: JobStore>(
     let (incoming, outgoing) = stream.into_split();
     let mut requests = ServerReader::new(Cursor::new(read).chain(incoming), Limits::default());
     let max_requests = broker.settings().admission.max_requests_per_connection;
-    let (replies, mut to_write) = mpsc::channel::<Reply>(max_requests);
+    let (replies, to_write) = mpsc::channel::<Reply>(max_requests);
     // Gone: stops the requests still waiting, e.g. a publish waiting for room, which then
     // leaves no job behind.
     let gone = shutdown.child_token();
-    let writer = tokio::spawn({
-        let gone = gone.clone();
-        async move {
-            let mut writer = ServerWriter::new(outgoing);
-            while let Some(reply) = to_write.recv().await {
-                let written = writer
-                    .write_response(
-                        reply.seq,
-                        &reply.service_method,
-                        reply.body.as_ref().map_err(String::as_str),
-                    )
-                    .await;
-                if written.is_err() {
-                    break;
-                }
-            }
-            gone.cancel();
-        }
-    });
+    let writer = tokio::spawn(write_replies(outgoing, to_write, gone.clone()));
     tracing::debug!("a Go net/rpc client connected from {peer}");
     let slots = Arc::new(Semaphore::new(max_requests));
     let calls = TaskTracker::new();
@@ -126,9 +108,32 @@ pub async fn serve_connection<S: JobStore>(
     tracing::debug!("the Go net/rpc client at {peer} closed its connection");
 }
 
+/// The connection's one writer: writes each reply as it comes, until the replies end or
+/// writing fails; then `gone` is cancelled.
+async fn write_replies(
+    outgoing: tokio::net::tcp::OwnedWriteHalf,
+    mut to_write: mpsc::Receiver<Reply>,
+    gone: CancellationToken,
+) {
+    let mut writer = ServerWriter::new(outgoing);
+    while let Some(reply) = to_write.recv().await {
+        let written = writer
+            .write_response(
+                reply.seq,
+                &reply.service_method,
+                reply.body.as_ref().map_err(String::as_str),
+            )
+            .await;
+        if written.is_err() {
+            break;
+        }
+    }
+    gone.cancel();
+}
+
 /// One request's answer: the reply's body, or the error string net/rpc carries.
-async fn answer<S: JobStore>(
-    broker: &Arc<Broker<S>>,
+async fn answer(
+    broker: &Arc<BrokerState>,
     service_method: &str,
     body: &Value,
     subscribes: &Subscribes,
@@ -169,9 +174,7 @@ async fn answer<S: JobStore>(
                 args.string("Callback").map_err(wrong)?.to_owned(),
             );
             let prefetch = {
-                let mut counts = subscribes
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut counts = subscribes.lock();
                 let count = counts
                     .entry((topic.clone(), address.clone(), callback.clone()))
                     .or_insert(0);

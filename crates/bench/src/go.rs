@@ -2,7 +2,6 @@
 //! command lines for a flow: W1go and W2go run them against our broker.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context};
 
@@ -21,10 +20,9 @@ pub struct GoPrograms {
     pub version: String,
 }
 
-/// Builds `tests/go`'s miner and factory into `<target>/bench-go/`, with the same environment
-/// as the system tests: nothing is downloaded (the module has no requirements, and
-/// `GOPROXY=off` keeps it so) and nothing is written to `$HOME`, Go's caches living in
-/// `<target>/go-cache` beside cargo's.
+/// Builds `tests/go`'s miner and factory into `<target>/bench-go/`, in the environment the
+/// system tests build them in ([`nats_harness::go::command`]): nothing downloaded, nothing
+/// written to `$HOME`.
 pub fn build(target: &Path) -> anyhow::Result<GoPrograms> {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go");
     // Checked first: a missing working directory is also reported as NotFound.
@@ -52,26 +50,8 @@ where
     I: IntoIterator<Item = A>,
     A: AsRef<std::ffi::OsStr>,
 {
-    let cache = target.join("go-cache");
-    let (gocache, gopath, gotmpdir) = (cache.join("build"), cache.join("path"), cache.join("tmp"));
-    for dir in [&gocache, &gopath, &gotmpdir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let output = Command::new("go")
-        .args(args)
-        .current_dir(source)
-        // Module mode whatever the caller's environment says: the import paths are the module's.
-        .env("GO111MODULE", "on")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        // A newer Go must not fetch the toolchain go.mod names; any Go from 1.19 builds it.
-        .env("GOTOOLCHAIN", "local")
-        // No go.work above the module, no C compiler needed for net.
-        .env("GOWORK", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", &gocache)
-        .env("GOPATH", &gopath)
-        .env("GOTMPDIR", &gotmpdir)
+    let output = nats_harness::go::command(source, target, args)
+        .with_context(|| format!("cannot create Go's caches in {}", target.display()))?
         .output();
     let output = match output {
         Ok(output) => output,

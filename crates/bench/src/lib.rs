@@ -3,9 +3,10 @@
 //! own counters, and reported as one line per workload plus SVG charts.
 //!
 //! - [`machine`]: CPU time and memory of processes, and how busy the machine is, from `/proc`.
-//! - [`processes`]: building and starting the programs.
+//! - [`processes`]: building and starting the programs, and reaching a broker once it listens.
 //! - [`go`]: the Go lab's own miner and factory, built from `tests/go`, and their flags.
 //! - [`workloads`]: one run of a flow of jobs, and its figures.
+//! - [`metrics`]: the broker's latency histogram, read from its `/metrics`.
 //! - [`suite`]: the workloads W1, W2, W3, M and S (and W1go, W2go: W1 and W2 with the Go lab's
 //!   miner and factories), repeated and reduced to medians.
 //! - [`charts`]: the S curve and W3's latency histogram as SVG.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod direct;
 pub mod go;
 pub mod machine;
+pub mod metrics;
 pub mod processes;
 pub mod soak;
 pub mod suite;

@@ -1,10 +1,15 @@
-//! The programs under test, built and started as separate processes.
+//! The programs under test, built and started as separate processes, and a broker reached once
+//! it listens.
 
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use stubs::BrokerClient;
+use transport::{AccessToken, ClientTls};
 
 use crate::machine::{self, Usage};
 
@@ -182,16 +187,16 @@ impl Process {
     }
 
     /// Waits up to `limit` for the process to exit on its own; whether it did.
-    pub async fn exited_within(&mut self, limit: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
+    pub async fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         loop {
             if !matches!(self.child.try_wait(), Ok(None)) {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -206,5 +211,42 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An address on loopback with a free port, for a program to listen on.
+pub fn loopback() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free port")?;
+    Ok(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        listener.local_addr()?.port(),
+    )))
+}
+
+/// How long a broker just started may take to listen.
+const LISTEN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A client of the broker at `address` once it listens, dialling in TLS with `tls`; while it
+/// does not, `alive` says whether the programs that should be running still are.
+pub async fn connect(
+    address: SocketAddr,
+    tls: Option<&ClientTls>,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<BrokerClient> {
+    let deadline = Instant::now() + LISTEN_LIMIT;
+    loop {
+        let token = AccessToken::none();
+        match transport::connect_broker(&address.to_string(), Duration::from_secs(1), &token, tls)
+            .await
+        {
+            Ok(client) => return Ok(client),
+            Err(error) if Instant::now() >= deadline => {
+                bail!("the broker did not start listening: {error}")
+            }
+            Err(_) => {
+                alive()?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }

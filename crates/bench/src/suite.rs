@@ -82,6 +82,21 @@ pub enum Workload {
 /// The factory counts of the S curve.
 pub const SCALING_FACTORIES: [u32; 4] = [1, 2, 4, 8];
 
+/// The concurrent flow with `factories` factories, in memory, that most workloads vary.
+fn concurrent(scale: Scale, factories: u32) -> Flow {
+    Flow {
+        buffer: 1_000,
+        publishers: 32,
+        factories,
+        prefetch: 16,
+        jobs: scale.concurrent_jobs,
+        rate: None,
+        store: Store::Memory,
+        language: Language::Rust,
+        tls: false,
+    }
+}
+
 impl Workload {
     /// Every workload, in the order `all` runs them.
     pub const ALL: [Workload; 12] = [
@@ -101,17 +116,7 @@ impl Workload {
 
     /// The flows of one run of this workload (S has one per factory count).
     pub fn flows(self, scale: Scale) -> Vec<Flow> {
-        let concurrent = |factories| Flow {
-            buffer: 1_000,
-            publishers: 32,
-            factories,
-            prefetch: 16,
-            jobs: scale.concurrent_jobs,
-            rate: None,
-            store: Store::Memory,
-            language: Language::Rust,
-            tls: false,
-        };
+        let concurrent = |factories| concurrent(scale, factories);
         let in_go = |flows: Vec<Flow>| {
             flows
                 .into_iter()
@@ -121,6 +126,10 @@ impl Workload {
                 })
                 .collect()
         };
+        let in_nats = |nodes, direct| Flow {
+            store: Store::Nats { nodes, direct },
+            ..concurrent(4)
+        };
         match self {
             Workload::W1 => vec![Flow {
                 buffer: 10,
@@ -128,36 +137,23 @@ impl Workload {
                 factories: 2,
                 prefetch: 1,
                 jobs: scale.faithful_jobs,
-                rate: None,
-                store: Store::Memory,
-                language: Language::Rust,
-                tls: false,
+                ..concurrent(2)
             }],
             Workload::W2 => vec![concurrent(4)],
             Workload::W1Go => in_go(Workload::W1.flows(scale)),
             Workload::W2Go => in_go(Workload::W2.flows(scale)),
             Workload::W3 => vec![Flow {
-                buffer: 1_000,
                 // Enough publishers that a slow round trip never holds the schedule back.
                 publishers: 16,
-                factories: 4,
-                prefetch: 16,
                 jobs: u64::from(scale.latency_rate) * u64::from(scale.latency_seconds),
                 rate: Some(scale.latency_rate),
-                store: Store::Memory,
-                language: Language::Rust,
-                tls: false,
+                ..concurrent(4)
             }],
             Workload::M => vec![Flow {
                 buffer: scale.memory_jobs.min(u64::from(u32::MAX)) as u32,
-                publishers: 32,
-                factories: 0,
                 prefetch: 1,
                 jobs: scale.memory_jobs,
-                rate: None,
-                store: Store::Memory,
-                language: Language::Rust,
-                tls: false,
+                ..concurrent(0)
             }],
             Workload::S => SCALING_FACTORIES.into_iter().map(concurrent).collect(),
             Workload::W2Durable => vec![Flow {
@@ -173,20 +169,8 @@ impl Workload {
                 flows[0].store = Store::Disk;
                 flows
             }
-            Workload::W2ClusterOne => vec![Flow {
-                store: Store::Nats {
-                    nodes: 1,
-                    direct: false,
-                },
-                ..concurrent(4)
-            }],
-            Workload::W2ClusterThree => vec![Flow {
-                store: Store::Nats {
-                    nodes: 3,
-                    direct: true,
-                },
-                ..concurrent(4)
-            }],
+            Workload::W2ClusterOne => vec![in_nats(1, false)],
+            Workload::W2ClusterThree => vec![in_nats(3, true)],
         }
     }
 

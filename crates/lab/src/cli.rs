@@ -1,6 +1,7 @@
 //! The `lab` program: the whole lab end to end in one terminal.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use broker::{print_results, Settings};
@@ -8,7 +9,7 @@ use clap::Parser;
 use factory::pipeline::PipelineReport;
 use lab_console::Console;
 use tokio_util::sync::CancellationToken;
-use transport::TlsFiles;
+use transport::{ClientTls, ServerTls, TlsFiles};
 
 use crate::{factory_config, miner_config, start_miner, RunningBroker, RunningFactory};
 
@@ -210,19 +211,19 @@ fn describe(pipeline: &FactoryPipeline, triplets_lab: bool) -> String {
         return format!("{name}'s pipeline did not report in time");
     };
     let pairs = || {
+        let left = report.leftovers.pairs.len();
+        let paired = 2 * report.pairs_published;
         format!(
-            "had {}, paired {}, {} left unpaired",
-            report.pair_results,
-            2 * report.pairs_published,
-            report.leftovers.pairs.len()
+            "had {}, paired {paired}, {left} left unpaired",
+            report.pair_results
         )
     };
     let triplets = || {
+        let left = report.leftovers.triplets.len();
+        let grouped = 3 * report.triplets_published;
         format!(
-            "had {}, grouped {} in threes, {} left over",
-            report.triplet_results,
-            3 * report.triplets_published,
-            report.leftovers.triplets.len()
+            "had {}, grouped {grouped} in threes, {left} left over",
+            report.triplet_results
         )
     };
     match (report.pair_results, report.triplet_results) {
@@ -279,57 +280,8 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         error,
     })?;
     tracing::info!("the broker listens on {}", broker.address);
-    let mut factories = Vec::new();
-    for number in 1..=cli.factories {
-        let name = format!("factory{number}");
-        let console = Console::prefixed(&name);
-        let mut config = factory_config(broker.address, !cli.no_pipeline);
-        config.tls = server_tls.clone();
-        config.link.tls = client_tls.clone();
-        let factory = RunningFactory::start(0, config, console).await?;
-        tracing::info!("factory {number} serves on {}", factory.address);
-        factories.push((name, factory));
-    }
-
-    let miners_stop = shutdown.child_token();
-    let mut topics = vec![stubs::MULTIPLY_TOPIC];
-    if cli.divide_miner {
-        topics.push(stubs::DIVIDE_TOPIC);
-    }
-    let miners: Vec<_> = topics
-        .iter()
-        .map(|&topic| {
-            let mut config = miner_config(broker.address, topic);
-            config.interval = cli.interval.into();
-            config.count = cli.count;
-            config.seed = cli.seed;
-            config.link.tls = client_tls.clone();
-            config.triplets = cli.triplets;
-            if cli.triplets {
-                config.max = miner::jobs::DEFAULT_MAX_TRIPLET;
-            }
-            let console = Console::prefixed(&format!("miner-{}", &topic[..3]));
-            (topic, start_miner(config, console, miners_stop.clone()))
-        })
-        .collect();
-
-    let mut outcome = Ok(());
-    let mut divide_miner = None;
-    for (topic, miner) in miners {
-        match miner.await {
-            Ok(Ok(report)) => {
-                tracing::info!(
-                    "the {topic} miner is done: it published {} jobs",
-                    report.published
-                );
-                if topic == stubs::DIVIDE_TOPIC {
-                    divide_miner = Some(report.published);
-                }
-            }
-            Ok(Err(error)) => outcome = Err(LabError::Miner(error)),
-            Err(error) => tracing::error!("the miner task failed: {error}"),
-        }
-    }
+    let factories = start_factories(&cli, broker.address, &server_tls, &client_tls).await?;
+    let (outcome, divide_miner) = run_miners(&cli, broker.address, &client_tls, &shutdown).await;
     if outcome.is_ok() && cli.count.is_some() {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -367,6 +319,77 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         divide_miner,
         pipelines,
     })
+}
+
+/// Starts the lab's factories on free ports, each named as its lines are prefixed.
+async fn start_factories(
+    cli: &LabArgs,
+    broker: SocketAddr,
+    server_tls: &Option<ServerTls>,
+    client_tls: &Option<ClientTls>,
+) -> Result<Vec<(String, RunningFactory)>, LabError> {
+    let mut factories = Vec::new();
+    for number in 1..=cli.factories {
+        let name = format!("factory{number}");
+        let console = Console::prefixed(&name);
+        let mut config = factory_config(broker, !cli.no_pipeline);
+        config.tls = server_tls.clone();
+        config.link.tls = client_tls.clone();
+        let factory = RunningFactory::start(0, config, console).await?;
+        tracing::info!("factory {number} serves on {}", factory.address);
+        factories.push((name, factory));
+    }
+    Ok(factories)
+}
+
+/// Runs the multiply miner, and the divide miner when asked, until they are done or `shutdown`
+/// stops them: the first miner's error, if any, and the jobs the divide miner published.
+async fn run_miners(
+    cli: &LabArgs,
+    broker: SocketAddr,
+    client_tls: &Option<ClientTls>,
+    shutdown: &CancellationToken,
+) -> (Result<(), LabError>, Option<u64>) {
+    let miners_stop = shutdown.child_token();
+    let mut topics = vec![stubs::MULTIPLY_TOPIC];
+    if cli.divide_miner {
+        topics.push(stubs::DIVIDE_TOPIC);
+    }
+    let miners: Vec<_> = topics
+        .iter()
+        .map(|&topic| {
+            let mut config = miner_config(broker, topic);
+            config.interval = cli.interval.into();
+            config.count = cli.count;
+            config.seed = cli.seed;
+            config.link.tls = client_tls.clone();
+            config.triplets = cli.triplets;
+            if cli.triplets {
+                config.max = miner::jobs::DEFAULT_MAX_TRIPLET;
+            }
+            let console = Console::prefixed(&format!("miner-{}", &topic[..3]));
+            (topic, start_miner(config, console, miners_stop.clone()))
+        })
+        .collect();
+
+    let mut outcome = Ok(());
+    let mut divide_miner = None;
+    for (topic, miner) in miners {
+        match miner.await {
+            Ok(Ok(report)) => {
+                tracing::info!(
+                    "the {topic} miner is done: it published {} jobs",
+                    report.published
+                );
+                if topic == stubs::DIVIDE_TOPIC {
+                    divide_miner = Some(report.published);
+                }
+            }
+            Ok(Err(error)) => outcome = Err(LabError::Miner(error)),
+            Err(error) => tracing::error!("the miner task failed: {error}"),
+        }
+    }
+    (outcome, divide_miner)
 }
 
 /// Returns once the lab's topics hold no ready and no in-flight job on two checks in a row: the

@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::queue::{MemoryStore, TopicStats};
-use broker::{Broker, Observer, Settings, Watcher};
+use broker::queue::TopicStats;
+use broker::{BrokerState, Config, Observer, Settings, StoreConfig, StoreError, Watcher};
 use factory::cli::LabTopic;
 use factory::pipeline::{PipelineReport, ReportSlot};
 use factory::{FactoryConfig, FactoryError};
@@ -31,14 +31,36 @@ pub mod new;
 pub struct RunningBroker {
     /// Where it listens.
     pub address: SocketAddr,
+    /// Where its dashboard and `/metrics` are served, if they are.
+    pub http: Option<SocketAddr>,
     /// Its state, for inspection.
-    pub broker: Arc<Broker<MemoryStore>>,
+    pub broker: Arc<BrokerState>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
+/// Why a broker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port cannot be bound.
+    #[error("cannot bind a port on 127.0.0.1: {0}")]
+    Bind(#[from] std::io::Error),
+    /// Its store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<StartError> for std::io::Error {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Bind(error) => error,
+            StartError::Store(error) => std::io::Error::other(error),
+        }
+    }
+}
+
 impl RunningBroker {
-    /// Starts a broker on `127.0.0.1:port` (0 for a free port).
+    /// Starts a broker on `127.0.0.1:port` (0 for a free port), its topics in memory.
     pub async fn start(port: u16, settings: Settings, observer: Observer) -> std::io::Result<Self> {
         Self::start_watched(port, settings, observer, None).await
     }
@@ -50,19 +72,34 @@ impl RunningBroker {
         observer: Observer,
         watcher: Option<Watcher>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-        let address = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let broker = Broker::watched(
-            MemoryStore::new(),
+        let config = Config {
             settings,
+            store: StoreConfig::default(),
             observer,
             watcher,
-            shutdown.clone(),
-        );
-        let task = tokio::spawn(broker::serve(broker.clone(), listener, shutdown.clone()));
+        };
+        Ok(Self::start_with(port, config, false).await?)
+    }
+
+    /// Starts the broker of `config` on `127.0.0.1:port` (0 for a free port), as the broker
+    /// program would, with its store opened first; with `http`, its dashboard and `/metrics`
+    /// on a free loopback port.
+    pub async fn start_with(port: u16, config: Config, http: bool) -> Result<Self, StartError> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let address = listener.local_addr()?;
+        let http = match http {
+            true => Some(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?),
+            false => None,
+        };
+        let shutdown = CancellationToken::new();
+        let ready = broker::open(config, listener, http, shutdown.clone())
+            .await?
+            .expect("nothing stops the broker before it has started");
+        let (broker, http) = (ready.state().clone(), ready.http_address());
+        let task = tokio::spawn(ready.serve());
         Ok(Self {
             address,
+            http,
             broker,
             shutdown,
             task,

@@ -72,42 +72,25 @@ const DIR: &str = "{{DIR}}";
 /// Stands for the `--factory` argument of `lab mark` for the new project, quoted for a shell.
 const MARK_FACTORY: &str = "{{MARK_FACTORY}}";
 
-/// One file of the project: where it goes in the folder, and its template.
-struct Template {
-    path: &'static str,
-    text: &'static str,
-}
-
-/// The project's files, in the order they are written and listed.
-const TEMPLATES: &[Template] = &[
-    Template {
-        path: "Cargo.toml",
-        text: include_str!("../template/Cargo.toml.txt"),
-    },
-    Template {
-        path: "Cargo.lock",
-        text: include_str!("../../../Cargo.lock"),
-    },
-    Template {
-        path: "factory/Cargo.toml",
-        text: include_str!("../template/factory/Cargo.toml.txt"),
-    },
-    Template {
-        path: "factory/src/main.rs",
-        text: include_str!("../template/factory/src/main.rs.txt"),
-    },
-    Template {
-        path: "factory/src/wire.rs",
-        text: include_str!("../template/factory/src/wire.rs.txt"),
-    },
-    Template {
-        path: "README.md",
-        text: include_str!("../template/README.md.txt"),
-    },
-    Template {
-        path: ".gitignore",
-        text: include_str!("../template/gitignore.txt"),
-    },
+/// The project's files, in the order they are written and listed: where each goes in the
+/// folder, and its template.
+const TEMPLATES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../template/Cargo.toml.txt")),
+    ("Cargo.lock", include_str!("../../../Cargo.lock")),
+    (
+        "factory/Cargo.toml",
+        include_str!("../template/factory/Cargo.toml.txt"),
+    ),
+    (
+        "factory/src/main.rs",
+        include_str!("../template/factory/src/main.rs.txt"),
+    ),
+    (
+        "factory/src/wire.rs",
+        include_str!("../template/factory/src/wire.rs.txt"),
+    ),
+    ("README.md", include_str!("../template/README.md.txt")),
+    (".gitignore", include_str!("../template/gitignore.txt")),
 ];
 
 /// The pairbroker checkout this program was built from: `crates/lab` lies two folders below it.
@@ -166,9 +149,9 @@ fn write_project(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), NewError> {
         (MARK_FACTORY, shell_quote(&mark)),
     ];
     let mut written = Vec::with_capacity(TEMPLATES.len());
-    for template in TEMPLATES {
-        let path = dir.join(template.path);
-        let mut text = template.text.to_owned();
+    for (path, template) in TEMPLATES {
+        let path = dir.join(path);
+        let mut text = (*template).to_owned();
         for (placeholder, value) in &substitutions {
             text = text.replace(placeholder, value);
         }
@@ -325,9 +308,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let written = write(dir.path()).unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
-        let expected: Vec<PathBuf> = TEMPLATES.iter().map(|t| root.join(t.path)).collect();
+        let expected: Vec<PathBuf> = TEMPLATES.iter().map(|(path, _)| root.join(path)).collect();
         assert_eq!(written, expected);
-        let mut relative: Vec<PathBuf> = TEMPLATES.iter().map(|t| t.path.into()).collect();
+        let mut relative: Vec<PathBuf> = TEMPLATES.iter().map(|(path, _)| path.into()).collect();
         relative.sort();
         assert_eq!(listed(dir.path()), relative);
         for path in &written {

@@ -5,7 +5,10 @@
 //! back.
 //!
 //! Blocking calls, std only, so that the broker's unit tests, the system tests and the
-//! benchmark runner can all use it.
+//! benchmark runner can all use it. For the same readers, [`go`] runs the Go toolchain on the
+//! Go lab's programs, the other outside programs they start.
+
+pub mod go;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -58,8 +59,9 @@ struct Inner {
     _closing: DropGuard,
 }
 
-/// What the caller, the reader task and the writer task share. A std mutex: it is held only
-/// to look up or change the map, never across an await.
+/// What the caller, the reader task and the writer task share. A blocking mutex, not tokio's:
+/// it is held only to look up or change the map, never across an await. The state stays
+/// consistent at every step, so parking_lot's, which a panic cannot poison, fits.
 struct Shared {
     state: Mutex<State>,
 }
@@ -155,7 +157,7 @@ impl Client {
         let shared = &self.inner.shared;
         let (reply, replied) = oneshot::channel();
         let seq = {
-            let mut state = shared.lock();
+            let mut state = shared.state.lock();
             if let Some(failure) = &state.failure {
                 return Err(CallError::Transport(failure.clone()));
             }
@@ -186,7 +188,7 @@ impl Client {
     /// Whether the connection has failed: every call on it now fails with
     /// [`CallError::Transport`], and a new connection is needed.
     pub fn is_closed(&self) -> bool {
-        self.inner.shared.lock().failure.is_some()
+        self.inner.shared.state.lock().failure.is_some()
     }
 
     /// Waits until the connection has failed (the server closed it, or reading or writing
@@ -207,24 +209,19 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.seq);
+        self.shared.state.lock().pending.remove(&self.seq);
     }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent at every step, so a panic elsewhere leaves it usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn transport_error(&self) -> CallError {
-        let failure = self.lock().failure.clone();
+        let failure = self.state.lock().failure.clone();
         CallError::Transport(failure.unwrap_or_else(|| "the connection closed".to_owned()))
     }
 
     /// Marks the connection failed and fails every pending call with the first reason.
     fn fail(&self, reason: String) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let reason = state.failure.get_or_insert(reason).clone();
         for (_, waiter) in state.pending.drain() {
             // A caller that stopped waiting no longer cares.
@@ -275,7 +272,7 @@ async fn route_replies<R: AsyncRead + Unpin>(stream: &mut GobReader<R>, shared: 
                 ))),
             }
         };
-        let waiter = shared.lock().pending.remove(&header.seq);
+        let waiter = shared.state.lock().pending.remove(&header.seq);
         if let Some(waiter) = waiter {
             let _ = waiter.send(outcome);
         }

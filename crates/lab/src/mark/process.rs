@@ -5,9 +5,10 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 
@@ -119,7 +120,7 @@ impl FactoryProcess {
     /// `panicked at`, Go's `panic:`) is quoted first when the stack trace after it would push
     /// it out of the last lines.
     pub fn last_words(&self) -> String {
-        let lines = lock(&self.lines);
+        let lines = self.lines.lock();
         if lines.is_empty() {
             return String::new();
         }
@@ -250,18 +251,11 @@ fn push_line(lines: &Mutex<VecDeque<String>>, line: &[u8]) {
     if text.is_empty() {
         return;
     }
-    let mut lines = lock(lines);
+    let mut lines = lines.lock();
     if lines.len() == KEPT_LINES {
         lines.pop_front();
     }
     lines.push_back(text);
-}
-
-/// A poisoned lock still holds lines worth quoting.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

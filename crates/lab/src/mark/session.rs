@@ -112,7 +112,7 @@ impl<'a> Session<'a> {
     }
 
     /// What the broker has seen so far.
-    pub fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+    pub fn journal(&self) -> parking_lot::MutexGuard<'_, Journal> {
         self.broker.journal()
     }
 

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::queue::JobId;
 use broker::{Outcome, Request, Settings};
+use parking_lot::{Mutex, MutexGuard};
 use stubs::{ChannelRequest, Job, Subscription};
 
 use super::TOPIC_BUFFER;
@@ -52,6 +53,40 @@ pub struct Journal {
 }
 
 impl Journal {
+    fn see_outcome(&mut self, outcome: &Outcome) {
+        Self::record(&mut self.outcomes, &mut self.left_out, outcome.clone());
+    }
+
+    fn see_request(&mut self, request: Request<'_>) {
+        match request {
+            Request::Subscribe {
+                subscription,
+                answer,
+            } => {
+                let seen = SubscribeSeen {
+                    subscription: subscription.clone(),
+                    refusal: answer.err().map(ToString::to_string),
+                };
+                Self::record(&mut self.subscribes, &mut self.left_out, seen);
+            }
+            Request::Publish {
+                topic,
+                jobs,
+                stored,
+                ..
+            } => {
+                for (job, id) in jobs.iter().zip(stored) {
+                    let seen = PublishSeen {
+                        topic: topic.to_owned(),
+                        job: *job,
+                        id: *id,
+                    };
+                    Self::record(&mut self.publishes, &mut self.left_out, seen);
+                }
+            }
+        }
+    }
+
     fn record<T>(records: &mut Vec<T>, left_out: &mut u64, record: T) {
         if records.len() < MAX_RECORDS {
             records.push(record);
@@ -92,49 +127,9 @@ impl WatchedBroker {
         let running = RunningBroker::start_watched(
             0,
             settings,
-            Arc::new(move |outcome: &Outcome| {
-                let mut journal = lock(&outcomes);
-                let Journal {
-                    outcomes, left_out, ..
-                } = &mut *journal;
-                Journal::record(outcomes, left_out, outcome.clone());
-            }),
+            Arc::new(move |outcome: &Outcome| outcomes.lock().see_outcome(outcome)),
             Some(Arc::new(move |request: Request<'_>| {
-                let mut journal = lock(&requests);
-                let Journal {
-                    subscribes,
-                    publishes,
-                    left_out,
-                    ..
-                } = &mut *journal;
-                match request {
-                    Request::Subscribe {
-                        subscription,
-                        answer,
-                    } => Journal::record(
-                        subscribes,
-                        left_out,
-                        SubscribeSeen {
-                            subscription: subscription.clone(),
-                            refusal: answer.err().map(ToString::to_string),
-                        },
-                    ),
-                    Request::Publish {
-                        topic,
-                        jobs,
-                        stored,
-                        ..
-                    } => {
-                        for (job, id) in jobs.iter().zip(stored) {
-                            let seen = PublishSeen {
-                                topic: topic.to_owned(),
-                                job: *job,
-                                id: *id,
-                            };
-                            Journal::record(publishes, left_out, seen);
-                        }
-                    }
-                }
+                requests.lock().see_request(request)
             })),
         )
         .await?;
@@ -168,18 +163,11 @@ impl WatchedBroker {
 
     /// What the broker has seen so far.
     pub fn journal(&self) -> MutexGuard<'_, Journal> {
-        lock(&self.journal)
+        self.journal.lock()
     }
 
     /// Stops the broker.
     pub async fn stop(self) {
         self.running.stop().await;
     }
-}
-
-/// A poisoned journal still holds what was seen.
-fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
-    journal
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

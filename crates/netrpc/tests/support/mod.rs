@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -17,15 +16,13 @@ use tokio::process::{Child, Command};
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binaries built so far by this test process, by program name: each is built once.
-static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+static BUILT: parking_lot::Mutex<Option<HashMap<String, PathBuf>>> = parking_lot::Mutex::new(None);
 
 /// Builds `tests/go/<name>` with the standard library only, with every file Go writes kept
 /// in cargo's target directory, never in $HOME and never fetched from the network.
 pub fn go_binary(name: &str) -> PathBuf {
     // Held while building, so that two tests needing the same program build it once.
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut built = BUILT.lock();
     let built = built.get_or_insert_with(HashMap::new);
     if let Some(path) = built.get(name) {
         return path.clone();

@@ -1,9 +1,10 @@
-// Command gobbytes prints the bytes Go's gob encoder writes for a few net/rpc messages, as
-// Rust byte-array literals. The unit tests in src/go_bytes.rs hold its output, produced once:
+// Command gobbytes writes the bytes Go's gob encoder writes for a few net/rpc messages, each
+// stream to a file of its own beside it. The unit tests in src/go_bytes.rs read those files,
+// produced once:
 //
-//	go run main.go request
-//	go run main.go response
-//	go run main.go extras
+//	go run main.go request   # request.gob
+//	go run main.go response  # response.gob
+//	go run main.go extras    # extras.gob and nested.gob
 //
 // Each run is a fresh process, so its types are numbered from 65 as our encoder numbers them.
 package main
@@ -59,15 +60,12 @@ type ChannelRequest struct {
 	Buffer  int
 }
 
-func dump(label string, b *bytes.Buffer) {
-	fmt.Printf("// %s\n&[", label)
-	for i, c := range b.Bytes() {
-		if i%16 == 0 {
-			fmt.Printf("\n   ")
-		}
-		fmt.Printf(" 0x%02x,", c)
+// dump writes what the encoder has written so far to the file name, and starts afresh.
+func dump(name string, b *bytes.Buffer) {
+	if err := os.WriteFile(name, b.Bytes(), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "cannot write", name+":", err)
+		os.Exit(1)
 	}
-	fmt.Printf("\n]\n")
 	b.Reset()
 }
 
@@ -77,20 +75,16 @@ func main() {
 	switch os.Args[1] {
 	case "request":
 		enc.Encode(Request{"Broker.Publish", 0})
-		dump("header0", &b)
 		enc.Encode(PublishRequest{"multiply", Pair{3, 4}})
-		dump("body0", &b)
 		enc.Encode(Request{"Broker.Publish", 1})
-		dump("header1", &b)
 		enc.Encode(PublishRequest{"multiply", Pair{-5, 0}})
-		dump("body1", &b)
+		dump("request.gob", &b)
 	case "response":
 		enc.Encode(Response{"Broker.Publish", 7, ""})
 		enc.Encode(StatusReport{"ok"})
-		dump("ok", &b)
 		enc.Encode(Response{"Broker.Publish", 8, "No such topic."})
 		enc.Encode(struct{}{})
-		dump("error", &b)
+		dump("response.gob", &b)
 	case "extras":
 		gob.Register(Pair{})
 		gob.Register(Wrapper{})
@@ -111,14 +105,14 @@ func main() {
 			Buffer:  10,
 		}
 		enc.Encode(first)
-		dump("extras", &b)
+		dump("extras.gob", &b)
 		second := ChannelRequest{
 			Topic:  "divide",
 			Any:    Wrapper{"outer", Triplet{4, 5, 6}},
 			Buffer: 3,
 		}
 		enc.Encode(second)
-		dump("nested interfaces", &b)
+		dump("nested.gob", &b)
 		// Check that Go reads back what it wrote.
 		var again bytes.Buffer
 		enc = gob.NewEncoder(&again)

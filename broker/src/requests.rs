@@ -21,7 +21,7 @@ use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::Observer;
 use crate::queue::{
     validate_buffer, validate_prefetch, validate_topic_name, JobId, JobStore, QueueError,
-    TopicCreation, TopicStats,
+    TopicCreation, TopicStats, ValidationError,
 };
 use crate::settings::Settings;
 use crate::store::Store;
@@ -574,6 +574,20 @@ impl From<QueueError> for BrokerError {
             },
             // Requests never settle deliveries; only dispatchers do, and they log this.
             QueueError::NotInFlight { topic, .. } => BrokerError::NoSuchTopic { topic },
+        }
+    }
+}
+
+impl From<ValidationError> for BrokerError {
+    fn from(error: ValidationError) -> Self {
+        match error {
+            ValidationError::Topic { topic, reason } => BrokerError::InvalidTopic { topic, reason },
+            ValidationError::Buffer { buffer, min, max } => {
+                BrokerError::InvalidBuffer { buffer, min, max }
+            }
+            ValidationError::Prefetch { prefetch, min, max } => {
+                BrokerError::InvalidPrefetch { prefetch, min, max }
+            }
         }
     }
 }

@@ -1,6 +1,38 @@
 //! What the broker accepts as a topic name, a buffer and a prefetch.
 
-use stubs::BrokerError;
+/// Why a topic name, a buffer or a prefetch was refused. The request layer answers the RPC with
+/// the matching `BrokerError`, whose text is the same.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The topic name breaks the naming rule.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    Topic {
+        /// The name given, cut to the longest allowed.
+        topic: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// The buffer is outside the allowed range.
+    #[error("invalid buffer {buffer}: it must be from {min} to {max}")]
+    Buffer {
+        /// The buffer given.
+        buffer: u32,
+        /// The smallest buffer allowed.
+        min: u32,
+        /// The largest buffer allowed.
+        max: u32,
+    },
+    /// The prefetch is outside the allowed range.
+    #[error("invalid prefetch {prefetch}: it must be from {min} to {max}")]
+    Prefetch {
+        /// The prefetch given.
+        prefetch: u32,
+        /// The smallest prefetch allowed.
+        min: u32,
+        /// The largest prefetch allowed.
+        max: u32,
+    },
+}
 
 /// The longest topic name: long enough for any descriptive name, short enough to log.
 pub const MAX_TOPIC_NAME_LENGTH: usize = 255;
@@ -14,8 +46,8 @@ pub const MIN_PREFETCH: u32 = 1;
 pub const MAX_PREFETCH: u32 = 1_024;
 
 /// Checks a topic name: 1 to 255 ASCII letters, digits, `.`, `_` or `-`.
-pub fn validate_topic_name(topic: &str) -> Result<(), BrokerError> {
-    let invalid = |reason: String| BrokerError::InvalidTopic {
+pub fn validate_topic_name(topic: &str) -> Result<(), ValidationError> {
+    let invalid = |reason: String| ValidationError::Topic {
         topic: topic.chars().take(MAX_TOPIC_NAME_LENGTH).collect(),
         reason,
     };
@@ -40,11 +72,11 @@ pub fn validate_topic_name(topic: &str) -> Result<(), BrokerError> {
 }
 
 /// Checks a topic's buffer.
-pub fn validate_buffer(buffer: u32) -> Result<(), BrokerError> {
+pub fn validate_buffer(buffer: u32) -> Result<(), ValidationError> {
     if (MIN_BUFFER..=MAX_BUFFER).contains(&buffer) {
         Ok(())
     } else {
-        Err(BrokerError::InvalidBuffer {
+        Err(ValidationError::Buffer {
             buffer,
             min: MIN_BUFFER,
             max: MAX_BUFFER,
@@ -53,11 +85,11 @@ pub fn validate_buffer(buffer: u32) -> Result<(), BrokerError> {
 }
 
 /// Checks a subscription's prefetch.
-pub fn validate_prefetch(prefetch: u32) -> Result<(), BrokerError> {
+pub fn validate_prefetch(prefetch: u32) -> Result<(), ValidationError> {
     if (MIN_PREFETCH..=MAX_PREFETCH).contains(&prefetch) {
         Ok(())
     } else {
-        Err(BrokerError::InvalidPrefetch {
+        Err(ValidationError::Prefetch {
             prefetch,
             min: MIN_PREFETCH,
             max: MAX_PREFETCH,
@@ -76,10 +108,7 @@ mod tests {
         }
         for bad in ["", "with space", "slash/", "ünï", &"x".repeat(256)] {
             assert!(
-                matches!(
-                    validate_topic_name(bad),
-                    Err(BrokerError::InvalidTopic { .. })
-                ),
+                matches!(validate_topic_name(bad), Err(ValidationError::Topic { .. })),
                 "{bad}"
             );
         }
@@ -94,5 +123,44 @@ mod tests {
         assert!(validate_prefetch(0).is_err());
         assert_eq!(validate_prefetch(1_024), Ok(()));
         assert!(validate_prefetch(1_025).is_err());
+    }
+
+    #[test]
+    fn the_errors_read_as_the_rpc_errors_they_become() {
+        use stubs::BrokerError;
+        let topic = validate_topic_name("a b").unwrap_err();
+        let ValidationError::Topic {
+            topic: name,
+            reason,
+        } = topic.clone()
+        else {
+            panic!("{topic:?}");
+        };
+        assert_eq!(
+            topic.to_string(),
+            BrokerError::InvalidTopic {
+                topic: name,
+                reason
+            }
+            .to_string()
+        );
+        assert_eq!(
+            validate_buffer(0).unwrap_err().to_string(),
+            BrokerError::InvalidBuffer {
+                buffer: 0,
+                min: MIN_BUFFER,
+                max: MAX_BUFFER
+            }
+            .to_string()
+        );
+        assert_eq!(
+            validate_prefetch(0).unwrap_err().to_string(),
+            BrokerError::InvalidPrefetch {
+                prefetch: 0,
+                min: MIN_PREFETCH,
+                max: MAX_PREFETCH
+            }
+            .to_string()
+        );
     }
 }

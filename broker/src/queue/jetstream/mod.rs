@@ -14,40 +14,33 @@
 //! its topic's capacity (it stays in the stream until acknowledged), and a job put back is
 //! redelivered first as JetStream sees fit, not strictly at the head.
 
+mod connect;
+mod names;
+mod puller;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
 use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::compact::{from_record, to_record, QueuedJob};
+use super::codec::{dead_letter_from, dead_letter_record, from_record, to_record, QueuedJob};
+use super::dead_letters::letter;
+use super::in_flight::InFlight;
 use super::{Delivery, JobId, JobStore, QueueError, StreamFigures, TopicCreation, TopicStats};
+use names::{dead_letter_subject, stream_name, subject, topic_of_stream, DEAD_LETTERS};
+use puller::{pull_for_takers, Held, PutBack, Taker};
 
 /// The one durable consumer all brokers share on each topic.
 const CONSUMER: &str = "pairbroker";
-/// The stream that keeps dead letters, a subject per topic. Not `pairbroker-…`, the prefix of
-/// the topics' streams, so that no topic's stream can have its name.
-const DEAD_LETTERS: &str = "pairbroker_dead_letters";
 /// How long one pull request for a job waits at the server.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
-/// How many jobs a pull asks for beyond the takes waiting.
-const LOOKAHEAD: usize = 32;
-/// The most jobs one pull request asks for.
-const MOST_IN_ONE_PULL: usize = 256;
-/// The pause between two tries of a cluster that a starting broker cannot reach, or that is
-/// not ready (electing its leaders): short, since clients are told to wait meanwhile.
-const READY_RETRY: Duration = Duration::from_secs(1);
-/// How long one try waits for JetStream's answer at start. A cluster still electing its
-/// leaders may leave a request unanswered, and the client's own request timeout (10 s) per try
-/// would keep the broker waiting that long after the cluster is ready.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long one try waits for a NATS server to take the connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a publish to a full stream waits before it tries again.
 const FULL_RETRY: Duration = Duration::from_millis(5);
 
@@ -91,120 +84,13 @@ impl std::fmt::Debug for JetStreamStore {
     }
 }
 
-/// Jobs held by this broker for its next takes, first first, with the attempts they had when
-/// this broker holds them for a reason JetStream did not see (`None`: JetStream's count holds).
-type PutBack = Arc<Mutex<std::collections::VecDeque<Held>>>;
-
-/// A job this broker holds for its next take: the message, the attempts it had when this
-/// broker put it back (`None`: JetStream's count holds), and since when it is held.
-struct Held {
-    message: jetstream::Message,
-    attempts: Option<u32>,
-    since: Instant,
-}
-
-/// A take waiting for its job.
-type Taker = oneshot::Sender<Held>;
-
-/// Pulls jobs for the takes waiting, in one pull request for all of them and
-/// [`LOOKAHEAD`] more (up to [`MOST_IN_ONE_PULL`]). A job with no take waiting for it (a take
-/// dropped before its job came, or the lookahead) is held in this broker for the next take, at
-/// most half its ack wait; it is never lost: unacknowledged, JetStream delivers it again. Jobs
-/// held go to takes before any pull, and to a take that comes while a pull is under way.
-async fn pull_for_takers(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    mut takers: mpsc::UnboundedReceiver<Taker>,
-    put_back: PutBack,
-) {
-    let mut waiting = std::collections::VecDeque::new();
-    loop {
-        if waiting.is_empty() {
-            match takers.recv().await {
-                Some(taker) => waiting.push_back(taker),
-                None => return,
-            }
-        }
-        while let Ok(taker) = takers.try_recv() {
-            waiting.push_back(taker);
-        }
-        serve_held(&mut waiting, &put_back);
-        if waiting.is_empty() {
-            continue;
-        }
-        // A few more than the takes waiting: a dispatcher fills its batch with the takes that
-        // are ready at once, and these are.
-        let pulled = consumer
-            .batch()
-            .max_messages((waiting.len() + LOOKAHEAD).min(MOST_IN_ONE_PULL))
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match pulled {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!("cannot pull from JetStream ({error}); trying again");
-                tokio::time::sleep(PULL_EXPIRES).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                message = batch.next() => match message {
-                    Some(Ok(message)) => {
-                        let held = Held { message, attempts: None, since: Instant::now() };
-                        hand_over(held, &mut waiting, &put_back);
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!("a pull request ended early: {error}");
-                        tokio::time::sleep(FULL_RETRY).await;
-                        break;
-                    }
-                    None => break,
-                },
-                taker = takers.recv() => match taker {
-                    Some(taker) => {
-                        waiting.push_back(taker);
-                        serve_held(&mut waiting, &put_back);
-                    }
-                    None => return,
-                },
-            }
-        }
-    }
-}
-
-/// Gives the jobs held here to the takes waiting, first first.
-fn serve_held(waiting: &mut std::collections::VecDeque<Taker>, put_back: &PutBack) {
-    waiting.retain(|taker| !taker.is_closed());
-    while !waiting.is_empty() {
-        let Some(held) = lock(put_back).pop_front() else {
-            return;
-        };
-        hand_over(held, waiting, put_back);
-    }
-}
-
-/// Gives `held` to the first take still waiting, or holds it here for the next take.
-fn hand_over(held: Held, waiting: &mut std::collections::VecDeque<Taker>, put_back: &PutBack) {
-    let mut held = held;
-    while let Some(taker) = waiting.pop_front() {
-        match taker.send(held) {
-            Ok(()) => return,
-            Err(returned) => held = returned,
-        }
-    }
-    // No take waits (a pull asks for more, or a take was dropped): the job waits here for the
-    // next take, behind those held before it.
-    lock(put_back).push_back(held);
-}
-
 struct Topic {
     name: Arc<str>,
     capacity: usize,
     subject: String,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     /// Jobs taken through this broker and not yet settled, with the message to settle.
-    in_flight: Mutex<HashMap<JobId, jetstream::Message>>,
+    in_flight: Mutex<InFlight<jetstream::Message>>,
     /// Jobs this broker holds for its next takes: those it put back after a failed call, at
     /// the head (JetStream would redeliver a nak'ed job after newer ones; their ack wait is
     /// reset), then those pulled ahead. Still unacknowledged at the server: should this broker
@@ -220,122 +106,21 @@ struct Topic {
     undeliverable: AtomicU64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn storage(error: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(error.to_string())
 }
 
-/// A topic's name as a stream name and subject token: `_` doubled and `.` (allowed in topic
-/// names, not in stream names) written `_d`, so that distinct topics stay distinct.
-fn escaped(topic: &str) -> String {
-    topic.replace('_', "__").replace('.', "_d")
-}
-
-fn unescaped(name: &str) -> String {
-    let mut topic = String::with_capacity(name.len());
-    let mut chars = name.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '_') {
-            (_, true) => match chars.next() {
-                Some('d') => topic.push('.'),
-                _ => topic.push('_'),
-            },
-            (c, false) => topic.push(c),
-        }
-    }
-    topic
-}
-
-fn stream_name(topic: &str) -> String {
-    format!("pairbroker-{}", escaped(topic))
+/// A dead letter as the stream keeps it: in the shared encoding, or as JSON, which brokers
+/// wrote before they shared it (the two cannot be taken for each other: JSON's first bytes
+/// are no valid record).
+fn read_dead_letter(payload: &[u8]) -> Option<DeadLetter> {
+    dead_letter_from(payload).or_else(|| serde_json::from_slice(payload).ok())
 }
 
 impl JetStreamStore {
-    /// Connects to the cluster and makes sure the dead-letter stream exists. A cluster not
-    /// reachable yet, or not ready (electing its leaders), is waited for, a line logged per
-    /// try, for as long as it takes: the caller stops waiting by dropping the future. What
-    /// waiting would not mend (a host name that does not resolve, credentials refused) is an
-    /// error at once.
-    pub async fn connect(config: JetStreamConfig) -> Result<Self, JetStreamError> {
-        let servers = config.servers.join(",");
-        let failed = |reason: &dyn std::fmt::Display| JetStreamError {
-            servers: servers.clone(),
-            reason: reason.to_string(),
-        };
-        let waiting = |reason: &dyn std::fmt::Display| {
-            tracing::warn!(
-                "waiting for JetStream at {servers}: {reason}; trying again in {}",
-                transport::words::Rounded(READY_RETRY)
-            );
-        };
-        let client = loop {
-            let connected = async_nats::ConnectOptions::new()
-                .connection_timeout(CONNECT_TIMEOUT)
-                .connect(config.servers.as_slice())
-                .await;
-            match connected {
-                Ok(client) => break client,
-                Err(error) if may_connect_yet(&error) => waiting(&error),
-                Err(error) => return Err(failed(&error)),
-            }
-            tokio::time::sleep(READY_RETRY).await;
-        };
-        let version = client.server_info().version;
-        if !is_trusted_version(&version) {
-            tracing::warn!(
-                "nats-server {version} is older than {}.{}: 2.9.10 was seen acknowledging publishes to a full \
-                 replicated stream with wrong sequences, losing jobs; 2.15.1 passes our fault test",
-                TRUSTED_VERSION.0,
-                TRUSTED_VERSION.1
-            );
-        }
-        let js = jetstream::new(client.clone());
-        let dead_letters = stream::Config {
-            name: DEAD_LETTERS.into(),
-            subjects: vec![format!("{DEAD_LETTERS}.>")],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            max_messages_per_subject: config.dead_letter_limit.max(1) as i64,
-            ..Default::default()
-        };
-        // The dead-letter stream answering is the sign that JetStream is ready. A cluster that
-        // lost a node a moment ago may take seconds to elect its leaders: the broker waits.
-        loop {
-            let probe = js.get_or_create_stream(dead_letters.clone());
-            match tokio::time::timeout(READY_PROBE_TIMEOUT, probe).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(error)) if is_transient(&error) => waiting(&error),
-                Ok(Err(error)) => return Err(failed(&error)),
-                Err(_) => waiting(&format_args!(
-                    "no answer within {}",
-                    transport::words::Rounded(READY_PROBE_TIMEOUT)
-                )),
-            }
-            tokio::time::sleep(READY_RETRY).await;
-        }
-        Ok(Self {
-            client,
-            js,
-            config,
-            topics: RwLock::default(),
-            #[cfg(test)]
-            server: None,
-        })
-    }
-
     /// The topic, from this broker's memory or from the cluster (another broker made it).
     async fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
-        if let Some(topic) = self
-            .topics
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(name)
-        {
+        if let Some(topic) = self.topics.read().get(name) {
             return Ok(topic.clone());
         }
         let stream = match self.js.get_stream(stream_name(name)).await {
@@ -380,7 +165,7 @@ impl JetStreamStore {
         let topic = Arc::new(Topic {
             name: Arc::from(name),
             capacity,
-            subject: format!("pairbroker.{}", escaped(name)),
+            subject: subject(name),
             consumer,
             in_flight: Mutex::default(),
             put_back: put_back.clone(),
@@ -391,10 +176,7 @@ impl JetStreamStore {
             requeued: AtomicU64::new(0),
             undeliverable: AtomicU64::new(0),
         });
-        let mut topics = self
-            .topics
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut topics = self.topics.write();
         Ok(topics.entry(Arc::from(name)).or_insert(topic).clone())
     }
 
@@ -434,18 +216,8 @@ impl JetStreamStore {
             topic.name,
             delivery.job
         );
-        lock(&topic.in_flight).insert(id, message);
+        topic.in_flight.lock().insert(id, message);
         Some(delivery)
-    }
-
-    /// The in-flight message of `delivery`, taken out: it is settled once.
-    fn settle(topic: &Topic, delivery: &Delivery) -> Result<jetstream::Message, QueueError> {
-        lock(&topic.in_flight)
-            .remove(&delivery.id)
-            .ok_or_else(|| QueueError::NotInFlight {
-                topic: delivery.topic.to_string(),
-                id: delivery.id,
-            })
     }
 }
 
@@ -462,51 +234,6 @@ async fn confirmed(
         .ok_or_else(|| storage("not a JetStream message"))?;
     client.request(reply, kind.into()).await.map_err(storage)?;
     Ok(())
-}
-
-/// The oldest nats-server release not known to lose jobs: 2.9.10 (Debian bookworm's) answers
-/// some publishes to a full replicated stream with another job's sequence, and stores not all
-/// of those it acknowledged (`tests/tests/cluster_faults.rs` found it; 2.15.1 passes).
-const TRUSTED_VERSION: (u64, u64) = (2, 10);
-
-/// Whether `version` (`2.15.1`) is [`TRUSTED_VERSION`] or later.
-fn is_trusted_version(version: &str) -> bool {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|part| part.parse::<u64>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= TRUSTED_VERSION,
-        _ => false,
-    }
-}
-
-/// Whether connecting to NATS failed for a while only: no server taking connections yet. A
-/// host name that does not resolve, or credentials or TLS refused, will not mend by waiting.
-fn may_connect_yet(error: &async_nats::ConnectError) -> bool {
-    use async_nats::ConnectErrorKind as Kind;
-    matches!(
-        error.kind(),
-        Kind::Io | Kind::TimedOut | Kind::MaxReconnects
-    )
-}
-
-/// Whether creating a stream failed for a while only: no answer in time, or a cluster still
-/// electing its leaders.
-fn is_transient(error: &jetstream::context::CreateStreamError) -> bool {
-    use jetstream::context::CreateStreamErrorKind as Kind;
-    use jetstream::ErrorCode;
-    match error.kind() {
-        Kind::TimedOut | Kind::JetStreamUnavailable => true,
-        Kind::JetStream(error) => [
-            ErrorCode::CLUSTER_NOT_AVAILABLE,
-            ErrorCode::CLUSTER_NOT_ACTIVE,
-            ErrorCode::CLUSTER_NOT_LEADER,
-            ErrorCode::CLUSTER_NOT_ASSIGNED,
-        ]
-        .contains(&error.error_code()),
-        _ => false,
-    }
 }
 
 /// Whether a publish was refused because the stream is full.
@@ -528,7 +255,7 @@ impl JobStore for JetStreamStore {
         }
         let config = stream::Config {
             name: stream_name(topic),
-            subjects: vec![format!("pairbroker.{}", escaped(topic))],
+            subjects: vec![subject(topic)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: self.config.replicas,
@@ -565,12 +292,7 @@ impl JobStore for JetStreamStore {
 
     async fn publish(&self, topic: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
         let topic = self.topic(topic).await?;
-        let record = to_record(&QueuedJob {
-            id: 0,
-            job,
-            attempts: 0,
-            published_at: SystemTime::now(),
-        });
+        let record = to_record(&QueuedJob::new(0, job, SystemTime::now()));
         loop {
             let acknowledged = async {
                 self.js
@@ -617,12 +339,7 @@ impl JobStore for JetStreamStore {
         let now = SystemTime::now();
         let mut pending = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let record = to_record(&QueuedJob {
-                id: 0,
-                job: *job,
-                attempts: 0,
-                published_at: now,
-            });
+            let record = to_record(&QueuedJob::new(0, *job, now));
             match self.js.publish(topic.subject.clone(), record.into()).await {
                 Ok(acknowledgement) => pending.push(acknowledgement),
                 Err(error) => {
@@ -659,7 +376,7 @@ impl JobStore for JetStreamStore {
         let topic = self.topic(topic).await?;
         let stopped = || storage("the topic's puller has stopped");
         loop {
-            let held_here = lock(&topic.put_back).pop_front();
+            let held_here = topic.put_back.lock().pop_front();
             let held = match held_here {
                 Some(held) => held,
                 None => {
@@ -684,7 +401,7 @@ impl JobStore for JetStreamStore {
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic).await?;
-        let message = Self::settle(&topic, delivery)?;
+        let message = topic.in_flight.lock().settle(delivery)?;
         // Confirmed by the server, so that the figures read next count it.
         message.double_ack().await.map_err(storage)?;
         topic.completed.fetch_add(1, Ordering::Relaxed);
@@ -698,21 +415,11 @@ impl JobStore for JetStreamStore {
         factory: &str,
     ) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic).await?;
-        let message = Self::settle(&topic, delivery)?;
+        let message = topic.in_flight.lock().settle(delivery)?;
         let undeliverable = matches!(error, JobError::Undeliverable { .. });
-        let letter = DeadLetter {
-            job_id: delivery.id,
-            job: delivery.job,
-            error,
-            factory: factory.to_owned(),
-            failed_at_unix_ms: super::unix_ms_now(),
-        };
-        let letter = serde_json::to_vec(&letter).map_err(storage)?;
+        let letter = dead_letter_record(&letter(delivery.id, delivery.job, error, factory));
         self.js
-            .publish(
-                format!("{DEAD_LETTERS}.{}", escaped(&topic.name)),
-                letter.into(),
-            )
+            .publish(dead_letter_subject(&topic.name), letter.into())
             .await
             .map_err(storage)?
             .await
@@ -727,7 +434,7 @@ impl JobStore for JetStreamStore {
 
     async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, QueueError> {
         let topic = self.topic(topic).await?;
-        let subject = format!("{DEAD_LETTERS}.{}", escaped(&topic.name));
+        let subject = dead_letter_subject(&topic.name);
         let stream = self.js.get_stream(DEAD_LETTERS).await.map_err(storage)?;
         let reader = stream
             .create_consumer(pull::Config {
@@ -748,9 +455,7 @@ impl JobStore for JetStreamStore {
                 .map_err(storage)?;
             while let Some(message) = batch.next().await {
                 let message = message.map_err(storage)?;
-                if let Ok(letter) = serde_json::from_slice::<DeadLetter>(&message.payload) {
-                    letters.push(letter);
-                }
+                letters.extend(read_dead_letter(&message.payload));
             }
         }
         let total = topic
@@ -773,37 +478,20 @@ impl JobStore for JetStreamStore {
             return Ok(());
         };
         let topic = self.topic(&first.topic).await?;
-        let messages = {
-            let mut in_flight = lock(&topic.in_flight);
-            if let Some(missing) = deliveries.iter().find(|delivery| {
-                *delivery.topic != *topic.name || !in_flight.contains_key(&delivery.id)
-            }) {
-                return Err(QueueError::NotInFlight {
-                    topic: missing.topic.to_string(),
-                    id: missing.id,
-                });
-            }
-            deliveries
-                .iter()
-                .filter_map(|delivery| {
-                    let message = in_flight.remove(&delivery.id)?;
-                    Some((message, Some(delivery.attempt)))
-                })
-                .collect::<Vec<_>>()
-        };
-        for (message, _) in &messages {
+        let messages = topic.in_flight.lock().settle_all(&topic.name, deliveries)?;
+        for (_, message) in &messages {
             // The job stays this broker's for another ack wait.
             message.ack_with(AckKind::Progress).await.map_err(storage)?;
         }
         topic
             .requeued
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        let mut put_back = lock(&topic.put_back);
+        let mut put_back = topic.put_back.lock();
         let since = Instant::now();
-        for (message, attempts) in messages.into_iter().rev() {
+        for (delivery, message) in messages.into_iter().rev() {
             put_back.push_front(Held {
                 message,
-                attempts,
+                attempts: Some(delivery.attempt),
                 since,
             });
         }
@@ -815,7 +503,7 @@ impl JobStore for JetStreamStore {
         let mut listing = self.js.stream_names();
         while let Some(name) = listing.next().await {
             match name {
-                Ok(name) => names.extend(name.strip_prefix("pairbroker-").map(unescaped)),
+                Ok(name) => names.extend(topic_of_stream(&name)),
                 // The listing asks again after an error, and would for ever: what it has will do.
                 Err(error) => {
                     tracing::warn!(
@@ -838,7 +526,7 @@ impl JobStore for JetStreamStore {
         let stream = self.js.get_stream(&stream_name).await.map_err(storage)?;
         let stream = stream.cached_info();
         // Jobs put back here are unacknowledged at the server, but ready.
-        let put_back = lock(&topic.put_back).len();
+        let put_back = topic.put_back.lock().len();
         let cluster = stream.cluster.clone().unwrap_or_default();
         let figures = StreamFigures {
             stream: stream_name,
@@ -875,73 +563,4 @@ impl JobStore for JetStreamStore {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use nats_harness::NatsServer;
-
-    /// A store on a nats-server of its own.
-    pub(crate) async fn scratch_store() -> JetStreamStore {
-        let server = NatsServer::start();
-        let mut store = JetStreamStore::connect(JetStreamConfig {
-            servers: vec![server.url.clone()],
-            replicas: 1,
-            ack_wait: Duration::from_secs(30),
-            dead_letter_limit: 10,
-        })
-        .await
-        .unwrap();
-        store.server = Some(server);
-        store
-    }
-
-    #[tokio::test]
-    async fn topics_are_listed_by_their_names_and_dead_letters_are_read_back() {
-        let store = scratch_store().await;
-        for topic in ["dead_letters", "dead-letters", "a.b"] {
-            store.create_topic(topic, 5).await.unwrap();
-        }
-        assert_eq!(
-            store.topic_names().await,
-            vec!["a.b", "dead-letters", "dead_letters"]
-        );
-        let later = Instant::now() + Duration::from_secs(60);
-        let job: Job = stubs::Pair { x: 4, y: 0 }.into();
-        let id = store.publish("a.b", job, later).await.unwrap();
-        let delivery = store.take("a.b").await.unwrap();
-        store
-            .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:9")
-            .await
-            .unwrap();
-        let dead = store.dead_letters("a.b").await.unwrap();
-        assert_eq!(dead.letters.len(), 1);
-        assert_eq!(
-            (dead.letters[0].job_id, dead.letters[0].job, dead.total),
-            (id, job, 1)
-        );
-        assert!(store
-            .dead_letters("dead-letters")
-            .await
-            .unwrap()
-            .letters
-            .is_empty());
-    }
-
-    #[test]
-    fn servers_older_than_two_ten_are_not_trusted() {
-        for version in ["2.10.0", "2.15.1", "v2.11.3", "3.0.0", "2.12.0-beta.1"] {
-            assert!(is_trusted_version(version), "{version}");
-        }
-        for version in ["2.9.10", "2.2.0", "1.4.1", "", "two", "2"] {
-            assert!(!is_trusted_version(version), "{version}");
-        }
-    }
-
-    #[test]
-    fn topic_names_survive_their_escaping() {
-        for topic in ["multiply", "a.b", "a_b", "a_d", "a._d_", "__"] {
-            assert!(!escaped(topic).contains('.'), "{topic}");
-            assert_eq!(unescaped(&escaped(topic)), topic);
-        }
-        assert_ne!(escaped("a.b"), escaped("a_db"));
-    }
-}
+pub(crate) mod tests;

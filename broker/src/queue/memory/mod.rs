@@ -1,26 +1,28 @@
 //! [`MemoryStore`]: topics held in this process's memory. Fast, and gone when the process ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use stubs::{DeadLetter, DeadLetters, Job, JobError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::compact::{CompactQueue, QueuedJob};
+use super::codec::QueuedJob;
+use super::compact::CompactQueue;
+use super::dead_letters::{letter, Bounded, DEFAULT_DEAD_LETTER_LIMIT};
+use super::in_flight::InFlight;
 use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
-
-/// How many dead letters a topic keeps by default: enough to see what went wrong, small enough
-/// that a flood of bad jobs costs a bounded amount of memory (about 100 KiB a topic).
-pub const DEFAULT_DEAD_LETTER_LIMIT: usize = 1_000;
 
 /// Topics in memory.
 ///
-/// Locks are `std::sync` ones, held only for a few pointer moves and never across an `.await`:
-/// they are cheaper than tokio's and cannot be held by a cancelled future.
+/// Locks are synchronous ones, held only for a few pointer moves and never across an
+/// `.await`: they are cheaper than tokio's and cannot be held by a cancelled future. A panic
+/// while one is held cannot leave a topic half-changed (every change is a single push, pop or
+/// insert), so they do not poison.
 #[derive(Debug)]
 pub struct MemoryStore {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
@@ -45,51 +47,51 @@ struct Topic {
     room: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TopicState {
     ready: CompactQueue,
-    in_flight: HashMap<JobId, QueuedJob>,
+    in_flight: InFlight<QueuedJob>,
     published: u64,
     completed: u64,
     failed: u64,
     requeued: u64,
     /// Of the `failed`, those given up on as undeliverable.
     undeliverable: u64,
-    dead_letters: VecDeque<DeadLetter>,
-    dead_letters_dropped: u64,
+    dead_letters: Bounded<DeadLetter>,
 }
 
 impl TopicState {
-    /// Counts a job dead-lettered with `error`.
-    fn count_failure(&mut self, error: &JobError) {
+    fn new(dead_letter_limit: usize) -> Self {
+        Self {
+            ready: CompactQueue::default(),
+            in_flight: InFlight::default(),
+            published: 0,
+            completed: 0,
+            failed: 0,
+            requeued: 0,
+            undeliverable: 0,
+            dead_letters: Bounded::new(dead_letter_limit),
+        }
+    }
+
+    /// Keeps a dead letter, and counts its job as failed.
+    fn bury(&mut self, letter: DeadLetter) {
         self.failed += 1;
-        if matches!(error, JobError::Undeliverable { .. }) {
+        if matches!(letter.error, JobError::Undeliverable { .. }) {
             self.undeliverable += 1;
         }
+        self.dead_letters.push(letter);
     }
 }
 
 impl Topic {
-    fn lock(&self) -> MutexGuard<'_, TopicState> {
-        // A panic while the lock was held cannot leave the state half-changed (every change is
-        // a single push, pop or insert), so a poisoned lock is still safe to use.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn settle(
         &self,
         delivery: &Delivery,
     ) -> Result<(QueuedJob, MutexGuard<'_, TopicState>), QueueError> {
-        let mut state = self.lock();
-        match state.in_flight.remove(&delivery.id) {
-            Some(job) => Ok((job, state)),
-            None => Err(QueueError::NotInFlight {
-                topic: self.name.to_string(),
-                id: delivery.id,
-            }),
-        }
+        let mut state = self.state.lock();
+        let job = state.in_flight.settle(delivery)?;
+        Ok((job, state))
     }
 }
 
@@ -120,7 +122,7 @@ impl MemoryStore {
         let topic = self.topic(name)?;
         self.next_job_id
             .fetch_max(queued.id.saturating_add(1), Ordering::Relaxed);
-        let mut state = topic.lock();
+        let mut state = topic.state.lock();
         if was_taken {
             queued.attempts = queued.attempts.saturating_add(1);
             state.requeued += 1;
@@ -144,25 +146,75 @@ impl MemoryStore {
         name: &str,
         letter: DeadLetter,
     ) -> Result<(), QueueError> {
-        let topic = self.topic(name)?;
-        let mut state = topic.lock();
-        state.count_failure(&letter.error);
-        if state.dead_letters.len() == self.dead_letter_limit {
-            state.dead_letters.pop_front();
-            state.dead_letters_dropped += 1;
-        }
-        if self.dead_letter_limit > 0 {
-            state.dead_letters.push_back(letter);
-        }
+        self.topic(name)?.state.lock().bury(letter);
         Ok(())
     }
 
+    /// Publishes as [`JobStore::publish`] does: the job as queued, for a store that keeps it
+    /// elsewhere too.
+    pub(crate) async fn publish_queued(
+        &self,
+        name: &str,
+        job: Job,
+        room_by: Instant,
+    ) -> Result<QueuedJob, QueueError> {
+        let topic = self.topic(name)?;
+        loop {
+            // Registered before the check, so that room made between the check and the
+            // wait still wakes us.
+            let mut room = pin!(topic.room.notified());
+            room.as_mut().enable();
+            if let Some(queued) = self.publish_if_room(&topic, job) {
+                return Ok(queued);
+            }
+            // Cancel-safe: a wait that times out, or is dropped, has stored nothing.
+            if tokio::time::timeout_at(room_by, room).await.is_err() {
+                return Err(QueueError::Full {
+                    topic: topic.name.to_string(),
+                    capacity: topic.capacity,
+                });
+            }
+        }
+    }
+
+    /// Appends `job` to `topic` if it has room.
+    fn publish_if_room(&self, topic: &Topic, job: Job) -> Option<QueuedJob> {
+        let mut state = topic.state.lock();
+        if state.ready.len() >= topic.capacity {
+            return None;
+        }
+        let id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
+        let queued = QueuedJob::new(id, job, SystemTime::now());
+        state.ready.push_back(&queued);
+        state.published += 1;
+        let room_left = state.ready.len() < topic.capacity;
+        drop(state);
+        topic.job_ready.notify_one();
+        if room_left {
+            // Pass the wake-up on: another publisher may be waiting for this room.
+            topic.room.notify_one();
+        }
+        Some(queued)
+    }
+
+    /// Settles a delivery as [`JobStore::dead_letter`] does: the letter, for a store that keeps
+    /// it elsewhere too.
+    pub(crate) fn dead_letter_now(
+        &self,
+        delivery: &Delivery,
+        error: JobError,
+        factory: &str,
+    ) -> Result<DeadLetter, QueueError> {
+        let topic = self.topic(&delivery.topic)?;
+        let (queued, mut state) = topic.settle(delivery)?;
+        let letter = letter(queued.id, queued.job, error, factory);
+        state.bury(letter.clone());
+        Ok(letter)
+    }
+
     fn topic(&self, name: &str) -> Result<Arc<Topic>, QueueError> {
-        let topics = self
-            .topics
+        self.topics
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        topics
             .get(name)
             .cloned()
             .ok_or_else(|| QueueError::NoSuchTopic(name.to_owned()))
@@ -171,10 +223,7 @@ impl MemoryStore {
 
 impl JobStore for MemoryStore {
     async fn create_topic(&self, name: &str, capacity: usize) -> Result<TopicCreation, QueueError> {
-        let mut topics = self
-            .topics
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut topics = self.topics.write();
         if let Some(existing) = topics.get(name) {
             return Ok(TopicCreation::Existing {
                 capacity: existing.capacity,
@@ -186,7 +235,7 @@ impl JobStore for MemoryStore {
             Arc::new(Topic {
                 name,
                 capacity,
-                state: Mutex::new(TopicState::default()),
+                state: Mutex::new(TopicState::new(self.dead_letter_limit)),
                 job_ready: Notify::new(),
                 room: Notify::new(),
             }),
@@ -199,41 +248,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn publish(&self, name: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
-        let topic = self.topic(name)?;
-        loop {
-            // Registered before the check, so that room made between the check and the
-            // wait still wakes us.
-            let mut room = pin!(topic.room.notified());
-            room.as_mut().enable();
-            {
-                let mut state = topic.lock();
-                if state.ready.len() < topic.capacity {
-                    let id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
-                    state.ready.push_back(&QueuedJob {
-                        id,
-                        job,
-                        attempts: 0,
-                        published_at: SystemTime::now(),
-                    });
-                    state.published += 1;
-                    let room_left = state.ready.len() < topic.capacity;
-                    drop(state);
-                    topic.job_ready.notify_one();
-                    if room_left {
-                        // Pass the wake-up on: another publisher may be waiting for this room.
-                        topic.room.notify_one();
-                    }
-                    return Ok(id);
-                }
-            }
-            // Cancel-safe: a wait that times out, or is dropped, has stored nothing.
-            if tokio::time::timeout_at(room_by, room).await.is_err() {
-                return Err(QueueError::Full {
-                    topic: topic.name.to_string(),
-                    capacity: topic.capacity,
-                });
-            }
-        }
+        Ok(self.publish_queued(name, job, room_by).await?.id)
     }
 
     async fn take(&self, name: &str) -> Result<Delivery, QueueError> {
@@ -242,7 +257,7 @@ impl JobStore for MemoryStore {
             let mut job_ready = pin!(topic.job_ready.notified());
             job_ready.as_mut().enable();
             {
-                let mut state = topic.lock();
+                let mut state = topic.state.lock();
                 if let Some(mut queued) = state.ready.pop_front() {
                     queued.attempts += 1;
                     state.in_flight.insert(queued.id, queued);
@@ -282,35 +297,16 @@ impl JobStore for MemoryStore {
         error: JobError,
         factory: &str,
     ) -> Result<(), QueueError> {
-        let topic = self.topic(&delivery.topic)?;
-        let (queued, mut state) = topic.settle(delivery)?;
-        state.count_failure(&error);
-        if self.dead_letter_limit == 0 {
-            state.dead_letters_dropped += 1;
-            return Ok(());
-        }
-        if state.dead_letters.len() == self.dead_letter_limit {
-            state.dead_letters.pop_front();
-            state.dead_letters_dropped += 1;
-        }
-        let failed_at_unix_ms = super::unix_ms_now();
-        state.dead_letters.push_back(DeadLetter {
-            job_id: queued.id,
-            job: queued.job,
-            error,
-            factory: factory.to_owned(),
-            failed_at_unix_ms,
-        });
-        Ok(())
+        self.dead_letter_now(delivery, error, factory).map(drop)
     }
 
     async fn dead_letters(&self, name: &str) -> Result<DeadLetters, QueueError> {
         let topic = self.topic(name)?;
-        let state = topic.lock();
+        let state = topic.state.lock();
         Ok(DeadLetters {
             letters: state.dead_letters.iter().cloned().collect(),
             total: state.failed,
-            dropped: state.dead_letters_dropped,
+            dropped: state.dead_letters.dropped(),
         })
     }
 
@@ -323,20 +319,11 @@ impl JobStore for MemoryStore {
             return Ok(());
         };
         let topic = self.topic(&first.topic)?;
-        let mut state = topic.lock();
-        if let Some(missing) = deliveries.iter().find(|delivery| {
-            *delivery.topic != *topic.name || !state.in_flight.contains_key(&delivery.id)
-        }) {
-            return Err(QueueError::NotInFlight {
-                topic: missing.topic.to_string(),
-                id: missing.id,
-            });
-        }
-        for delivery in deliveries.iter().rev() {
-            if let Some(job) = state.in_flight.remove(&delivery.id) {
-                state.ready.push_front(&job);
-                state.requeued += 1;
-            }
+        let mut state = topic.state.lock();
+        let jobs = state.in_flight.settle_all(&topic.name, deliveries)?;
+        for (_, job) in jobs.iter().rev() {
+            state.ready.push_front(job);
+            state.requeued += 1;
         }
         drop(state);
         topic.job_ready.notify_one();
@@ -344,18 +331,19 @@ impl JobStore for MemoryStore {
     }
 
     async fn topic_names(&self) -> Vec<String> {
-        let topics = self
+        let mut names: Vec<String> = self
             .topics
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut names: Vec<String> = topics.keys().map(|name| name.to_string()).collect();
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
         names.sort();
         names
     }
 
     async fn stats(&self, name: &str) -> Result<TopicStats, QueueError> {
         let topic = self.topic(name)?;
-        let state = topic.lock();
+        let state = topic.state.lock();
         Ok(TopicStats {
             capacity: topic.capacity,
             ready: state.ready.len(),
@@ -372,43 +360,4 @@ impl JobStore for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use stubs::Pair;
-
-    #[tokio::test]
-    async fn dead_letters_are_bounded_and_the_oldest_are_dropped_first() {
-        let store = MemoryStore::with_dead_letter_limit(2);
-        store.create_topic("t", 10).await.unwrap();
-        for x in 0..3 {
-            store
-                .publish(
-                    "t",
-                    Pair { x, y: 0 }.into(),
-                    Instant::now() + std::time::Duration::from_secs(60),
-                )
-                .await
-                .unwrap();
-            let delivery = store.take("t").await.unwrap();
-            store
-                .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:8050")
-                .await
-                .unwrap();
-        }
-        let dead = store.dead_letters("t").await.unwrap();
-        assert_eq!((dead.total, dead.dropped), (3, 1));
-        let jobs: Vec<Job> = dead.letters.iter().map(|letter| letter.job).collect();
-        assert_eq!(
-            jobs,
-            vec![Pair { x: 1, y: 0 }.into(), Pair { x: 2, y: 0 }.into()]
-        );
-        assert!(dead
-            .letters
-            .iter()
-            .all(|letter| letter.error == JobError::DivideByZero
-                && letter.factory == "127.0.0.1:8050"
-                && letter.failed_at_unix_ms > 0));
-        let stats = store.stats("t").await.unwrap();
-        assert_eq!((stats.failed, stats.ready, stats.in_flight), (3, 0, 0));
-    }
-}
+mod tests;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use stubs::{BrokerError, ChannelRequest, Subscription};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
-use transport::retry::Ended;
 use transport::{BrokerLink, LinkError};
 
 use crate::FactoryError;
@@ -173,8 +172,8 @@ where
     let mut retry = broker.retry();
     loop {
         let answer = broker.call(&request).await;
-        let waited = if transport::retry::transient(&answer) {
-            retry
+        let again = transport::retry::transient(&answer)
+            && retry
                 .wait(|pause| {
                     tracing::warn!(
                         "the broker could not {} now; asking again in {}",
@@ -183,10 +182,8 @@ where
                     );
                 })
                 .await
-        } else {
-            Err(Ended::GaveUp)
-        };
-        if waited.is_err() {
+                .is_ok();
+        if !again {
             return match answer {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(error)) => Err(FactoryError::Refused {

@@ -124,7 +124,9 @@ pub struct BrokerArgs {
     pub connect_timeout: humantime::Duration,
     /// How long to keep reconnecting to a broker that went away.
     ///
-    /// After it, the program exits with an error. A duration with its unit (e.g. `30s`, `2m`).
+    /// Also how long a request that failed for now (the broker's store failing, no answer in
+    /// time) is made again. After it, the program exits with an error. A duration with its unit
+    /// (e.g. `30s`, `2m`).
     #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration, help_heading = "Broker")]
     pub give_up_after: humantime::Duration,
     /// How long to keep trying at start while no broker is up or ready.

@@ -123,26 +123,15 @@ pub struct BrokerArgs {
         help_heading = "Broker"
     )]
     pub token: Option<AccessToken>,
-    /// Dial over TLS, trusting the CA certificate in FILE.
-    ///
-    /// PEM. The server's certificate must be signed by it and name the host dialled (its IP
-    /// address or its name). Without it or --tls-dir, connections are plain TCP.
-    #[arg(long, value_name = "FILE", help_heading = "Security")]
-    pub tls_ca: Option<PathBuf>,
-    /// Dial over TLS with the files of `broker tls-init DIR`: DIR/ca.pem as --tls-ca.
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "tls_ca",
-        help_heading = "Security"
-    )]
-    pub tls_dir: Option<PathBuf>,
+    /// TLS to dial the broker with.
+    #[command(flatten)]
+    pub tls: lab_console::DialTls,
 }
 
 impl BrokerArgs {
     /// The TLS files these options name.
     pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles::from_options(self.tls_dir.as_deref(), self.tls_ca.as_deref(), None, None)
+        self.tls.files()
     }
 }
 
@@ -216,43 +205,12 @@ pub struct ServeArgs {
         help_heading = "Network"
     )]
     pub token: Option<AccessToken>,
-    /// Serve over TLS with the certificate in FILE (PEM, its chain after it); with --tls-key.
-    ///
-    /// Every client must then dial in TLS, the access token travelling inside it; Go's net/rpc
-    /// clients, which cannot, are not served.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_key",
-        conflicts_with = "tls_dir",
-        help_heading = "Security"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_cert",
-        conflicts_with = "tls_dir",
-        help_heading = "Security"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Dial factories over TLS, trusting the CA certificate in FILE.
-    ///
-    /// PEM. Each factory's certificate must be signed by it and name the address the factory
-    /// subscribed with. Go factories are still dialled in plain TCP.
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "tls_dir",
-        help_heading = "Security"
-    )]
-    pub tls_ca: Option<PathBuf>,
-    /// TLS both ways with the files of `broker tls-init DIR`.
-    ///
-    /// DIR/cert.pem and DIR/key.pem as --tls-cert and --tls-key, DIR/ca.pem as --tls-ca.
-    #[arg(long, value_name = "DIR", help_heading = "Security")]
-    pub tls_dir: Option<PathBuf>,
+    /// The certificate to serve with.
+    #[command(flatten)]
+    pub certificate: lab_console::ServeTls,
+    /// TLS to dial factories with.
+    #[command(flatten)]
+    pub tls: lab_console::DialTls,
     /// Keep topics, jobs and dead letters on disk in DIR.
     ///
     /// DIR is created if missing. A broker restarted on it, after a crash too, still holds
@@ -461,12 +419,7 @@ impl ServeArgs {
 
     /// The TLS files these options name.
     pub fn tls_files(&self) -> TlsFiles {
-        TlsFiles::from_options(
-            self.tls_dir.as_deref(),
-            self.tls_ca.as_deref(),
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-        )
+        self.tls.files_with(&self.certificate)
     }
 
     /// The copies JetStream keeps of each topic: `--replicas`, or [`DEFAULT_REPLICAS`].

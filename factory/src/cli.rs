@@ -1,7 +1,6 @@
 //! The `factory` program's command line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use lab_console::usage::{at_least, from_to, GoFlag};
@@ -79,27 +78,9 @@ pub struct Cli {
     /// How to reach the broker.
     #[command(flatten)]
     pub broker: lab_console::BrokerArgs,
-    /// Serve the broker's calls over TLS with the certificate in FILE (PEM); with --tls-key.
-    ///
-    /// It must name --ip, the address the broker dials; the broker then needs --tls-ca (or
-    /// --tls-dir) to call this factory.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_key",
-        conflicts_with = "tls_dir",
-        help_heading = "Security"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_cert",
-        conflicts_with = "tls_dir",
-        help_heading = "Security"
-    )]
-    pub tls_key: Option<PathBuf>,
+    /// The certificate to serve the broker's calls with.
+    #[command(flatten)]
+    pub certificate: lab_console::ServeTls,
     /// The topics to work on, separated by commas.
     ///
     /// The factory subscribes to each, and serves its callback: `multiply` with
@@ -143,16 +124,8 @@ impl Cli {
     /// What the factory does, apart from where it listens: an error when its TLS files cannot
     /// be used.
     pub fn config(&self) -> Result<FactoryConfig, transport::TlsError> {
-        let served = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => transport::TlsFiles {
-                cert: Some(cert.clone()),
-                key: Some(key.clone()),
-                ca: None,
-            },
-            _ => self.broker.tls_files(),
-        };
         Ok(FactoryConfig {
-            tls: served.server()?,
+            tls: self.broker.tls.files_with(&self.certificate).server()?,
             link: self.broker.link()?,
             ip: self.ip,
             topics: self.topics.clone(),

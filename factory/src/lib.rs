@@ -92,7 +92,8 @@ pub enum FactoryError {
 /// Serves on `listener`, subscribes to the broker and works until `shutdown` is cancelled; then
 /// unsubscribes, lets the calls in flight finish and publishes every complete pipeline group.
 /// While it works it keeps its subscriptions: it reconnects to a restarted broker and
-/// subscribes again when the broker has dropped it.
+/// subscribes again when the broker has dropped it. A `shutdown` while it still waits for its
+/// broker ends it at once.
 pub async fn run(
     config: FactoryConfig,
     listener: TcpListener,
@@ -104,16 +105,64 @@ pub async fn run(
         .map_err(FactoryError::Listener)?
         .port();
     let address = SocketAddr::new(config.ip, port).to_string();
-    let broker = BrokerLink::connect(&config.link)
+    let Some(broker) = BrokerLink::connect(&config.link, shutdown.clone())
         .await
-        .map_err(FactoryError::BrokerUnreachable)?;
+        .map_err(FactoryError::BrokerUnreachable)?
+    else {
+        return Ok(());
+    };
+    let membership = membership(&config, &broker, &address);
+    let (pipeline, pipeline_task) = if config.pipeline {
+        let (input, task) = pipeline::spawn(
+            broker.clone(),
+            stubs::DIVIDE_TOPIC.to_owned(),
+            console.clone(),
+        );
+        (Some(input), Some(task))
+    } else {
+        (None, None)
+    };
+    // Serve before subscribing: the broker's first call may come before subscribe returns.
+    let server = Server::start(listener, &config, FactoryService::new(console, pipeline));
 
+    let worked = match membership.join().await {
+        Ok(()) => {
+            tracing::info!("working on {address}");
+            tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                kept = membership.keep(&shutdown) => kept,
+            }
+        }
+        // Asked to stop while joining: not a failure.
+        Err(_) if shutdown.is_cancelled() => Ok(()),
+        Err(error) => Err(error),
+    };
+
+    tracing::info!("stopping: unsubscribing and finishing the calls in flight");
+    // Bounded: with the broker gone, leaving would otherwise wait for it to come back.
+    if worked.is_ok()
+        && tokio::time::timeout(LEAVE_TIMEOUT, membership.leave())
+            .await
+            .is_err()
+    {
+        tracing::warn!("the broker did not answer the unsubscribes in time; stopping anyway");
+    }
+    server.stop().await;
+    if let Some(task) = pipeline_task {
+        finish_pipeline(task).await;
+    }
+    worked
+}
+
+/// The topics `config` works on (and `divide`, for the pipeline's jobs) and its subscriptions,
+/// with the factory's `address`.
+fn membership<'a>(config: &FactoryConfig, broker: &'a BrokerLink, address: &str) -> Membership<'a> {
     let mut topics_to_create = config.topics.clone();
     if config.pipeline && !topics_to_create.contains(&LabTopic::Divide) {
         topics_to_create.push(LabTopic::Divide);
     }
-    let membership = Membership {
-        broker: &broker,
+    Membership {
+        broker,
         channels: topics_to_create
             .iter()
             .map(|topic| ChannelRequest {
@@ -126,39 +175,29 @@ pub async fn run(
             .iter()
             .map(|topic| Subscription {
                 topic: topic.name().to_owned(),
-                factory_address: address.clone(),
+                factory_address: address.to_owned(),
                 callback: topic.callback().to_owned(),
                 prefetch: config.prefetch,
             })
             .collect(),
-    };
+    }
+}
 
-    let (pipeline, pipeline_task) = if config.pipeline {
-        let (input, task) = pipeline::spawn(
-            broker.clone(),
-            stubs::DIVIDE_TOPIC.to_owned(),
-            console.clone(),
-        );
-        (Some(input), Some(task))
-    } else {
-        (None, None)
-    };
+/// The factory's service to the broker's calls, on its own task.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    connections: TaskTracker,
+    stop_accepting: CancellationToken,
+    stop_connections: CancellationToken,
+}
 
-    // Serve before subscribing: the broker's first call may come before subscribe returns.
-    let service = FactoryService::new(console, pipeline);
-    let connections = TaskTracker::new();
-    let stop_accepting = CancellationToken::new();
-    let stop_connections = CancellationToken::new();
-    let server = tokio::spawn(transport::accept(
-        listener,
-        Admission {
-            token: config.link.token.clone(),
-            tls: config.tls.clone(),
-            ..Admission::default()
-        },
-        stop_accepting.clone(),
-        connections.clone(),
-        {
+impl Server {
+    /// Serves `service` on `listener`, with the token and TLS of `config`.
+    fn start(listener: TcpListener, config: &FactoryConfig, service: FactoryService) -> Self {
+        let connections = TaskTracker::new();
+        let stop_accepting = CancellationToken::new();
+        let stop_connections = CancellationToken::new();
+        let handle = {
             let stop_connections = stop_connections.clone();
             move |stream, peer| {
                 let service = service.clone();
@@ -176,50 +215,53 @@ pub async fn run(
                     }
                 }
             }
-        },
-    ));
-
-    let worked = match membership.join().await {
-        Ok(()) => {
-            tracing::info!("working on {address}");
-            tokio::select! {
-                _ = shutdown.cancelled() => Ok(()),
-                kept = membership.keep(&shutdown) => kept,
-            }
+        };
+        let admission = Admission {
+            token: config.link.token.clone(),
+            tls: config.tls.clone(),
+            ..Admission::default()
+        };
+        let task = tokio::spawn(transport::accept(
+            listener,
+            admission,
+            stop_accepting.clone(),
+            connections.clone(),
+            handle,
+        ));
+        Self {
+            task,
+            connections,
+            stop_accepting,
+            stop_connections,
         }
-        Err(error) => Err(error),
-    };
+    }
 
-    tracing::info!("stopping: unsubscribing and finishing the calls in flight");
-    // Bounded: with the broker gone, leaving would otherwise wait for it to come back.
-    if worked.is_ok()
-        && tokio::time::timeout(LEAVE_TIMEOUT, membership.leave())
+    /// Stops accepting and waits for the broker to finish its calls in flight, at most
+    /// [`DRAIN_TIMEOUT`]; then closes the connections it kept.
+    async fn stop(self) {
+        self.stop_accepting.cancel();
+        let _ = self.task.await;
+        self.connections.close();
+        // The broker closes its connection once its dispatcher has finished the calls in flight.
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.connections.wait())
             .await
             .is_err()
-    {
-        tracing::warn!("the broker did not answer the unsubscribes in time; stopping anyway");
-    }
-    stop_accepting.cancel();
-    let _ = server.await;
-    connections.close();
-    // The broker closes its connection once its dispatcher has finished the calls in flight.
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("the broker kept its connections open; closing them");
-        stop_connections.cancel();
-        connections.wait().await;
-    }
-    if let Some(task) = pipeline_task {
-        match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
-            Ok(Ok(leftovers)) if leftovers.is_empty() => {
-                tracing::debug!("the pipeline published its last groups")
-            }
-            Ok(Ok(leftovers)) => tracing::info!("the pipeline stopped with {leftovers}"),
-            Ok(Err(error)) => tracing::error!("the pipeline failed: {error}"),
-            Err(_) => tracing::error!("the pipeline could not publish its last groups in time"),
+        {
+            tracing::warn!("the broker kept its connections open; closing them");
+            self.stop_connections.cancel();
+            self.connections.wait().await;
         }
     }
-    worked
+}
+
+/// Waits for the pipeline to publish its last groups, at most [`DRAIN_TIMEOUT`].
+async fn finish_pipeline(task: tokio::task::JoinHandle<pipeline::Leftovers>) {
+    match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+        Ok(Ok(leftovers)) if leftovers.is_empty() => {
+            tracing::debug!("the pipeline published its last groups")
+        }
+        Ok(Ok(leftovers)) => tracing::info!("the pipeline stopped with {leftovers}"),
+        Ok(Err(error)) => tracing::error!("the pipeline failed: {error}"),
+        Err(_) => tracing::error!("the pipeline could not publish its last groups in time"),
+    }
 }

@@ -120,6 +120,8 @@ impl Membership<'_> {
                     Err(error @ LinkError::Gone { .. }) => {
                         return Err(FactoryError::BrokerLost(error));
                     }
+                    // The factory is stopping; `stop` ends the loop.
+                    Err(LinkError::Stopped) => return Ok(()),
                 };
                 if rejoin {
                     if let Err(error) = self.join().await {
@@ -154,15 +156,10 @@ impl Membership<'_> {
     }
 }
 
-/// Times a request that failed for a while only is made again, and the wait before the first
-/// retry (doubled at each).
-const RETRIES: u32 = 5;
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-
-/// Makes a request to the broker, naming what was asked in any error. Creating a topic and
-/// subscribing are idempotent, so a request whose store failed for now (`StorageFailed`: a
-/// NATS cluster electing its leaders) or that got no answer in time is made again, a few
-/// times, before the error is given.
+/// Makes a request to the broker, naming what was asked in any error. Creating a topic,
+/// subscribing and unsubscribing are idempotent, so a request that failed for now (the
+/// broker's store, e.g. a NATS cluster electing its leaders, or no answer in time) is made
+/// again as the link's [`transport::retry::Retry`] allows before the error is given.
 async fn ask<T, F, Fut>(
     broker: &BrokerLink,
     action: impl Fn() -> String,
@@ -172,17 +169,22 @@ where
     F: Fn(stubs::BrokerClient) -> Fut,
     Fut: std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
 {
-    let mut retry_in = FIRST_RETRY;
-    let mut retries = 0;
+    let mut retry = broker.retry();
     loop {
-        let outcome = broker.call(&request).await;
-        let transient = matches!(
-            &outcome,
-            Ok(Err(BrokerError::StorageFailed { .. }))
-                | Err(LinkError::Rpc(RpcError::DeadlineExceeded))
-        );
-        if !transient || retries == RETRIES {
-            return match outcome {
+        let answer = broker.call(&request).await;
+        let again = transport::retry::transient(&answer)
+            && retry
+                .wait(|pause| {
+                    tracing::warn!(
+                        "the broker could not {} now; asking again in {}",
+                        action(),
+                        lab_console::Rounded(pause)
+                    );
+                })
+                .await
+                .is_ok();
+        if !again {
+            return match answer {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(error)) => Err(FactoryError::Refused {
                     action: action(),
@@ -194,13 +196,5 @@ where
                 }),
             };
         }
-        tracing::warn!(
-            "the broker could not {} now; asking again in {}",
-            action(),
-            lab_console::Rounded(retry_in)
-        );
-        tokio::time::sleep(retry_in).await;
-        retry_in *= 2;
-        retries += 1;
     }
 }

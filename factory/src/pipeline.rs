@@ -7,11 +7,10 @@
 //! report runs the factory inside [`reporting_to`].
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use backon::{ExponentialBuilder, Retryable};
 use lab_console::Console;
+use parking_lot::Mutex;
 use stubs::{BrokerError, Job, Pair, PublishRequest, Triplet};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -21,11 +20,6 @@ use transport::{BrokerLink, LinkError};
 /// How many Multiply results may wait for the pipeline task. When it is full, the Multiply
 /// handler waits, which slows the broker's calls down instead of growing memory.
 pub const PIPELINE_BACKLOG: usize = 1_024;
-
-/// The shortest and the longest pause between two tries of a failed publish.
-pub const PUBLISH_RETRY_MIN_DELAY: Duration = Duration::from_millis(50);
-/// See [`PUBLISH_RETRY_MIN_DELAY`].
-pub const PUBLISH_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// A Multiply result, with the shape of the job it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,18 +143,12 @@ pub struct ReportSlot(Arc<Mutex<Option<PipelineReport>>>);
 impl ReportSlot {
     /// The report, once the pipeline has stopped; `None` before, or if none was started.
     pub fn take(&self) -> Option<PipelineReport> {
-        // A std mutex: it is held for a move, never across an await.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+        // Not tokio's mutex: it is held for a move, never across an await.
+        self.0.lock().take()
     }
 
     fn fill(&self, report: PipelineReport) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(report);
+        *self.0.lock() = Some(report);
     }
 }
 
@@ -252,17 +240,13 @@ impl Groups {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum PublishFailure {
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error(transparent)]
-    Refused(#[from] BrokerError),
-}
-
-/// Publishes `job`, retrying with capped exponential backoff until the broker accepts it: a
-/// group of results is never dropped because the broker was busy or briefly away. True once
-/// the broker has stored it.
+/// Publishes `job`, trying again until the broker accepts it: a group of results is never
+/// dropped because the broker was busy or briefly away. A full `divide` topic is waited on
+/// for as long as it stays full (back-pressure, which slows the Multiply handler down); a
+/// publish that failed for now, or found the topic gone from a restarted broker (the
+/// factory's membership creates it again) or a broker stopping (the link finds the next one),
+/// is made again as the link's [`transport::retry::Retry`] allows. True once the broker has
+/// stored it.
 ///
 /// The line `pipeline: 408 and 12 -> divide` is printed before the first try, not after the
 /// broker's answer: the broker may hand the new job to a factory, and print its result, before
@@ -276,45 +260,64 @@ async fn publish_until_accepted(
     console: &Console,
 ) -> bool {
     console.line(format_args!("pipeline: {job} -> {topic}"));
-    let publish = || async {
-        let request = PublishRequest {
-            topic: topic.to_owned(),
-            job,
-        };
-        broker
+    let request = PublishRequest {
+        topic: topic.to_owned(),
+        job,
+    };
+    let mut retry = broker.retry();
+    loop {
+        let answer = broker
             .call(|client| {
                 let request = request.clone();
                 async move { client.publish(tarpc::context::current(), request).await }
             })
-            .await?
-            .map_err(PublishFailure::from)
-    };
-    let retries = ExponentialBuilder::default()
-        .with_min_delay(PUBLISH_RETRY_MIN_DELAY)
-        .with_max_delay(PUBLISH_RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times();
-    let published = publish
-        .retry(retries)
-        .notify(|error, pause| {
-            tracing::warn!(
-                "the pipeline could not publish {job} to {topic:?} ({error}); trying again in {}",
-                lab_console::Rounded(pause)
-            );
-        })
-        .await;
-    match published {
-        Ok(published) => {
-            tracing::debug!(
-                "the pipeline published {job} to {topic:?} as job {}",
-                published.job_id
-            );
-            true
+            .await;
+        let error = match answer {
+            Ok(Ok(published)) => {
+                tracing::debug!(
+                    "the pipeline published {job} to {topic:?} as job {}",
+                    published.job_id
+                );
+                return true;
+            }
+            Ok(Err(BrokerError::TopicFull { .. })) => continue,
+            Ok(Err(refusal)) => PublishFailure::Refused(refusal),
+            Err(error) => PublishFailure::Link(error),
+        };
+        if error.is_transient() {
+            let waited = retry.wait(|pause| {
+                tracing::warn!(
+                    "the pipeline could not publish {job} to {topic:?} ({error}); trying again in {}",
+                    lab_console::Rounded(pause)
+                );
+            });
+            if waited.await.is_ok() {
+                continue;
+            }
         }
-        // Unreachable with no limit on tries; kept so that a future limit cannot drop silently.
-        Err(error) => {
-            tracing::error!("the pipeline gave up publishing {job}: {error}");
-            false
+        tracing::error!("the pipeline gave up publishing {job}: {error}");
+        return false;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishFailure {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Refused(#[from] BrokerError),
+}
+
+impl PublishFailure {
+    /// Whether the pipeline publishes again: what failed for now, and what a restarted broker
+    /// or the next one mends.
+    fn is_transient(&self) -> bool {
+        match self {
+            PublishFailure::Link(error) => error.is_transient(),
+            PublishFailure::Refused(
+                BrokerError::NoSuchTopic { .. } | BrokerError::ShuttingDown,
+            ) => true,
+            PublishFailure::Refused(refusal) => refusal.is_transient(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! [`Batcher`]: the miner's publishers hand their jobs to one batcher, which sends the jobs
 //! handed over while earlier batches were on their way together, in one `publish_batch` call.
 //!
-//! Each publisher still has one job outstanding and still learns that job's own outcome, so
-//! back-pressure and retries work as before; only the calls are fewer. With 32 publishers a
-//! call carries up to 32 jobs instead of one: the broker answers one RPC instead of 32, which
-//! is most of what a publish costs it. A lone publisher sends batches of one.
+//! Each publisher still has one job outstanding and still learns that job's own
+//! [`Acknowledgement`], so back-pressure and retries work as before; only the calls are fewer.
+//! A call carries up to one job per publisher waiting, because answering a call is most of what
+//! a publish costs the broker, whatever the number of jobs in it. A lone publisher sends
+//! batches of one, so it waits for no one.
 
 use std::sync::Arc;
 
@@ -19,10 +20,10 @@ use transport::{BrokerLink, LinkError};
 /// in a full topic does not hold back the jobs behind it, as concurrent publishes would not.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// The outcome of one job: its id, the broker's refusal, or the loss of the broker.
-pub type Outcome = Result<Result<u64, BrokerError>, Arc<LinkError>>;
+/// The broker's answer to one job's publish: its id, the broker's refusal, or the loss of the broker.
+pub type Acknowledgement = Result<Result<u64, BrokerError>, Arc<LinkError>>;
 
-type Handover = (Job, oneshot::Sender<Outcome>);
+type Handover = (Job, oneshot::Sender<Acknowledgement>);
 
 /// Where publishers hand their jobs over.
 #[derive(Clone, Debug)]
@@ -39,13 +40,15 @@ impl Batcher {
         (Self { jobs }, task)
     }
 
-    /// Publishes `job` in the next batch and waits for its outcome.
-    pub async fn publish(&self, job: Job) -> Outcome {
-        let (reply, outcome) = oneshot::channel();
+    /// Publishes `job` in the next batch and waits for its acknowledgement.
+    pub async fn publish(&self, job: Job) -> Acknowledgement {
+        let (reply, acknowledgement) = oneshot::channel();
         if self.jobs.send((job, reply)).await.is_err() {
             return Ok(Err(BrokerError::ShuttingDown));
         }
-        outcome.await.unwrap_or(Ok(Err(BrokerError::ShuttingDown)))
+        acknowledgement
+            .await
+            .unwrap_or(Ok(Err(BrokerError::ShuttingDown)))
     }
 }
 
@@ -73,7 +76,8 @@ async fn run(broker: Arc<BrokerLink>, topic: String, mut handed_over: mpsc::Rece
 
 /// Sends one batch and tells each job's publisher what became of it.
 async fn send(broker: &BrokerLink, topic: &str, batch: Vec<Handover>) {
-    let (jobs, replies): (Vec<Job>, Vec<oneshot::Sender<Outcome>>) = batch.into_iter().unzip();
+    let (jobs, replies): (Vec<Job>, Vec<oneshot::Sender<Acknowledgement>>) =
+        batch.into_iter().unzip();
     let request = PublishBatch {
         topic: topic.to_owned(),
         jobs,

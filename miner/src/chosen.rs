@@ -42,7 +42,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Vec<u64>, MinerError> {
     let output = output.into();
-    let (topic, batcher_task) = TopicLink::open(&link, topic, buffer, &shutdown).await?;
+    let Some((topic, batcher_task)) = TopicLink::open(&link, topic, buffer, &shutdown).await?
+    else {
+        return Ok(Vec::new());
+    };
     let mut job_ids = Vec::with_capacity(jobs.len());
     // One job at a time, each published before the next is sent, so that the broker stores
     // them in the order given even across retries.

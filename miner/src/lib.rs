@@ -21,12 +21,13 @@ pub use chosen::publish_jobs;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use lab_console::Console;
+use parking_lot::Mutex;
 use stubs::{BrokerError, Job};
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
@@ -88,6 +89,22 @@ pub enum MinerError {
     /// The settings cannot work.
     #[error("{0}")]
     InvalidConfig(String),
+}
+
+impl MinerError {
+    /// What failed, as a log line says it, when a later try may succeed: the broker could not
+    /// store what was asked, or did not answer in time.
+    fn transient_cause(&self) -> Option<String> {
+        match self {
+            MinerError::Refused { action, error } if error.is_transient() => {
+                Some(format!("the broker could not {action} for now ({error})"))
+            }
+            MinerError::BrokerLost { action, error } if error.is_transient() => {
+                Some(format!("the broker could not {action} for now ({error})"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a miner did.
@@ -281,8 +298,11 @@ async fn run_with(
     }
     let source = JobSource::new(config.triplets, config.max, config.seed)
         .map_err(MinerError::InvalidConfig)?;
-    let (topic, batcher_task) =
-        TopicLink::open(&config.link, &config.topic, config.buffer, &shutdown).await?;
+    let Some((topic, batcher_task)) =
+        TopicLink::open(&config.link, &config.topic, config.buffer, &shutdown).await?
+    else {
+        return Ok(MinerReport::default());
+    };
     let shared = Arc::new(Publishers {
         topic,
         schedule: config
@@ -322,7 +342,7 @@ async fn run_with(
     }
     let published = shared.published.load(Ordering::Relaxed);
     let (ack_p50_us, ack_p99_us) = {
-        let acknowledged_in = lock(&shared.acknowledged_in);
+        let acknowledged_in = shared.acknowledged_in.lock();
         (
             acknowledged_in.value_at_quantile(0.5),
             acknowledged_in.value_at_quantile(0.99),
@@ -356,12 +376,6 @@ struct Publishers {
     shutdown: CancellationToken,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Publishers {
     async fn publish_loop(&self) -> Result<(), MinerError> {
         let mut ticks = tokio::time::interval(self.config.interval.max(Duration::from_nanos(1)));
@@ -389,12 +403,14 @@ impl Publishers {
                     _ = tokio::time::sleep_until(due.into()) => {}
                 }
             }
-            let job = lock(&self.source).next_job();
+            let job = self.source.lock().next_job();
             let sent = Instant::now();
             let Some(job_id) = self.topic.publish(job, &self.shutdown).await? else {
                 return Ok(());
             };
-            lock(&self.acknowledged_in).saturating_record(sent.elapsed().as_micros() as u64);
+            self.acknowledged_in
+                .lock()
+                .saturating_record(sent.elapsed().as_micros() as u64);
             self.published.fetch_add(1, Ordering::Relaxed);
             self.output.published(job, self.topic.name(), job_id);
         }
@@ -422,11 +438,11 @@ mod tests {
 
     impl Screen {
         fn note(&self, what: String) {
-            lock(&self.0).push(what);
+            self.0.lock().push(what);
         }
 
         fn seen(&self) -> Vec<String> {
-            lock(&self.0).clone()
+            self.0.lock().clone()
         }
     }
 

@@ -408,6 +408,16 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// Whether the same request may succeed if made again a little later: the broker's store
+    /// failed for now (a NATS node gone, a disk full until space is freed), and nothing was
+    /// kept. Every other refusal says something about the request or the broker's settings,
+    /// which asking again does not change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::StorageFailed { .. })
+    }
+}
+
 /// Why a factory could not compute a job. The broker does not retry such a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum JobError {

@@ -223,3 +223,31 @@ async fn a_broker_waiting_for_its_store_stops_when_told() {
     let status = broker.exit_status().await;
     assert!(status.success(), "{status}: {}", broker.last_errors(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miner_and_a_factory_waiting_for_a_broker_that_never_comes_stop_at_ctrl_c() {
+    // Well under the wait, and under the longest pause between two dials: only a wait that
+    // watches Ctrl-C ends this soon.
+    const AT_ONCE: Duration = Duration::from_secs(1);
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let waiting = ["--broker", &nobody, "--wait-for-broker", "1h"];
+    let factory = Process::start("factory", &[&waiting[..], &["--port", "0"]].concat());
+    let miner = Process::start("miner", &[&waiting[..], &["--topic", "multiply"]].concat());
+    for (name, mut process) in [("factory", factory), ("miner", miner)] {
+        eventually(&format!("the {name} waits for its broker"), || {
+            process.last_errors(20).contains("waiting for the broker")
+        })
+        .await;
+        process.signal("INT");
+        let stopped = Instant::now();
+        let status = process.exit_status().await;
+        let took = stopped.elapsed();
+        // A program stopped by Ctrl-C ends as it does after a run: successfully.
+        assert!(
+            status.success(),
+            "the {name} ended with {status}: {}",
+            process.last_errors(20)
+        );
+        assert!(took < AT_ONCE, "the {name} took {took:?} to stop");
+    }
+}

@@ -5,7 +5,8 @@
 //!   sentences, with durations [`Rounded`].
 //! - [`cancel_on_signal`]: Ctrl-C or SIGTERM starts a graceful stop.
 //! - [`usage`]: what a person types, and the usage errors (status 2) that say what to type
-//!   instead; [`BrokerArgs`], the options every client of the broker shares.
+//!   instead; [`BrokerArgs`], the options every client of the broker shares; [`DialTls`] and
+//!   [`ServeTls`], the TLS options of every program.
 //! - [`how_to_start`]: the command that starts another lab program, for the hints in errors.
 //!
 //! A [`Console`] may carry a prefix naming its component, so that the one-process lab
@@ -123,7 +124,9 @@ pub struct BrokerArgs {
     pub connect_timeout: humantime::Duration,
     /// How long to keep reconnecting to a broker that went away.
     ///
-    /// After it, the program exits with an error. A duration with its unit (e.g. `30s`, `2m`).
+    /// Also how long a request that failed for now (the broker's store failing, no answer in
+    /// time) is made again. After it, the program exits with an error. A duration with its unit
+    /// (e.g. `30s`, `2m`).
     #[arg(long, default_value_t = transport::link::DEFAULT_GIVE_UP_AFTER.into(), value_name = "DURATION", allow_negative_numbers = true, value_parser = usage::duration, help_heading = "Broker")]
     pub give_up_after: humantime::Duration,
     /// How long to keep trying at start while no broker is up or ready.
@@ -146,16 +149,26 @@ pub struct BrokerArgs {
         help_heading = "Broker"
     )]
     pub token: Option<transport::AccessToken>,
-    /// Dial the broker over TLS, trusting the CA certificate in FILE.
+    /// TLS to dial the broker with.
+    #[command(flatten)]
+    pub tls: DialTls,
+}
+
+/// TLS to dial with: the options of every program that dials the broker or a factory.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DialTls {
+    /// Dial over TLS, trusting the CA certificate in FILE.
     ///
-    /// PEM. The broker's certificate must be signed by it and name the host in --broker (its
-    /// IP address or its name). Without it or --tls-dir, connections are plain TCP.
+    /// PEM. The certificate of the program dialled must be signed by it and name the address
+    /// dialled (an IP address or a name): the host in --broker, or for a broker the address
+    /// each factory subscribed with; Go factories are still dialled in plain TCP. Without it
+    /// or --tls-dir, connections are plain TCP.
     #[arg(long, value_name = "FILE", help_heading = "Security")]
     pub tls_ca: Option<PathBuf>,
     /// TLS with the files of `broker tls-init DIR`.
     ///
-    /// DIR/ca.pem as --tls-ca; a factory also serves the broker's calls with DIR/cert.pem and
-    /// DIR/key.pem.
+    /// DIR/ca.pem as --tls-ca; a program that also serves (the broker, a factory) serves with
+    /// DIR/cert.pem and DIR/key.pem, as --tls-cert and --tls-key.
     #[arg(
         long,
         value_name = "DIR",
@@ -163,6 +176,51 @@ pub struct BrokerArgs {
         help_heading = "Security"
     )]
     pub tls_dir: Option<PathBuf>,
+}
+
+impl DialTls {
+    /// The files these options name: with --tls-dir, a server's certificate and key too.
+    pub fn files(&self) -> transport::TlsFiles {
+        self.files_with(&ServeTls::default())
+    }
+
+    /// The files these options and `served` name together.
+    pub fn files_with(&self, served: &ServeTls) -> transport::TlsFiles {
+        transport::TlsFiles::from_options(
+            self.tls_dir.as_deref(),
+            self.tls_ca.as_deref(),
+            served.tls_cert.as_deref(),
+            served.tls_key.as_deref(),
+        )
+    }
+}
+
+/// A certificate to serve with, for the programs that are dialled too: the broker, and a
+/// factory, which the broker calls.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeTls {
+    /// Serve over TLS with the certificate in FILE (PEM, its chain after it); with --tls-key.
+    ///
+    /// It must name the address its clients dial (a factory's --ip, where the broker calls
+    /// it). Every client must then dial in TLS, with --tls-ca or --tls-dir, the access token
+    /// travelling inside it; Go's net/rpc clients, which cannot, are not served.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "tls_dir",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The shortest connect timeout: with zero, every connection would fail.
@@ -180,18 +238,8 @@ impl BrokerArgs {
             give_up_after: self.give_up_after.into(),
             wait_for_broker: self.wait_for_broker.into(),
             token: self.token.clone().unwrap_or_default(),
-            tls: self.tls_files().client()?,
+            tls: self.tls.files().client()?,
         })
-    }
-
-    /// The TLS files these options name: with --tls-dir, a server's certificate and key too.
-    pub fn tls_files(&self) -> transport::TlsFiles {
-        transport::TlsFiles::from_options(
-            self.tls_dir.as_deref(),
-            self.tls_ca.as_deref(),
-            None,
-            None,
-        )
     }
 }
 

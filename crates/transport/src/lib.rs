@@ -7,6 +7,7 @@
 //!   [`accept_or`] hands those that open with another protocol to a second one.
 //! - [`Admission`]: how many connections a server holds, in their handshake and after it.
 //! - [`link`]: a connection to the broker that reconnects by itself.
+//! - [`retry`]: the one policy by which clients try again what failed for now.
 //! - [`handshake`]: the protocol check and access token that open every connection.
 //! - [`starting`]: the answer "not ready yet" to clients of a server still opening its store.
 //! - [`tls`]: TLS under the handshake, the files it is loaded from, and [`Stream`], a
@@ -17,6 +18,7 @@ mod admission;
 pub mod coalesce;
 pub mod handshake;
 pub mod link;
+pub mod retry;
 pub mod starting;
 pub mod tls;
 pub mod words;
@@ -135,6 +137,22 @@ impl ConnectError {
             ConnectError::TimedOut { timeout, .. } => {
                 format!("no answer within {}", words::Rounded(*timeout))
             }
+        }
+    }
+
+    /// Whether a broker that could not be reached may yet come: nobody listening yet, a broker
+    /// still opening its store, or no answer in time. A name that does not resolve, a refused
+    /// token or a disagreement about TLS will not mend by waiting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Resolve { .. }
+            | ConnectError::NoTls { .. }
+            | ConnectError::Certificate { .. } => false,
+            ConnectError::Connect { .. } | ConnectError::TimedOut { .. } => true,
+            ConnectError::Handshake { source, .. } => matches!(
+                source,
+                HandshakeError::NotReady | HandshakeError::TimedOut | HandshakeError::Io(_)
+            ),
         }
     }
 }
@@ -326,6 +344,37 @@ struct Welcome {
     other: Option<OtherProtocol>,
 }
 
+/// The connection from `peer` in TLS if the server has it (`tls`), or as it is; `None` once
+/// it is closed: a refused or late TLS handshake (said in the log), or `close`.
+async fn open_tls(
+    tcp: TcpStream,
+    tls: Option<ServerTls>,
+    peer: SocketAddr,
+    deadline: Duration,
+    close: &CancellationToken,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    // TLS is part of the handshake: it has the same deadline and gives way alike.
+    let accepted = tokio::select! {
+        _ = close.cancelled() => return None,
+        accepted = tokio::time::timeout(deadline, tls.accept(tcp)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(refusal @ (tls::TlsRefusal::PlaintextPairbroker | tls::TlsRefusal::NotTls))) => {
+            tracing::warn!("refused {refusal} at {peer}: this server requires TLS");
+        }
+        Ok(Err(refusal)) => tracing::info!("closed the connection from {peer}: {refusal}"),
+        Err(_) => tracing::debug!(
+            "closed the connection from {peer}: no TLS handshake within {}",
+            words::Rounded(deadline)
+        ),
+    }
+    None
+}
+
 /// One connection's life: TLS if the server has it, its handshake, unless `close` ends them
 /// first, then its handler.
 async fn greet_and_handle<H, F>(
@@ -347,35 +396,8 @@ async fn greet_and_handle<H, F>(
         other,
     } = welcome;
     let started = tokio::time::Instant::now();
-    let mut stream = match tls {
-        None => Stream::Plain(tcp),
-        Some(tls) => {
-            // TLS is part of the handshake: it has the same deadline and gives way alike.
-            let accepted = tokio::select! {
-                _ = close.cancelled() => return,
-                accepted = tokio::time::timeout(deadline, tls.accept(tcp)) => accepted,
-            };
-            match accepted {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(
-                    refusal @ (tls::TlsRefusal::PlaintextPairbroker | tls::TlsRefusal::NotTls),
-                )) => {
-                    tracing::warn!("refused {refusal} at {peer}: this server requires TLS");
-                    return;
-                }
-                Ok(Err(refusal)) => {
-                    tracing::info!("closed the connection from {peer}: {refusal}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(
-                        "closed the connection from {peer}: no TLS handshake within {}",
-                        words::Rounded(deadline)
-                    );
-                    return;
-                }
-            }
-        }
+    let Some(mut stream) = open_tls(tcp, tls, peer, deadline, &close).await else {
+        return;
     };
     // The handshaking place is given back as the established one is taken, so that the
     // connection is never counted as both, nor as neither.

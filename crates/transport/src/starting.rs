@@ -135,17 +135,19 @@ mod tests {
         .await;
         assert_eq!(started, "started");
         let (error, took) = client.await.unwrap();
-        assert!(
-            matches!(
-                error,
-                Some(ConnectError::Handshake {
-                    source: HandshakeError::NotReady,
-                    ..
-                })
-            ),
-            "{error:?}"
-        );
+        assert!(told_not_ready(&error), "{error:?}");
         assert!(took < HANDSHAKE_TIMEOUT, "answered only after {took:?}");
+    }
+
+    /// Whether a dial ended with the server's "not ready yet".
+    fn told_not_ready(error: &Option<ConnectError>) -> bool {
+        matches!(
+            error,
+            Some(ConnectError::Handshake {
+                source: HandshakeError::NotReady,
+                ..
+            })
+        )
     }
 
     #[tokio::test]
@@ -173,16 +175,7 @@ mod tests {
         })
         .await;
         let error = asking.await.unwrap();
-        assert!(
-            matches!(
-                error,
-                Some(ConnectError::Handshake {
-                    source: HandshakeError::NotReady,
-                    ..
-                })
-            ),
-            "{error:?}"
-        );
+        assert!(told_not_ready(&error), "{error:?}");
     }
 
     #[tokio::test]

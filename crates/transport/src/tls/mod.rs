@@ -14,15 +14,17 @@
 //! [`write_development_files`] writes a development CA and a certificate for this machine into
 //! one (`broker tls-init DIR`).
 
+mod development;
+mod stream;
+
+pub use development::{write_development_files, InitError, DEVELOPMENT_NAMES};
+pub use stream::Stream;
+
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -42,10 +44,6 @@ pub const KEY_FILE: &str = "key.pem";
 /// The first byte of every TLS connection: the content type of a handshake record, which
 /// carries the ClientHello. A pairbroker client starts with [`MAGIC`] instead.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// The names the development certificate of [`write_development_files`] is valid for: this
-/// machine, by its loopback addresses and by name.
-pub const DEVELOPMENT_NAMES: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
 
 /// Why TLS files could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -379,194 +377,6 @@ impl ClientTls {
 fn host_of(address: &str) -> &str {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// A connection, in TLS or plain TCP: what framing and the handshake run over.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP; boxed, as rustls's state is large beside a socket.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
-    /// The address of the other end.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
-    }
-
-    /// Whether the connection is in TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-}
-
-impl From<TcpStream> for Stream {
-    fn from(tcp: TcpStream) -> Self {
-        Stream::Plain(tcp)
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(tcp) => tcp.is_write_vectored(),
-            Stream::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Why `broker tls-init` could not write its files.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    /// A file is there already: it may be in use, so it is never overwritten.
-    #[error("{} already exists; tls-init never overwrites a file: remove it, or choose another directory", path.display())]
-    Exists {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A file or the directory could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        /// The file or directory.
-        path: PathBuf,
-        /// What the file system said.
-        source: io::Error,
-    },
-    /// rcgen could not make the certificates.
-    #[error("cannot generate the certificates: {0}")]
-    Generate(#[from] rcgen::Error),
-}
-
-/// Writes into `dir` (created if missing) a development CA certificate (`ca.pem`), and a server
-/// certificate it signed for [`DEVELOPMENT_NAMES`] (`cert.pem`) with its private key
-/// (`key.pem`, readable by its owner only). The CA's own key is not kept: no other certificate
-/// can ever be signed with it, so trusting `ca.pem` trusts this one certificate. Refuses to
-/// overwrite any of the three files.
-pub fn write_development_files(dir: &Path) -> Result<TlsFiles, InitError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let files = TlsFiles::in_dir(dir);
-    let paths = [&files.ca, &files.cert, &files.key].map(|path| path.clone().unwrap_or_default());
-    if let Some(path) = paths.iter().find(|path| path.exists()) {
-        return Err(InitError::Exists { path: path.clone() });
-    }
-
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pairbroker development CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key)?;
-
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(DEVELOPMENT_NAMES.map(str::to_owned).to_vec())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "pairbroker on this machine");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // Servers and clients alike: a factory serves the broker's calls and dials the broker.
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-
-    std::fs::create_dir_all(dir).map_err(|source| InitError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_new(&paths[0], ca.pem().as_bytes(), false)?;
-    write_new(&paths[1], cert.pem().as_bytes(), false)?;
-    write_new(&paths[2], key.serialize_pem().as_bytes(), true)?;
-    Ok(files)
-}
-
-/// Writes `contents` to a new file at `path`; a secret one readable by its owner only.
-fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let written = options
-        .open(path)
-        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()));
-    written.map_err(|source| match source.kind() {
-        io::ErrorKind::AlreadyExists => InitError::Exists {
-            path: path.to_owned(),
-        },
-        _ => InitError::Write {
-            path: path.to_owned(),
-            source,
-        },
-    })
 }
 
 #[cfg(test)]

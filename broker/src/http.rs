@@ -41,7 +41,7 @@ pub async fn serve(
         .route("/api/stats", get(api_stats))
         .route("/metrics", get(metrics))
         // The dashboard's dead letters: the JSON of `broker dead-letters --json`, built in
-        // stats.rs beside the command so that the two cannot drift apart.
+        // the stats module beside the command so that the two cannot drift apart.
         .route("/api/dead-letters", get(crate::stats::api_dead_letters))
         .with_state(broker);
     axum::serve(listener, app)

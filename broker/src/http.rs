@@ -489,29 +489,34 @@ mod tests {
         assert_eq!(text, scrape(None).text(Format::Prometheus));
     }
 
+    /// Asserts that each of `lines` stands in `text` as a whole line.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} in:\n{text}");
+        }
+    }
+
     #[test]
     fn the_classic_format_names_every_family_and_has_no_openmetrics_lines() {
         let text = scrape(Some(PROCESS)).text(Format::Prometheus);
-        for family in [
-            "# TYPE process_cpu_seconds_total counter",
-            "# TYPE process_resident_memory_bytes gauge",
-            "# TYPE process_virtual_memory_bytes gauge",
-            "# TYPE process_open_fds gauge",
-            "# TYPE process_max_fds gauge",
-            "# TYPE process_start_time_seconds gauge",
-            "# TYPE pairbroker_topic_capacity gauge",
-            "# TYPE pairbroker_jobs_published_total counter",
-            "# TYPE pairbroker_subscriber_in_flight gauge",
-            "# TYPE pairbroker_subscriber_jobs_failed_total counter",
-            "# TYPE pairbroker_job_latency_seconds histogram",
-            "# TYPE pairbroker_uptime_seconds gauge",
-            "# TYPE pairbroker_build_info gauge",
-        ] {
-            assert!(
-                text.lines().any(|line| line == family),
-                "{family} in:\n{text}"
-            );
-        }
+        assert_lines(
+            &text,
+            &[
+                "# TYPE process_cpu_seconds_total counter",
+                "# TYPE process_resident_memory_bytes gauge",
+                "# TYPE process_virtual_memory_bytes gauge",
+                "# TYPE process_open_fds gauge",
+                "# TYPE process_max_fds gauge",
+                "# TYPE process_start_time_seconds gauge",
+                "# TYPE pairbroker_topic_capacity gauge",
+                "# TYPE pairbroker_jobs_published_total counter",
+                "# TYPE pairbroker_subscriber_in_flight gauge",
+                "# TYPE pairbroker_subscriber_jobs_failed_total counter",
+                "# TYPE pairbroker_job_latency_seconds histogram",
+                "# TYPE pairbroker_uptime_seconds gauge",
+                "# TYPE pairbroker_build_info gauge",
+            ],
+        );
         // Every sample's family has its HELP and TYPE lines, just before its first sample.
         let mut described = None;
         for line in text.lines() {
@@ -527,35 +532,37 @@ mod tests {
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
         );
-        for line in [
-            "process_cpu_seconds_total 1.25",
-            "process_max_fds 1024",
-            "process_start_time_seconds 1700000000.5",
-            "pairbroker_jobs_published_total{topic=\"divide\"} 30",
-            "pairbroker_uptime_seconds 60",
-            &format!(
-                "pairbroker_build_info{{version=\"{}\"}} 1",
-                env!("CARGO_PKG_VERSION")
-            ),
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "process_cpu_seconds_total 1.25",
+                "process_max_fds 1024",
+                "process_start_time_seconds 1700000000.5",
+                "pairbroker_jobs_published_total{topic=\"divide\"} 30",
+                "pairbroker_uptime_seconds 60",
+                &format!(
+                    "pairbroker_build_info{{version=\"{}\"}} 1",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ],
+        );
     }
 
     #[test]
     fn openmetrics_has_units_and_ends_with_eof() {
         let text = scrape(Some(PROCESS)).text(Format::OpenMetrics);
-        for line in [
-            "# TYPE process_cpu_seconds counter",
-            "# UNIT process_cpu_seconds seconds",
-            "process_cpu_seconds_total 1.25",
-            "# TYPE pairbroker_jobs_published counter",
-            "pairbroker_jobs_published_total{topic=\"divide\"} 30",
-            "# UNIT pairbroker_job_latency_seconds seconds",
-            "# TYPE pairbroker_build info",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "# TYPE process_cpu_seconds counter",
+                "# UNIT process_cpu_seconds seconds",
+                "process_cpu_seconds_total 1.25",
+                "# TYPE pairbroker_jobs_published counter",
+                "pairbroker_jobs_published_total{topic=\"divide\"} 30",
+                "# UNIT pairbroker_job_latency_seconds seconds",
+                "# TYPE pairbroker_build info",
+            ],
+        );
         assert!(text.ends_with("\n# EOF\n"), "{text}");
     }
 

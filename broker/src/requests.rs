@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stubs::{
-    BrokerError, BrokerStats, Callback, ChannelRequest, DeadLetters, JetStreamReport, Job,
-    Protocol, PublishBatch, PublishRequest, Published, PublishedBatch, StatusReport,
-    SubscriberReport, Subscription, TopicReport, MAX_PUBLISH_BATCH,
+    BrokerError, BrokerStats, Callback, ChannelRequest, DeadLetters, Job, Protocol, PublishBatch,
+    PublishRequest, Published, PublishedBatch, StatusReport, SubscriberReport, Subscription,
+    TopicReport, MAX_PUBLISH_BATCH,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +21,7 @@ use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::outcome::Observer;
 use crate::queue::{
     validate_buffer, validate_prefetch, validate_topic_name, JobId, JobStore, QueueError,
-    TopicCreation, TopicStats, ValidationError,
+    TopicCounts, TopicCreation, ValidationError,
 };
 use crate::settings::Settings;
 use crate::store::Store;
@@ -156,7 +156,11 @@ impl BrokerState {
             });
         }
         let job_id = stored?;
-        tracing::debug!(topic = %request.topic, job_id, job = ?request.job, "published");
+        tracing::debug!(
+            "published {} to {:?} (job {job_id})",
+            request.job,
+            request.topic
+        );
         Ok(Published { job_id })
     }
 
@@ -378,9 +382,9 @@ impl BrokerState {
         Ok(StatusReport { message })
     }
 
-    /// The counters of a topic.
-    pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, BrokerError> {
-        Ok(self.store.stats(topic).await?)
+    /// The counts of a topic, as its store keeps them.
+    pub async fn topic_counts(&self, topic: &str) -> Result<TopicCounts, BrokerError> {
+        Ok(self.store.counts(topic).await?)
     }
 
     /// What the broker is doing: every topic and subscription with its figures.
@@ -389,38 +393,27 @@ impl BrokerState {
         let mut topics = Vec::new();
         for name in self.store.topic_names().await {
             // A topic cannot disappear, so this only skips a store that fails to answer.
-            let Ok(stats) = self.store.stats(&name).await else {
+            let Ok(counts) = self.store.counts(&name).await else {
                 continue;
             };
             let metrics = self.metrics.existing(&name);
             topics.push(TopicReport {
-                capacity: stats.capacity as u64,
-                ready: stats.ready as u64,
-                in_flight: stats.in_flight as u64,
-                published: stats.published,
-                completed: stats.completed,
-                failed: stats.failed,
-                requeued: stats.requeued,
-                undeliverable: stats.undeliverable,
-                dead: stats.dead as u64,
+                capacity: counts.capacity as u64,
+                ready: counts.ready as u64,
+                in_flight: counts.in_flight as u64,
+                published: counts.published,
+                completed: counts.completed,
+                failed: counts.failed,
+                requeued: counts.requeued,
+                undeliverable: counts.undeliverable,
+                dead: counts.dead as u64,
                 subscribers: subscriptions
                     .iter()
                     .filter(|(key, _)| *key.topic == *name)
                     .count() as u64,
                 rate_per_s: metrics.as_ref().map_or(0.0, |m| m.rate_per_s()),
                 latency_us: metrics.as_ref().map(|m| m.latency()).unwrap_or_default(),
-                jetstream: stats.jetstream.map(|figures| JetStreamReport {
-                    stream: figures.stream,
-                    leader: figures.leader,
-                    replicas: figures.replicas as u64,
-                    current_replicas: figures.current_replicas as u64,
-                    messages: figures.messages,
-                    last_sequence: figures.last_sequence,
-                    pending: figures.pending,
-                    ack_pending: figures.ack_pending,
-                    redelivered: figures.redelivered,
-                    waiting_pulls: figures.waiting_pulls,
-                }),
+                jetstream: counts.jetstream,
                 name,
             });
         }

@@ -12,8 +12,8 @@ use stubs::{DeadLetters, Job, JobError};
 use tokio::time::Instant;
 
 use crate::queue::{
-    Delivery, DiskError, DiskStore, Fsync, JobId, JobStore, MemoryStore, QueueError, TopicCreation,
-    TopicStats, DEFAULT_DEAD_LETTER_LIMIT,
+    Delivery, DiskError, DiskStore, Fsync, JobId, JobStore, MemoryStore, QueueError, TopicCounts,
+    TopicCreation, DEFAULT_DEAD_LETTER_LIMIT,
 };
 #[cfg(feature = "jetstream")]
 use crate::queue::{JetStreamConfig, JetStreamError, JetStreamStore};
@@ -189,7 +189,7 @@ impl JobStore for Store {
         on_store!(self, store => store.topic_names().await)
     }
 
-    async fn stats(&self, topic: &str) -> Result<TopicStats, QueueError> {
-        on_store!(self, store => store.stats(topic).await)
+    async fn counts(&self, topic: &str) -> Result<TopicCounts, QueueError> {
+        on_store!(self, store => store.counts(topic).await)
     }
 }

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use broker::queue::{Delivery, DiskStore, Fsync, JobId, JobStore, MemoryStore, QueueError};
-use broker::queue::{TopicCreation, TopicStats};
+use broker::queue::{TopicCounts, TopicCreation};
 use proptest::prelude::*;
 use stubs::{Job, JobError, Pair};
 use tokio::time::Instant;
@@ -451,24 +451,24 @@ async fn compare(store: &impl JobStore, model: &Model) {
     names.sort();
     assert_eq!(store.topic_names().await, names);
     for (name, topic) in &model.topics {
-        let stats: TopicStats = store.stats(name).await.expect("stats");
+        let counts: TopicCounts = store.counts(name).await.expect("counts");
         let in_flight = model
             .in_flight
             .iter()
             .filter(|delivery| &*delivery.topic == *name)
             .count();
         assert_eq!(
-            (stats.capacity, stats.ready, stats.in_flight),
+            (counts.capacity, counts.ready, counts.in_flight),
             (topic.capacity, topic.ready.len(), in_flight),
             "capacity, ready and in flight of {name}"
         );
         let counted = &topic.counted;
         assert_eq!(
             (
-                stats.published,
-                stats.completed,
-                stats.failed,
-                stats.requeued
+                counts.published,
+                counts.completed,
+                counts.failed,
+                counts.requeued
             ),
             (
                 counted.published,
@@ -499,8 +499,8 @@ async fn drain(store: &impl JobStore, model: &mut Model) {
         assert!(model.completed.insert(delivery.id));
     }
     for name in model.topics.keys() {
-        let stats = store.stats(name).await.expect("stats");
-        assert_eq!((stats.ready, stats.in_flight), (0, 0), "{name} drained");
+        let counts = store.counts(name).await.expect("counts");
+        assert_eq!((counts.ready, counts.in_flight), (0, 0), "{name} drained");
     }
     // Every id given is completed or dead, and never both.
     let dead: HashSet<JobId> = model.failed_at.keys().copied().collect();

@@ -29,42 +29,30 @@ impl Membership<'_> {
     /// Creates the topics and subscribes.
     pub async fn join(&self) -> Result<(), FactoryError> {
         for channel in &self.channels {
+            let action = || format!("create the topic {:?}", channel.topic);
+            let report = ask(self.broker, action, channel, |client, channel| async move {
+                client
+                    .create_channel(tarpc::context::current(), channel)
+                    .await
+            })
+            .await?;
+            tracing::info!("{}", report.message);
+        }
+        for subscription in &self.subscriptions {
+            let action = || format!("subscribe to {:?}", subscription.topic);
             let report = ask(
                 self.broker,
-                || format!("create the topic {:?}", channel.topic),
-                |client| {
-                    let channel = channel.clone();
-                    async move {
-                        client
-                            .create_channel(tarpc::context::current(), channel)
-                            .await
-                    }
+                action,
+                subscription,
+                |client, subscription| async move {
+                    client
+                        .subscribe(tarpc::context::current(), subscription)
+                        .await
                 },
             )
             .await?;
             tracing::info!("{}", report.message);
         }
-        for subscription in &self.subscriptions {
-            self.subscribe(subscription).await?;
-        }
-        Ok(())
-    }
-
-    async fn subscribe(&self, subscription: &Subscription) -> Result<(), FactoryError> {
-        let report = ask(
-            self.broker,
-            || format!("subscribe to {:?}", subscription.topic),
-            |client| {
-                let subscription = subscription.clone();
-                async move {
-                    client
-                        .subscribe(tarpc::context::current(), subscription)
-                        .await
-                }
-            },
-        )
-        .await?;
-        tracing::info!("{}", report.message);
         Ok(())
     }
 
@@ -82,13 +70,10 @@ impl Membership<'_> {
             for subscription in &self.subscriptions {
                 let held = self
                     .broker
-                    .call(|client| {
-                        let subscription = subscription.clone();
-                        async move {
-                            client
-                                .is_subscribed(tarpc::context::current(), subscription)
-                                .await
-                        }
+                    .call(subscription, |client, subscription| async move {
+                        client
+                            .is_subscribed(tarpc::context::current(), subscription)
+                            .await
                     })
                     .await;
                 let rejoin = match held {
@@ -136,16 +121,15 @@ impl Membership<'_> {
     /// Unsubscribes from everything, logging what fails: the factory is stopping anyway.
     pub async fn leave(&self) {
         for subscription in &self.subscriptions {
+            let action = || format!("unsubscribe from {:?}", subscription.topic);
             let left = ask(
                 self.broker,
-                || format!("unsubscribe from {:?}", subscription.topic),
-                |client| {
-                    let subscription = subscription.clone();
-                    async move {
-                        client
-                            .unsubscribe(tarpc::context::current(), subscription)
-                            .await
-                    }
+                action,
+                subscription,
+                |client, subscription| async move {
+                    client
+                        .unsubscribe(tarpc::context::current(), subscription)
+                        .await
                 },
             )
             .await;
@@ -156,45 +140,30 @@ impl Membership<'_> {
     }
 }
 
-/// Makes a request to the broker, naming what was asked in any error. Creating a topic,
-/// subscribing and unsubscribing are idempotent, so a request that failed for now (the
-/// broker's store, e.g. a NATS cluster electing its leaders, or no answer in time) is made
-/// again as the link's [`transport::retry::Retry`] allows before the error is given.
-async fn ask<T, F, Fut>(
+/// Sends `request` with `send`, naming what was asked (`action`) in any error. Creating a
+/// topic, subscribing and unsubscribing are idempotent, so a request that failed for now (the
+/// broker's store, e.g. a NATS cluster electing its leaders, or no answer in time) is sent
+/// again as [`BrokerLink::ask`] does before the error is given.
+async fn ask<Q, T, F, Fut>(
     broker: &BrokerLink,
     action: impl Fn() -> String,
-    request: F,
+    request: &Q,
+    send: F,
 ) -> Result<T, FactoryError>
 where
-    F: Fn(stubs::BrokerClient) -> Fut,
+    Q: Clone,
+    F: Fn(stubs::BrokerClient, Q) -> Fut,
     Fut: std::future::Future<Output = Result<Result<T, BrokerError>, RpcError>>,
 {
-    let mut retry = broker.retry();
-    loop {
-        let answer = broker.call(&request).await;
-        let again = transport::retry::transient(&answer)
-            && retry
-                .wait(|pause| {
-                    tracing::warn!(
-                        "the broker could not {} now; asking again in {}",
-                        action(),
-                        lab_console::Rounded(pause)
-                    );
-                })
-                .await
-                .is_ok();
-        if !again {
-            return match answer {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(error)) => Err(FactoryError::Refused {
-                    action: action(),
-                    error,
-                }),
-                Err(error) => Err(FactoryError::Rpc {
-                    action: action(),
-                    error,
-                }),
-            };
-        }
+    match broker.ask(&action, request, send).await.answer {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => Err(FactoryError::Refused {
+            action: action(),
+            error,
+        }),
+        Err(error) => Err(FactoryError::Rpc {
+            action: action(),
+            error,
+        }),
     }
 }

@@ -267,9 +267,8 @@ async fn publish_until_accepted(
     let mut retry = broker.retry();
     loop {
         let answer = broker
-            .call(|client| {
-                let request = request.clone();
-                async move { client.publish(tarpc::context::current(), request).await }
+            .call(&request, |client, request| async move {
+                client.publish(tarpc::context::current(), request).await
             })
             .await;
         let error = match answer {

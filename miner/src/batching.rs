@@ -83,13 +83,10 @@ async fn send(broker: &BrokerLink, topic: &str, batch: Vec<Handover>) {
         jobs,
     };
     let answer = broker
-        .call(|client| {
-            let request = request.clone();
-            async move {
-                client
-                    .publish_batch(tarpc::context::current(), request)
-                    .await
-            }
+        .call(&request, |client, request| async move {
+            client
+                .publish_batch(tarpc::context::current(), request)
+                .await
         })
         .await;
     let mut replies = replies.into_iter();

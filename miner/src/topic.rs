@@ -109,40 +109,34 @@ impl TopicLink {
 
 /// Creates the miner's topic (idempotent): at start, and again when a restarted broker has
 /// forgotten it. Creating a replicated stream can outlast a call's deadline while a NATS
-/// cluster forms, so a creation that failed for now is asked for again (see [`again`]).
+/// cluster forms, so a creation that failed for now is asked for again ([`BrokerLink::ask`]).
 async fn create_channel(broker: &BrokerLink, channel: &ChannelRequest) -> Result<(), MinerError> {
     let action = || format!("create the topic {:?}", channel.topic);
-    let mut retry = broker.retry();
-    loop {
-        let created = broker
-            .call(|client| {
-                let request = channel.clone();
-                async move {
-                    client
-                        .create_channel(tarpc::context::current(), request)
-                        .await
-                }
-            })
-            .await;
-        let failure = match created {
-            Ok(Ok(report)) => {
-                tracing::info!("{}", report.message);
-                return Ok(());
-            }
-            // The publishers see the stop too, and end.
-            Err(LinkError::Stopped) => return Ok(()),
-            Ok(Err(error)) => MinerError::Refused {
-                action: action(),
-                error,
-            },
-            Err(error) => MinerError::BrokerLost {
-                action: action(),
-                error: Arc::new(error),
-            },
-        };
-        if !again(&mut retry, failure).await? {
-            return Ok(());
+    let created = broker
+        .ask(&action, channel, |client, channel| async move {
+            client
+                .create_channel(tarpc::context::current(), channel)
+                .await
+        })
+        .await;
+    // The publishers see the stop too, and end.
+    if created.ended == Some(Ended::Stopped) {
+        return Ok(());
+    }
+    match created.answer {
+        Ok(Ok(report)) => {
+            tracing::info!("{}", report.message);
+            Ok(())
         }
+        Err(LinkError::Stopped) => Ok(()),
+        Ok(Err(error)) => Err(MinerError::Refused {
+            action: action(),
+            error,
+        }),
+        Err(error) => Err(MinerError::BrokerLost {
+            action: action(),
+            error: Arc::new(error),
+        }),
     }
 }
 

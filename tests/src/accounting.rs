@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use stubs::BrokerClient;
 
-use crate::Process;
+use crate::{eventually_async, Process};
 
 /// A miner publishing to `topic` as fast as it can (8 at a time, buffer 500) through
 /// `brokers` (`a,b`), printing a line per acknowledged job, reconnecting for up to 120 s.
@@ -95,6 +95,23 @@ pub async fn unsettled(client: &BrokerClient) -> Option<u64> {
             .map(|topic| topic.ready + topic.in_flight)
             .sum(),
     )
+}
+
+/// Waits until the broker behind `client` holds no job ready or in flight, then sets
+/// `acknowledged` against the jobs the `factories` printed as computed.
+pub async fn reckon_when_settled(
+    client: &BrokerClient,
+    acknowledged: &[JobKey],
+    factories: &[Process],
+) -> Reckoning {
+    eventually_async("every stored job is settled", async || {
+        unsettled(client).await == Some(0)
+    })
+    .await;
+    let computed = factories
+        .iter()
+        .flat_map(|factory| computed(&factory.lines()));
+    reckon(acknowledged, computed)
 }
 
 /// Acknowledged jobs set against completed ones.

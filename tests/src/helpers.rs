@@ -9,7 +9,7 @@ use stubs::{BrokerClient, BrokerError, ChannelRequest};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{factory_config, start_factory, Process};
+use crate::{factory_config, program, start_factory, Process};
 
 /// Starts a quiet factory on a free port that serves `topics` for `broker`, its pipeline on or
 /// off, and waits until the broker lists its subscriptions.
@@ -62,4 +62,17 @@ pub fn spawn_miner(
     stop: CancellationToken,
 ) -> JoinHandle<Result<MinerReport, MinerError>> {
     tokio::spawn(miner::run(config, Console::quiet(), stop))
+}
+
+/// `broker stats --json` of the broker at `address`, if it answers.
+pub async fn stats_at(address: &str) -> Option<serde_json::Value> {
+    let output = tokio::process::Command::new(program("broker"))
+        .args(["stats", "--json", "--broker", address])
+        .output()
+        .await
+        .expect("run broker stats");
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
 }

@@ -83,6 +83,11 @@ impl Recorder {
             .collect()
     }
 
+    /// The values computed on `topic`, in the order the broker reported them.
+    pub fn results(&self, topic: &str) -> Vec<i64> {
+        self.completed(topic).iter().map(|c| c.result).collect()
+    }
+
     /// The distinct jobs completed on `topic`.
     pub fn completed_ids(&self, topic: &str) -> HashSet<JobId> {
         self.completed(topic).iter().map(|c| c.job_id).collect()

@@ -81,7 +81,7 @@ async fn buffers_outside_1_to_1_000_000_are_refused() {
         );
     }
     assert!(
-        broker.topic_stats("jobs").await.is_none(),
+        broker.topic_counts("jobs").await.is_none(),
         "no topic was created"
     );
 }
@@ -94,7 +94,7 @@ async fn create_channel_is_idempotent_and_keeps_the_first_capacity() {
     assert!(first.contains("created"), "{first}");
     let second = try_create_topic(&client, "jobs", 50).await.unwrap();
     assert!(second.contains("keeps that buffer"), "{second}");
-    assert_eq!(broker.topic_stats("jobs").await.unwrap().capacity, 5);
+    assert_eq!(broker.topic_counts("jobs").await.unwrap().capacity, 5);
 }
 
 #[tokio::test]
@@ -194,7 +194,7 @@ async fn division_by_zero_and_overflow_fail_once_and_the_factory_keeps_serving()
     assert_eq!(recorder.completed("divide")[0].result, 3);
     assert_eq!(recorder.completed("multiply")[0].result, 42);
     for topic in ["divide", "multiply"] {
-        let stats = broker.topic_stats(topic).await.unwrap();
+        let stats = broker.topic_counts(topic).await.unwrap();
         assert_eq!(
             (stats.failed, stats.completed, stats.requeued),
             (1, 1, 0),
@@ -254,7 +254,7 @@ async fn a_publish_to_a_full_topic_waits_and_past_its_deadline_leaves_no_job() {
         started.elapsed() >= Duration::from_millis(300),
         "it waited for room first"
     );
-    let stats = broker.topic_stats("small").await.unwrap();
+    let stats = broker.topic_counts("small").await.unwrap();
     assert_eq!((stats.ready, stats.published), (2, 2), "no phantom job");
 }
 
@@ -303,7 +303,7 @@ async fn unsubscribe_stops_dispatching_and_resubscribing_replaces_the_old_subscr
         .unwrap();
     assert_eq!(subscriptions_of(&broker, factory.address), 0);
     publish(&client, "multiply", Pair { x: 3, y: 3 }).await;
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!(
         (stats.ready, stats.in_flight),
         (1, 0),
@@ -333,7 +333,7 @@ async fn a_miner_whose_broker_goes_away_for_good_gives_up_with_a_clear_error() {
     let miner = lab::start_miner(config, lab_console::Console::quiet(), Default::default());
     eventually_async("the topic is full", async || {
         broker
-            .topic_stats("multiply")
+            .topic_counts("multiply")
             .await
             .is_some_and(|stats| stats.ready == 10)
     })

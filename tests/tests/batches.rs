@@ -51,7 +51,7 @@ async fn a_batch_is_stored_in_order_and_each_job_is_delivered_once() {
         "ids in the batch's order: {:?}",
         published.job_ids
     );
-    assert_eq!(broker.topic_stats("multiply").await.unwrap().ready, 6);
+    assert_eq!(broker.topic_counts("multiply").await.unwrap().ready, 6);
 
     // With room for eight calls, the factory is sent the ready jobs in batches, and each
     // result still lands on its own job.
@@ -93,7 +93,7 @@ async fn a_batch_meeting_a_full_topic_stores_what_fits_and_names_the_reason_for_
             capacity: 3
         })
     );
-    let stats = broker.topic_stats("small").await.unwrap();
+    let stats = broker.topic_counts("small").await.unwrap();
     assert_eq!((stats.ready, stats.published), (3, 3), "no phantom job");
 
     // A full topic before the first job: the error alone, as a single publish gets.
@@ -143,7 +143,7 @@ async fn bad_batches_get_typed_errors_and_the_broker_keeps_serving() {
             error: None
         })
     );
-    assert_eq!(broker.topic_stats("multiply").await.unwrap().published, 0);
+    assert_eq!(broker.topic_counts("multiply").await.unwrap().published, 0);
     let published = publish_batch(&client, "multiply", pairs(2), second)
         .await
         .unwrap();
@@ -176,7 +176,7 @@ async fn a_miner_with_many_publishers_publishes_each_job_once_through_its_batche
         3_000,
         "3,000 distinct jobs, none twice"
     );
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!((stats.published, stats.completed), (3_000, 3_000));
 }
 
@@ -197,7 +197,7 @@ async fn a_rate_spreads_the_jobs_over_time() {
     assert_eq!(report.published, 41);
     // Job k is due k/200 s after the first: the last, job 40, not before 200 ms.
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
-    assert_eq!(broker.topic_stats("rated").await.unwrap().published, 41);
+    assert_eq!(broker.topic_counts("rated").await.unwrap().published, 41);
 }
 
 /// The Factory service as the lab defines it, before batched calls existed.
@@ -273,13 +273,9 @@ async fn a_factory_without_batched_calls_is_called_one_job_at_a_time() {
         recorder.completed("multiply").len() == 20
     })
     .await;
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!((stats.completed, stats.requeued), (20, 0), "no call failed");
-    let mut results: Vec<i64> = recorder
-        .completed("multiply")
-        .iter()
-        .map(|completion| completion.result)
-        .collect();
+    let mut results = recorder.results("multiply");
     results.sort();
     assert_eq!(results, (0..20).map(|x| x * 2).collect::<Vec<i64>>());
 }

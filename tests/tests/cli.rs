@@ -77,33 +77,30 @@ async fn every_program_says_plainly_that_the_broker_address_does_not_resolve() {
 }
 
 #[test]
-fn broker_and_factory_say_plainly_that_their_port_is_taken() {
+fn broker_factory_and_lab_say_plainly_that_their_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let output = run("broker", &["--port", &port]);
-    assert!(!output.status.success());
-    assert_eq!(
-        stderr_of(&output),
-        format!("broker: cannot listen on 127.0.0.1:{port} (address in use): is another broker running? Stop it, or choose another --port")
-    );
-    let output = run("factory", &["--port", &port]);
-    assert!(!output.status.success());
-    assert_eq!(
-        stderr_of(&output),
-        format!("factory: cannot listen on 127.0.0.1:{port} (address in use): is another factory on that port? Choose another --port, or --port 0 for a free one")
-    );
-}
-
-#[test]
-fn the_lab_says_plainly_that_its_port_is_taken() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
-    let output = run("lab", &["--port", &port]);
-    assert!(!output.status.success());
-    assert_eq!(
-        stderr_of(&output),
-        format!("lab: cannot listen on 127.0.0.1:{port} (address in use): is a broker already running? Stop it, or use --port 0")
-    );
+    for (name, advice) in [
+        (
+            "broker",
+            "is another broker running? Stop it, or choose another --port",
+        ),
+        (
+            "factory",
+            "is another factory on that port? Choose another --port, or --port 0 for a free one",
+        ),
+        (
+            "lab",
+            "is a broker already running? Stop it, or use --port 0",
+        ),
+    ] {
+        let output = run(name, &["--port", &port]);
+        assert!(!output.status.success(), "{name}");
+        assert_eq!(
+            stderr_of(&output),
+            format!("{name}: cannot listen on 127.0.0.1:{port} (address in use): {advice}")
+        );
+    }
 }
 
 #[test]

@@ -96,15 +96,7 @@ async fn no_acknowledged_job_is_lost_when_a_nats_node_and_a_broker_die() {
         acknowledged_jobs.extend(acknowledged(&miner.lines()));
         miner_lines.extend(miner.lines());
     }
-    eventually_async("every stored job is settled", async || {
-        unsettled(&second).await == Some(0)
-    })
-    .await;
-
-    let computed = factories
-        .iter()
-        .flat_map(|factory| computed(&factory.lines()));
-    let reckoning = reckon(&acknowledged_jobs, computed);
+    let reckoning = reckon_when_settled(&second, &acknowledged_jobs, &factories).await;
     println!(
         "NATS node and broker killed after {at_kill} acknowledgements, back after {at_restart}: \
          {} jobs acknowledged, {} missing, {} completed more than once",

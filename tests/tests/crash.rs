@@ -73,15 +73,7 @@ async fn every_acknowledged_job_is_completed_through_twenty_broker_crashes() {
         all_acknowledged.extend(acknowledged);
     }
     let acknowledged = all_acknowledged;
-    eventually_async("every stored job is settled", async || {
-        unsettled(&client).await == Some(0)
-    })
-    .await;
-
-    let computed = factories
-        .iter()
-        .flat_map(|factory| computed(&factory.lines()));
-    let reckoning = reckon(&acknowledged, computed);
+    let reckoning = reckon_when_settled(&client, &acknowledged, &factories).await;
     println!(
         "{CRASHES} crashes: {} jobs acknowledged, {} missing, {} completed more than once",
         reckoning.acknowledged, reckoning.missing_count, reckoning.duplicates,

@@ -105,7 +105,7 @@ async fn a_factory_killed_with_calls_in_flight_loses_no_job() {
         recorder.completed_ids("multiply").len() as u64 == total
     })
     .await;
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!(
         (stats.published, stats.ready, stats.in_flight),
         (total, 0, 0)
@@ -393,11 +393,11 @@ async fn at_full_speed_twenty_factory_kills_and_a_hang_past_the_call_timeout_los
     let report = miner.await.unwrap().expect("the miner stops cleanly");
 
     eventually_async("every published job is settled", async || {
-        let stats = broker.topic_stats("multiply").await.unwrap();
+        let stats = broker.topic_counts("multiply").await.unwrap();
         (stats.ready, stats.in_flight) == (0, 0)
     })
     .await;
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     let published = stats.published;
     assert_eq!(
         report.published, published,
@@ -448,7 +448,7 @@ async fn at_full_speed_twenty_factory_kills_and_a_hang_past_the_call_timeout_los
     })
     .await;
     eventually_async("the new jobs are completed too", async || {
-        let stats = broker.topic_stats("multiply").await.unwrap();
+        let stats = broker.topic_counts("multiply").await.unwrap();
         (stats.ready, stats.in_flight) == (0, 0)
     })
     .await;

@@ -45,13 +45,13 @@ async fn a_terminated_factory_unsubscribes_finishes_its_calls_flushes_its_pipeli
         "the broker saw no failed call: {failures:?}"
     );
     let multiplied = recorder.completed("multiply").len() as u64;
-    let divide = broker.topic_stats("divide").await.unwrap();
+    let divide = broker.topic_counts("divide").await.unwrap();
     assert_eq!(
         divide.published,
         multiplied / 2,
         "every whole pipeline group was published"
     );
-    let multiply = broker.topic_stats("multiply").await.unwrap();
+    let multiply = broker.topic_counts("multiply").await.unwrap();
     assert_eq!(multiply.in_flight, 0);
 
     stop_miner.cancel();
@@ -130,7 +130,7 @@ async fn a_terminated_miner_finishes_its_publishes_and_exits_0() {
     eventually_async(
         "every job the broker took was printed, and no other",
         async || {
-            let published = broker.topic_stats("multiply").await.unwrap().published;
+            let published = broker.topic_counts("multiply").await.unwrap().published;
             miner.count_lines("published ") as u64 == published
         },
     )

@@ -65,6 +65,39 @@ fn seen(report: &Report, part: Part, check: &str) -> String {
     made.seen.clone()
 }
 
+/// The checks that a factory without the pipeline fails, and nothing else does.
+fn without_pipeline() -> Vec<(Part, String)> {
+    [
+        (Part::TwoB, PIPELINE_COUNT),
+        (Part::TwoB, PIPELINE_OPERANDS),
+        (Part::TwoB, PIPELINE_DONE),
+        (Part::Three, TRIPLET_PIPELINE),
+    ]
+    .map(|(part, check)| (part, check.to_owned()))
+    .to_vec()
+}
+
+/// Checks that the zero-divisor check of `report` says a division by zero killed the factory,
+/// with its last words: what it saw.
+fn assert_killed_by_zero(report: &Report) -> String {
+    let seen = seen(report, Part::TwoA, ZERO_DIVISOR);
+    assert!(
+        seen.starts_with("a division by zero killed the factory"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("integer divide by zero"),
+        "its last words: {seen}"
+    );
+    seen
+}
+
+/// Fails the test unless less than `limit` has passed since `started`; `what` names what ran.
+fn assert_took_less(started: Instant, limit: Duration, what: &str) {
+    let took = started.elapsed();
+    assert!(took < limit, "{what} took {took:?}");
+}
+
 #[tokio::test]
 async fn our_factory_gets_full_marks() {
     let started = Instant::now();
@@ -82,26 +115,13 @@ async fn our_factory_gets_full_marks() {
         "{report}"
     );
     // A marker has hundreds of submissions.
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "marking took {:?}",
-        started.elapsed()
-    );
+    assert_took_less(started, Duration::from_secs(30), "marking");
 }
 
 #[tokio::test]
 async fn a_factory_without_its_pipeline_fails_the_pipeline_checks_and_nothing_else() {
     let report = run(&MarkArgs::new(&our_factory("--no-pipeline"))).await;
-    assert_eq!(
-        failures(&report),
-        vec![
-            (Part::TwoB, PIPELINE_COUNT.to_owned()),
-            (Part::TwoB, PIPELINE_OPERANDS.to_owned()),
-            (Part::TwoB, PIPELINE_DONE.to_owned()),
-            (Part::Three, TRIPLET_PIPELINE.to_owned()),
-        ],
-        "{report}"
-    );
+    assert_eq!(failures(&report), without_pipeline(), "{report}");
     assert!(
         seen(&report, Part::TwoB, PIPELINE_COUNT).contains("nothing was published to divide"),
         "{report}"
@@ -218,11 +238,7 @@ async fn a_command_that_exits_at_once_ends_quickly_with_its_reason() {
         "{seen}"
     );
     assert!(seen.contains("exiting at once"), "its last words: {seen}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_took_less(started, Duration::from_secs(20), "marking");
 }
 
 #[tokio::test]
@@ -280,27 +296,11 @@ async fn factories_that_never_subscribe_or_subscribe_wrongly_are_told_why() {
 async fn a_factory_killed_by_a_zero_divisor_fails_that_check_and_marking_goes_on() {
     let report = run(&MarkArgs::new(&bad_factory("abort-on-zero"))).await;
     // It has no pipeline either; all else it does right, in the parts after 2a too.
-    assert_eq!(
-        failures(&report),
-        vec![
-            (Part::TwoA, ZERO_DIVISOR.to_owned()),
-            (Part::TwoB, PIPELINE_COUNT.to_owned()),
-            (Part::TwoB, PIPELINE_OPERANDS.to_owned()),
-            (Part::TwoB, PIPELINE_DONE.to_owned()),
-            (Part::Three, TRIPLET_PIPELINE.to_owned()),
-        ],
-        "{report}"
-    );
-    let seen = seen(&report, Part::TwoA, ZERO_DIVISOR);
-    assert!(
-        seen.starts_with("a division by zero killed the factory"),
-        "{seen}"
-    );
+    let mut expected = vec![(Part::TwoA, ZERO_DIVISOR.to_owned())];
+    expected.extend(without_pipeline());
+    assert_eq!(failures(&report), expected, "{report}");
+    let seen = assert_killed_by_zero(&report);
     assert!(seen.contains("SIGABRT"), "{seen}");
-    assert!(
-        seen.contains("integer divide by zero"),
-        "its last words: {seen}"
-    );
 }
 
 #[tokio::test]
@@ -330,11 +330,7 @@ async fn hung_and_panicking_factories_end_in_bounded_time_with_reasons() {
             "{mode}: {report}"
         );
         // Two parts, each check within its deadline: well under a minute.
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{mode}: {:?}",
-            started.elapsed()
-        );
+        assert_took_less(started, Duration::from_secs(60), mode);
     }
 }
 
@@ -352,11 +348,7 @@ async fn a_factory_that_floods_the_broker_is_marked_in_bounded_time() {
     );
     // Its flood of Pairs to multiply makes the pipeline's count wrong, whatever else it does.
     assert!(!report.all_passed(), "{report}");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_took_less(started, Duration::from_secs(60), "marking");
 }
 
 #[tokio::test]
@@ -452,13 +444,5 @@ async fn a_go_factory_with_parts_left_out_fails_just_those() {
         vec![(Part::TwoA, ZERO_DIVISOR.to_owned())],
         "{panics}"
     );
-    let seen = seen(&panics, Part::TwoA, ZERO_DIVISOR);
-    assert!(
-        seen.starts_with("a division by zero killed the factory"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("integer divide by zero"),
-        "its last words: {seen}"
-    );
+    assert_killed_by_zero(&panics);
 }

@@ -31,7 +31,7 @@ async fn a_subscribed_factory_gets_jobs_and_the_broker_completes_them_with_produ
         assert_eq!(completion.result, x * y, "{completion:?}");
     }
     assert_eq!(recorder.completed_ids("multiply"), published);
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!(
         (
             stats.published,
@@ -65,7 +65,7 @@ async fn a_factory_stopped_and_restarted_on_its_port_gets_work_again() {
     for i in 0..10 {
         publish(&client, "multiply", Pair { x: i, y: 3 }).await;
     }
-    let stats = broker.topic_stats("multiply").await.unwrap();
+    let stats = broker.topic_counts("multiply").await.unwrap();
     assert_eq!((stats.ready, stats.completed), (10, 5));
 
     let _restarted = start_factory(&broker, port, config).await;

@@ -98,11 +98,7 @@ async fn with_only_a_multiply_miner_the_pipeline_makes_divide_jobs_from_pairs_of
 
     // Every multiply result is used by exactly one divide job, and each divide result is the
     // quotient of its two operands.
-    let results: Vec<i64> = recorder
-        .completed("multiply")
-        .iter()
-        .map(|c| c.result)
-        .collect();
+    let results = recorder.results("multiply");
     let mut operands = Vec::new();
     for c in recorder.completed("divide") {
         let Job::Pair(Pair { x, y }) = c.job else {

@@ -42,19 +42,6 @@ fn is_not_ready(answer: &Result<(), ConnectError>) -> bool {
     )
 }
 
-/// `broker stats --json` of the broker at `address`, if it answers.
-async fn stats_at(address: &str) -> Option<Value> {
-    let output = tokio::process::Command::new(program("broker"))
-        .args(["stats", "--json", "--broker", address])
-        .output()
-        .await
-        .expect("run broker stats");
-    if !output.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&output.stdout).ok()
-}
-
 /// The `field` count of topic `name` in `broker stats --json` (0 for no such topic).
 fn count(stats: &Value, name: &str, field: &str) -> u64 {
     stats["topics"]

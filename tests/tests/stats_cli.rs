@@ -168,6 +168,14 @@ fn cells<'a>(headers: &'a str, row: &'a str, text: &[&str]) -> Vec<(&'a str, &'a
         .collect()
 }
 
+/// The row of `table` for `topic`, failing the test with the whole `output` if there is none.
+fn row_of<'a>(table: &[&'a str], topic: &str, output: &str) -> &'a str {
+    table
+        .iter()
+        .find(|line| line.starts_with(&format!("{topic} ")))
+        .unwrap_or_else(|| panic!("a row for {topic}:\n{output}"))
+}
+
 /// The cell under `header` among `cells`.
 fn cell<'a>(cells: &[(&str, &'a str)], header: &str) -> &'a str {
     cells
@@ -262,10 +270,7 @@ async fn every_header_of_broker_stats_lines_up_with_its_column() {
     assert_eq!(tables.len(), 2, "topics and subscribers:\n{output}");
 
     let topics = &tables[0];
-    let row = topics
-        .iter()
-        .find(|line| line.starts_with("divide "))
-        .unwrap_or_else(|| panic!("a row for divide:\n{output}"));
+    let row = row_of(topics, "divide", &output);
     let divide = cells(topics[0], row, &["topic"]);
     assert_eq!(divide.len(), 14, "{output}");
     for (header, value) in [
@@ -315,10 +320,7 @@ async fn a_topic_without_completions_shows_dashes_for_its_latencies() {
 
     let output = broker_output(&["stats", "--broker", &address]).await;
     let topics = &tables(&output)[0];
-    let row = topics
-        .iter()
-        .find(|line| line.starts_with("multiply "))
-        .unwrap_or_else(|| panic!("a row for multiply:\n{output}"));
+    let row = row_of(topics, "multiply", &output);
     let multiply = cells(topics[0], row, &["topic"]);
     assert_eq!(cell(&multiply, "ready"), "1", "{output}");
     assert_eq!(cell(&multiply, "p50_us"), "-", "{output}");
@@ -344,10 +346,7 @@ async fn dead_letters_lists_a_failed_division_as_a_table_and_as_json() {
         "the letters, then a count per topic:\n{output}"
     );
     let letters = &tables[0];
-    let row = letters
-        .iter()
-        .find(|line| line.starts_with("divide "))
-        .unwrap_or_else(|| panic!("the failed job:\n{output}"));
+    let row = row_of(letters, "divide", &output);
     let letter = cells(
         letters[0],
         row,
@@ -363,10 +362,7 @@ async fn dead_letters_lists_a_failed_division_as_a_table_and_as_json() {
         "UTC, RFC 3339: {output}"
     );
     let counts = &tables[1];
-    let row = counts
-        .iter()
-        .find(|line| line.starts_with("divide "))
-        .unwrap_or_else(|| panic!("a count for divide:\n{output}"));
+    let row = row_of(counts, "divide", &output);
     let count = cells(counts[0], row, &["topic"]);
     assert_eq!(
         [count[1], count[2], count[3]],

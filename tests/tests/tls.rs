@@ -58,6 +58,15 @@ async fn broker_fails(args: &[&str]) -> String {
     failed_start(command).await
 }
 
+/// Checks that `broker stats` said, on one line, that it cannot reach `address` and why.
+fn assert_cannot_reach(said: &str, address: SocketAddr, why: &str) {
+    assert_eq!(
+        said.trim(),
+        format!("broker stats: cannot reach broker at {address} ({why})"),
+        "one clear line"
+    );
+}
+
 #[tokio::test]
 async fn tls_init_writes_a_ca_and_a_certificate_for_this_machine_and_never_overwrites_them() {
     let temp = tempfile::tempdir().unwrap();
@@ -235,14 +244,7 @@ async fn a_certificate_from_another_ca_is_refused_naming_the_ca_file() {
         &other_ca.display().to_string(),
     ])
     .await;
-    assert_eq!(
-        said.trim(),
-        format!(
-            "broker stats: cannot reach broker at {} ({expected})",
-            broker.address
-        ),
-        "one clear line"
-    );
+    assert_cannot_reach(&said, broker.address, &expected);
     broker.stop().await;
 }
 
@@ -252,14 +254,10 @@ async fn a_plaintext_client_on_a_tls_broker_is_told_to_give_the_ca() {
     let dir = tls_init(temp.path(), "tls");
     let broker = tls_broker(&dir, AccessToken::none()).await;
     let said = broker_fails(&["stats", "--broker", &broker.address.to_string()]).await;
-    assert_eq!(
-        said.trim(),
-        format!(
-            "broker stats: cannot reach broker at {} (it requires TLS; give the CA of its \
-             certificate with --tls-ca FILE, or --tls-dir DIR)",
-            broker.address
-        ),
-        "one clear line"
+    assert_cannot_reach(
+        &said,
+        broker.address,
+        "it requires TLS; give the CA of its certificate with --tls-ca FILE, or --tls-dir DIR",
     );
     broker.stop().await;
 }
@@ -280,13 +278,10 @@ async fn a_tls_client_on_a_plaintext_broker_is_told_and_the_broker_says_why_it_c
         &dir.display().to_string(),
     ])
     .await;
-    assert_eq!(
-        said.trim(),
-        format!(
-            "broker stats: cannot reach broker at {address} (it did not answer TLS: was it \
-             started without --tls-cert or --tls-dir?)"
-        ),
-        "one clear line"
+    assert_cannot_reach(
+        &said,
+        address,
+        "it did not answer TLS: was it started without --tls-cert or --tls-dir?",
     );
     eventually("the broker says why it closed the connection", || {
         broker

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use system_tests::go::go_program;
-use system_tests::{free_ports, program, program_of, Process, WAIT};
+use system_tests::{free_ports, program, program_of, stats_at, Process, WAIT};
 
 /// The ports the docs use, each given a free loopback port of its own in every test.
 /// A port of a doc that is not here fails the test, rather than run on a port that others use.
@@ -565,24 +565,6 @@ fn last_words(running: &[Running]) -> String {
             )
         })
         .collect()
-}
-
-/// `broker stats --json` of the broker at `address`.
-async fn stats_at(address: &str) -> Option<Value> {
-    json_of(&["stats", "--json", "--broker", address]).await
-}
-
-/// The JSON that `broker ARGS` prints, if it ends with success.
-async fn json_of(args: &[&str]) -> Option<Value> {
-    let output = tokio::process::Command::new(program("broker"))
-        .args(args)
-        .output()
-        .await
-        .expect("run broker");
-    if !output.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&output.stdout).ok()
 }
 
 /// The object of topic `name` in `broker stats --json`.

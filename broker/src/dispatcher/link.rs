@@ -74,7 +74,10 @@ impl TarpcFactory {
     /// A client over `stream`, a connection to the factory that has passed the handshake.
     /// Spawns the task that carries the calls, so it must be called within a tokio runtime.
     pub fn new(stream: transport::Stream) -> Self {
-        let peer = stream.peer_addr().ok();
+        let peer = stream.peer_addr().map_or_else(
+            |_| "an address gone already".to_owned(),
+            |peer| peer.to_string(),
+        );
         let NewClient { client, dispatch } =
             FactoryClient::new(tarpc::client::Config::default(), transport::framed(stream));
         let ended = CancellationToken::new();
@@ -83,7 +86,10 @@ impl TarpcFactory {
             // Dropped however the task ends, a panic included.
             let _ending = ending;
             if let Err(error) = dispatch.await {
-                tracing::debug!(factory = ?peer, "the connection to the factory failed: {}", transport::words::cause(&error));
+                tracing::debug!(
+                    "the connection to the factory at {peer} failed: {}",
+                    transport::words::cause(&error)
+                );
             }
         });
         Self { client, ended }

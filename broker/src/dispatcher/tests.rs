@@ -63,8 +63,8 @@ async fn ready_jobs_go_in_one_call_and_a_failed_call_puts_them_all_back_in_order
     );
     assert_eq!(*calls.lock(), vec![5], "one call for the five jobs");
 
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.in_flight, stats.requeued), (5, 0, 5));
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.in_flight, counts.requeued), (5, 0, 5));
     let mut again = Vec::new();
     for _ in 0..5 {
         let delivery = store.take("t").await.unwrap();
@@ -220,7 +220,7 @@ async fn until_a_call_fails(dispatcher: Dispatcher) -> String {
 /// Waits until topic `t` of `store` has `completed` jobs completed.
 async fn wait_until_completed(store: &Store, completed: u64) {
     let deadline = Instant::now() + WAIT;
-    while store.stats("t").await.unwrap().completed < completed {
+    while store.counts("t").await.unwrap().completed < completed {
         assert!(
             Instant::now() < deadline,
             "{completed} jobs were not completed within {WAIT:?}"
@@ -263,15 +263,15 @@ async fn a_job_whose_calls_keep_failing_is_dead_lettered_on_its_last_allowed_del
     }
     until_completed(subscription(&store, address, 1, limit, &outcomes).await, 2).await;
 
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
         (
-            stats.completed,
-            stats.failed,
-            stats.undeliverable,
-            stats.requeued,
-            stats.ready,
-            stats.in_flight
+            counts.completed,
+            counts.failed,
+            counts.undeliverable,
+            counts.requeued,
+            counts.ready,
+            counts.in_flight
         ),
         (2, 1, 1, 2, 0, 0)
     );
@@ -310,13 +310,13 @@ async fn with_no_limit_a_job_whose_calls_keep_failing_always_goes_back() {
         until_a_call_fails(subscription(&store, address, 1, None, &outcomes).await).await;
     }
     assert_eq!(calls.lock().len(), 6);
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
         (
-            stats.requeued,
-            stats.failed,
-            stats.undeliverable,
-            stats.ready
+            counts.requeued,
+            counts.failed,
+            counts.undeliverable,
+            counts.ready
         ),
         (6, 0, 0, 1)
     );
@@ -354,9 +354,9 @@ async fn a_job_delivered_before_goes_alone_so_the_jobs_beside_it_are_not_dead_le
             alone(jobs[3]),
         ]
     );
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
-        (stats.completed, stats.undeliverable, stats.requeued),
+        (counts.completed, counts.undeliverable, counts.requeued),
         (3, 1, 4)
     );
     let dead = store.dead_letters("t").await.unwrap();
@@ -394,8 +394,8 @@ async fn a_subscription_with_nothing_in_flight_ends_when_its_factory_closes_the_
         .publish("t", Pair { x: 9, y: 3 }.into(), room_by)
         .await
         .unwrap();
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.in_flight, stats.requeued), (1, 0, 0));
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.in_flight, counts.requeued), (1, 0, 0));
     let next = store.take("t").await.unwrap();
     assert_eq!((next.id, next.attempt), (id, 1));
     assert_eq!(calls.lock().len(), 1);

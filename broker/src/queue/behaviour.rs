@@ -1,5 +1,7 @@
 //! The behaviour every [`JobStore`] must show, written once and run against each store by
 //! [`store_behaviour_tests!`], so that the lab behaves the same whichever store holds its jobs.
+//! The steps these tests take ([`later`], [`take_and_dead_letter`]) serve each store's own
+//! tests too.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use stubs::{Job, JobError, Pair};
 
-use super::{JobStore, QueueError, TopicCreation};
+use super::{Delivery, JobStore, QueueError, TopicCreation};
 
 fn job(x: i64) -> Job {
     Pair { x, y: 1 }.into()
@@ -26,8 +28,19 @@ pub enum Room {
 }
 
 /// A publish deadline no test reaches.
-fn later() -> tokio::time::Instant {
+pub fn later() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(3_600)
+}
+
+/// The factory that the tests' jobs fail at.
+pub const FACTORY: &str = "127.0.0.1:1";
+
+/// Takes the job at the head of `topic` and dead-letters it with `error`, as the broker does
+/// when the factory at [`FACTORY`] fails it.
+pub async fn take_and_dead_letter(store: &impl JobStore, topic: &str, error: JobError) -> Delivery {
+    let delivery = store.take(topic).await.unwrap();
+    store.dead_letter(&delivery, error, FACTORY).await.unwrap();
+    delivery
 }
 
 pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStore) {
@@ -36,7 +49,7 @@ pub async fn creating_a_topic_twice_keeps_the_first_capacity(store: impl JobStor
         store.create_topic("t", 9).await,
         Ok(TopicCreation::Existing { capacity: 3 })
     );
-    assert_eq!(store.stats("t").await.unwrap().capacity, 3);
+    assert_eq!(store.counts("t").await.unwrap().capacity, 3);
     assert!(store.has_topic("t").await);
     assert!(!store.has_topic("u").await);
 }
@@ -48,7 +61,7 @@ pub async fn a_missing_topic_is_reported(store: impl JobStore) {
         missing.clone().map(|_: ()| 0)
     );
     assert_eq!(store.take("none").await.map(|_| ()), missing.clone());
-    assert_eq!(store.stats("none").await.map(|_| ()), missing);
+    assert_eq!(store.counts("none").await.map(|_| ()), missing);
 }
 
 pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
@@ -65,13 +78,13 @@ pub async fn jobs_are_taken_in_publish_order(store: impl JobStore) {
         );
         store.complete(&delivery).await.unwrap();
     }
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
         (
-            stats.published,
-            stats.completed,
-            stats.ready,
-            stats.in_flight
+            counts.published,
+            counts.completed,
+            counts.ready,
+            counts.in_flight
         ),
         (5, 5, 0, 0)
     );
@@ -109,8 +122,8 @@ pub async fn a_cancelled_publish_leaves_no_job(store: impl JobStore) {
     store.publish("t", job(1), later()).await.unwrap();
     let timed_out = tokio::time::timeout(PATIENCE, store.publish("t", job(2), later())).await;
     assert!(timed_out.is_err());
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.published), (1, 1));
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.published), (1, 1));
     let first = store.take("t").await.unwrap();
     store.complete(&first).await.unwrap();
     let nothing = tokio::time::timeout(PATIENCE, store.take("t")).await;
@@ -123,8 +136,8 @@ pub async fn a_cancelled_take_takes_nothing(store: impl JobStore) {
         .await
         .is_err());
     store.publish("t", job(7), later()).await.unwrap();
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.in_flight), (1, 0));
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.in_flight), (1, 0));
     assert_eq!(store.take("t").await.unwrap().job, job(7));
 }
 
@@ -144,8 +157,8 @@ pub async fn a_publish_still_waiting_at_its_deadline_is_refused_and_stores_nothi
         })
     );
     assert!(started.elapsed() >= PATIENCE, "it waited for room first");
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.published), (1, 1), "no phantom job");
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.published), (1, 1), "no phantom job");
     // With room, the same deadline is no obstacle.
     let first = store.take("t").await.unwrap();
     if room == Room::FreedBySettling {
@@ -169,9 +182,9 @@ pub async fn a_requeued_job_goes_to_the_head_whatever_the_capacity(
     let first = store.take("t").await.unwrap();
     store.publish("t", job(2), later()).await.unwrap();
     store.requeue(&first).await.unwrap();
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
-        (stats.ready, stats.requeued),
+        (counts.ready, counts.requeued),
         (2, 1),
         "over capacity, never lost"
     );
@@ -197,7 +210,7 @@ pub async fn the_jobs_of_a_failed_call_go_back_together_in_their_order(store: im
         store.requeue_all(&taken).await,
         Err(QueueError::NotInFlight { .. })
     ));
-    assert_eq!(store.stats("t").await.unwrap().in_flight, 2);
+    assert_eq!(store.counts("t").await.unwrap().in_flight, 2);
     store.requeue_all(&taken[1..]).await.unwrap();
     let jobs: Vec<Job> = [
         store.take("t").await.unwrap(),
@@ -208,7 +221,7 @@ pub async fn the_jobs_of_a_failed_call_go_back_together_in_their_order(store: im
     .map(|delivery| delivery.job)
     .collect();
     assert_eq!(jobs, vec![job(1), job(2), job(3)]);
-    assert_eq!(store.stats("t").await.unwrap().requeued, 2);
+    assert_eq!(store.counts("t").await.unwrap().requeued, 2);
 }
 
 pub async fn a_delivery_is_settled_once(store: impl JobStore) {
@@ -221,7 +234,7 @@ pub async fn a_delivery_is_settled_once(store: impl JobStore) {
     let back = store.take("t").await.unwrap();
     store.complete(&done).await.unwrap();
     store
-        .dead_letter(&failed, JobError::DivideByZero, "127.0.0.1:1")
+        .dead_letter(&failed, JobError::DivideByZero, FACTORY)
         .await
         .unwrap();
     store.requeue(&back).await.unwrap();
@@ -231,14 +244,14 @@ pub async fn a_delivery_is_settled_once(store: impl JobStore) {
             Err(QueueError::NotInFlight { .. })
         ));
     }
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
         (
-            stats.completed,
-            stats.failed,
-            stats.requeued,
-            stats.ready,
-            stats.in_flight
+            counts.completed,
+            counts.failed,
+            counts.requeued,
+            counts.ready,
+            counts.in_flight
         ),
         (1, 1, 1, 1, 0)
     );
@@ -262,24 +275,20 @@ pub async fn each_delivery_of_a_job_counts_and_an_undeliverable_job_is_counted_a
             reason: "connection closed".into(),
         };
         store
-            .dead_letter(&delivery, undeliverable, "127.0.0.1:1")
+            .dead_letter(&delivery, undeliverable, FACTORY)
             .await
             .unwrap();
     }
     store.publish("t", job(2), later()).await.unwrap();
-    let failed = store.take("t").await.unwrap();
-    store
-        .dead_letter(&failed, JobError::DivideByZero, "127.0.0.1:1")
-        .await
-        .unwrap();
-    let stats = store.stats("t").await.unwrap();
+    take_and_dead_letter(&store, "t", JobError::DivideByZero).await;
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
         (
-            stats.failed,
-            stats.undeliverable,
-            stats.requeued,
-            stats.ready,
-            stats.in_flight
+            counts.failed,
+            counts.undeliverable,
+            counts.requeued,
+            counts.ready,
+            counts.in_flight
         ),
         (2, 1, 2, 0, 0)
     );

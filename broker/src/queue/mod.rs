@@ -13,7 +13,7 @@
 //!
 //! What the stores share sits beside them:
 //!
-//! - `store`: the trait and the neutral types it speaks in ([`Delivery`], [`TopicStats`], …);
+//! - `store`: the trait and the neutral types it speaks in ([`Delivery`], [`TopicCounts`], …);
 //! - `codec`: one encoding of a job and of a dead letter, for memory, disk and JetStream;
 //! - `compact`: a topic's ready jobs, encoded, as the memory store keeps them;
 //! - `dead_letters`: a topic's bounded list of dead letters;
@@ -42,4 +42,4 @@ pub use rules::{
     validate_buffer, validate_prefetch, validate_topic_name, ValidationError, MAX_BUFFER,
     MAX_PREFETCH, MAX_TOPIC_NAME_LENGTH, MIN_BUFFER, MIN_PREFETCH,
 };
-pub use store::{Delivery, JobId, JobStore, QueueError, StreamFigures, TopicCreation, TopicStats};
+pub use store::{Delivery, JobId, JobStore, QueueError, TopicCounts, TopicCreation};

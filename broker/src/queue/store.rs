@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use stubs::{DeadLetters, Job, JobError};
+use stubs::{DeadLetters, JetStreamReport, Job, JobError};
 
 /// The identifier a store gives a published job, unique within its topic (the memory and disk
 /// stores make it unique across all topics; JetStream numbers each stream on its own).
@@ -40,9 +40,9 @@ pub enum TopicCreation {
     },
 }
 
-/// A topic's counters, as the store sees them now.
+/// A topic's counts, as the store sees them now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicStats {
+pub struct TopicCounts {
     /// How many ready jobs the topic holds before a publish waits.
     pub capacity: usize,
     /// Jobs waiting to be taken.
@@ -64,32 +64,7 @@ pub struct TopicStats {
     pub dead: usize,
     /// What JetStream reports of the topic's stream, for all brokers together; `None` for
     /// the stores of one broker.
-    pub jetstream: Option<StreamFigures>,
-}
-
-/// A topic's stream and its shared consumer as JetStream reports them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamFigures {
-    /// The stream's name.
-    pub stream: String,
-    /// The server that leads the stream, if one does now.
-    pub leader: Option<String>,
-    /// Copies of the stream asked for.
-    pub replicas: usize,
-    /// Copies up to date now, the leader's included.
-    pub current_replicas: usize,
-    /// Jobs in the stream: waiting or in flight on any broker.
-    pub messages: u64,
-    /// The sequence of the last job stored: jobs ever published through any broker.
-    pub last_sequence: u64,
-    /// Jobs not yet delivered to any broker.
-    pub pending: u64,
-    /// Jobs delivered to a broker and not yet acknowledged.
-    pub ack_pending: u64,
-    /// Jobs delivered more than once and not yet acknowledged.
-    pub redelivered: u64,
-    /// Pull requests waiting at the server, from all brokers.
-    pub waiting_pulls: u64,
+    pub jetstream: Option<JetStreamReport>,
 }
 
 /// Why a store refused an operation.
@@ -205,6 +180,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// The names of every topic, sorted.
     fn topic_names(&self) -> impl Future<Output = Vec<String>> + Send;
 
-    /// The counters of `topic`.
-    fn stats(&self, topic: &str) -> impl Future<Output = Result<TopicStats, QueueError>> + Send;
+    /// The counts of `topic`.
+    fn counts(&self, topic: &str) -> impl Future<Output = Result<TopicCounts, QueueError>> + Send;
 }

@@ -34,16 +34,10 @@ fn a_smoke_run_measures_every_workload_and_draws_both_charts() {
     for name in ["W1 ", "W2 ", "W1go ", "W2go "] {
         assert!(line_of(name)[0].contains("µs/job"), "{stdout}");
     }
-    assert_eq!(
-        line_of("ours vs the Go lab's, W1 vs W1go: ").len(),
-        1,
-        "{stdout}"
-    );
-    assert_eq!(
-        line_of("ours vs the Go lab's, W2 vs W2go: ").len(),
-        1,
-        "{stdout}"
-    );
+    for comparison in ["W1 vs W1go", "W2 vs W2go"] {
+        let prefix = format!("ours vs the Go lab's, {comparison}: ");
+        assert_eq!(line_of(&prefix).len(), 1, "{stdout}");
+    }
     assert!(line_of("W3 ")[0].contains("p99"), "{stdout}");
     assert!(line_of("M ")[0].contains("broker RSS"), "{stdout}");
     assert_eq!(

@@ -301,11 +301,11 @@ pub async fn run(cli: LabArgs, shutdown: CancellationToken) -> Result<LabSummary
         }
     }
     let multiply = broker
-        .topic_stats(stubs::MULTIPLY_TOPIC)
+        .topic_counts(stubs::MULTIPLY_TOPIC)
         .await
         .unwrap_or_default();
     let divide = broker
-        .topic_stats(stubs::DIVIDE_TOPIC)
+        .topic_counts(stubs::DIVIDE_TOPIC)
         .await
         .unwrap_or_default();
     broker.stop().await;
@@ -400,7 +400,7 @@ async fn drained(broker: &RunningBroker) {
         tokio::time::sleep(DRAIN_POLL).await;
         let mut busy = false;
         for topic in [stubs::MULTIPLY_TOPIC, stubs::DIVIDE_TOPIC] {
-            if let Some(stats) = broker.topic_stats(topic).await {
+            if let Some(stats) = broker.topic_counts(topic).await {
                 busy |= stats.ready + stats.in_flight > 0;
             }
         }

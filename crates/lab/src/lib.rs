@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::queue::TopicStats;
+use broker::queue::TopicCounts;
 use broker::{BrokerState, Config, Observer, Settings, StoreConfig, StoreError, Watcher};
 use factory::cli::LabTopic;
 use factory::pipeline::{PipelineReport, ReportSlot};
@@ -106,9 +106,9 @@ impl RunningBroker {
         })
     }
 
-    /// The counters of a topic.
-    pub async fn topic_stats(&self, topic: &str) -> Option<TopicStats> {
-        self.broker.topic_stats(topic).await.ok()
+    /// The counts of a topic, as the broker's store keeps them.
+    pub async fn topic_counts(&self, topic: &str) -> Option<TopicCounts> {
+        self.broker.topic_counts(topic).await.ok()
     }
 
     /// Stops the broker and waits for it.

@@ -183,15 +183,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::fixtures::pair_type;
     use crate::reader::GobReader;
     use crate::value::Value;
     use crate::Limits;
-
-    fn pair_type() -> StructType {
-        StructType::new("Pair")
-            .field("X", FieldKind::Int)
-            .field("Y", FieldKind::Int)
-    }
 
     fn subscription_type() -> StructType {
         StructType::new("Subscription")

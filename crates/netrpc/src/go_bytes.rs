@@ -6,6 +6,7 @@
 //! our encoder does, so the bytes compare exactly.
 
 use crate::encode::GobEncoder;
+use crate::fixtures::{pair_type, publish_type};
 use crate::reader::GobReader;
 use crate::record::{FieldKind, Record, StructType};
 use crate::server::{ServerReader, ServerWriter};
@@ -34,18 +35,6 @@ const EXTRAS: &[u8] = include_bytes!("../tests/go/gobbytes/extras.gob");
 /// interface holds a `Triplet`, both types new: the value continues into a second message
 /// after `Wrapper`'s definition, and `Triplet`'s definition sits inside the second.
 const NESTED_INTERFACES: &[u8] = include_bytes!("../tests/go/gobbytes/nested.gob");
-
-fn pair_type() -> StructType {
-    StructType::new("Pair")
-        .field("X", FieldKind::Int)
-        .field("Y", FieldKind::Int)
-}
-
-fn publish_type() -> StructType {
-    StructType::new("PublishRequest")
-        .field("Topic", FieldKind::String)
-        .field("Pair", FieldKind::Struct(pair_type()))
-}
 
 fn publish(x: i64, y: i64) -> Record {
     let pair = Record::new(&pair_type())

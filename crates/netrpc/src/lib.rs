@@ -33,6 +33,8 @@ mod types;
 mod wire;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod go_bytes;
 
 pub use client::{CallError, Client};

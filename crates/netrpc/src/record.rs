@@ -248,16 +248,11 @@ impl fmt::Debug for Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pair() -> StructType {
-        StructType::new("Pair")
-            .field("X", FieldKind::Int)
-            .field("Y", FieldKind::Int)
-    }
+    use crate::fixtures::{pair_type, publish_type};
 
     #[test]
     fn a_field_the_type_lacks_is_refused() {
-        let error = Record::new(&pair()).set("Z", 1i64).unwrap_err();
+        let error = Record::new(&pair_type()).set("Z", 1i64).unwrap_err();
         assert_eq!(
             error,
             BuildError::UnknownField {
@@ -269,15 +264,13 @@ mod tests {
 
     #[test]
     fn a_value_of_another_kind_is_refused() {
-        let error = Record::new(&pair()).set("X", "three").unwrap_err();
+        let error = Record::new(&pair_type()).set("X", "three").unwrap_err();
         assert!(matches!(error, BuildError::WrongKind { .. }), "{error}");
     }
 
     #[test]
     fn a_struct_of_another_type_is_refused() {
-        let request = StructType::new("PublishRequest")
-            .field("Topic", FieldKind::String)
-            .field("Pair", FieldKind::Struct(pair()));
+        let request = publish_type();
         let other = StructType::new("Pair").field("X", FieldKind::Int);
         let error = Record::new(&request)
             .set("Pair", Record::new(&other))

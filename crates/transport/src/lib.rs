@@ -2,7 +2,7 @@
 //!
 //! - [`framed`]: a bincode transport over one TCP stream, with [`MAX_FRAME_LENGTH`] on both ends,
 //!   whose flushes are [`coalesce`]d.
-//! - [`connect_broker`] and [`connect_factory`]: dial with a deadline and return a tarpc client.
+//! - [`connect_broker`]: dial with a deadline and return a tarpc client.
 //! - [`accept`]: accept connections until shutdown and hand each to a connection handler;
 //!   [`accept_or`] hands those that open with another protocol to a second one.
 //! - [`Admission`]: how many connections a server holds, in their handshake and after it.
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
-use stubs::{BrokerClient, FactoryClient};
+use stubs::BrokerClient;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tokio::net::{TcpListener, TcpStream};
@@ -236,17 +236,6 @@ pub async fn connect_broker(
 ) -> Result<BrokerClient, ConnectError> {
     let stream = dial(address, timeout, token, tls).await?;
     Ok(BrokerClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
-}
-
-/// Connects to a factory at `address` (`host:port`), over TLS with `tls`.
-pub async fn connect_factory(
-    address: &str,
-    timeout: Duration,
-    token: &AccessToken,
-    tls: Option<&ClientTls>,
-) -> Result<FactoryClient, ConnectError> {
-    let stream = dial(address, timeout, token, tls).await?;
-    Ok(FactoryClient::new(tarpc::client::Config::default(), framed(stream)).spawn())
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Each connection runs in its

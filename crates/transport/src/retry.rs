@@ -103,13 +103,30 @@ impl Retry {
     }
 }
 
-/// Whether a broker's answer, as a [`crate::BrokerLink`] gives it, may be different if the
-/// request is made again a little later.
-pub fn transient<T>(answer: &Result<Result<T, BrokerError>, LinkError>) -> bool {
+/// A broker's answer to a request, as a [`crate::BrokerLink`] gives it.
+pub type Answer<T> = Result<Result<T, BrokerError>, LinkError>;
+
+/// The last answer to a request sent again while it failed for now
+/// ([`crate::BrokerLink::ask`]).
+#[derive(Debug)]
+pub struct Settled<T> {
+    /// The last answer.
+    pub answer: Answer<T>,
+    /// Why the tries ended while the answer still failed for now; `None` when it is final.
+    pub ended: Option<Ended>,
+}
+
+/// Whether a broker's answer may be different if the request is made again a little later.
+pub fn transient<T>(answer: &Answer<T>) -> bool {
+    transient_failure(answer).is_some()
+}
+
+/// What failed in `answer` when it may not fail a little later; `None` when it is final.
+pub(crate) fn transient_failure<T>(answer: &Answer<T>) -> Option<&dyn std::fmt::Display> {
     match answer {
-        Ok(Ok(_)) => false,
-        Ok(Err(refusal)) => refusal.is_transient(),
-        Err(error) => error.is_transient(),
+        Ok(Err(refusal)) if refusal.is_transient() => Some(refusal),
+        Err(error) if error.is_transient() => Some(error),
+        Ok(_) | Err(_) => None,
     }
 }
 

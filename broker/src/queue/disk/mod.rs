@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::codec::{dead_letter_record, to_record};
-use super::{Delivery, JobId, JobStore, MemoryStore, QueueError, TopicCreation, TopicStats};
+use super::{Delivery, JobId, JobStore, MemoryStore, QueueError, TopicCounts, TopicCreation};
 use confirm::{Confirmation, Tracked, Unconfirmed, Unsent};
 use load::{load, Loaded};
 use table::{TopicId, DATABASE_FILE};
@@ -438,8 +438,8 @@ impl JobStore for DiskStore {
         self.memory.topic_names().await
     }
 
-    async fn stats(&self, topic: &str) -> Result<TopicStats, QueueError> {
-        self.memory.stats(topic).await
+    async fn counts(&self, topic: &str) -> Result<TopicCounts, QueueError> {
+        self.memory.counts(topic).await
     }
 }
 

@@ -3,6 +3,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use std::time::{Duration, UNIX_EPOCH};
 use stubs::Pair;
 
+use super::super::behaviour::{later, take_and_dead_letter, FACTORY};
 use super::super::codec::QueuedJob;
 use super::table::{mark_from, split_topic, with_topic, DEAD, JOBS, MARKS, NEXT_ID};
 use super::writer::{commit, ID_RESERVATION};
@@ -10,15 +11,21 @@ use super::writer::{commit, ID_RESERVATION};
 /// A store in a fresh temporary folder, removed with the store.
 pub(crate) async fn scratch_store() -> DiskStore {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
+    let mut store = store_in(dir.path()).await;
     store.scratch = Some(dir);
     store
 }
 
-fn later() -> Instant {
-    Instant::now() + Duration::from_secs(60)
+/// The store in `dir`, opened or reopened, syncing every commit.
+async fn store_in(dir: &std::path::Path) -> DiskStore {
+    DiskStore::open(dir, Fsync::Always, 10).await.unwrap()
+}
+
+/// A store in `dir` with one topic, `t`, with room for 10 jobs.
+async fn store_with_topic(dir: &std::path::Path) -> DiskStore {
+    let store = store_in(dir).await;
+    store.create_topic("t", 10).await.unwrap();
+    store
 }
 
 #[tokio::test]
@@ -26,10 +33,7 @@ async fn what_was_published_and_not_completed_is_there_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let first_ids;
     {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
-        store.create_topic("t", 10).await.unwrap();
+        let store = store_with_topic(dir.path()).await;
         let mut ids = Vec::new();
         for x in 0..4 {
             ids.push(
@@ -41,24 +45,23 @@ async fn what_was_published_and_not_completed_is_there_after_a_reopen() {
         }
         let done = store.take("t").await.unwrap();
         store.complete(&done).await.unwrap();
-        let failed = store.take("t").await.unwrap();
-        store
-            .dead_letter(&failed, JobError::Overflow, "127.0.0.1:9")
-            .await
-            .unwrap();
+        take_and_dead_letter(&store, "t", JobError::Overflow).await;
         let _in_flight = store.take("t").await.unwrap();
         first_ids = ids;
         // A last synced write, so that the unsynced settlements before it are on disk too.
         store.create_topic("u", 5).await.unwrap();
     }
     // Dropped, the store joined its writer: the file is free.
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
+    let store = store_in(dir.path()).await;
     assert_eq!(store.topic_names().await, vec!["t", "u"]);
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
-        (stats.capacity, stats.ready, stats.failed, stats.requeued),
+        (
+            counts.capacity,
+            counts.ready,
+            counts.failed,
+            counts.requeued
+        ),
         (10, 2, 1, 1),
         "the job in flight counts as requeued"
     );
@@ -79,7 +82,7 @@ async fn what_was_published_and_not_completed_is_there_after_a_reopen() {
     let dead = store.dead_letters("t").await.unwrap();
     assert_eq!(dead.letters.len(), 1);
     assert_eq!(dead.letters[0].job_id, first_ids[1]);
-    assert_eq!(dead.letters[0].factory, "127.0.0.1:9");
+    assert_eq!(dead.letters[0].factory, FACTORY);
     // New ids go on after the recovered ones.
     let next = store
         .publish("t", Pair { x: 9, y: 9 }.into(), later())
@@ -96,26 +99,20 @@ async fn an_undeliverable_job_is_still_a_dead_letter_and_counted_after_a_reopen(
         reason: "connection closed".into(),
     };
     let id = {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
-        store.create_topic("t", 10).await.unwrap();
+        let store = store_with_topic(dir.path()).await;
         let id = store
             .publish("t", Pair { x: 5, y: 0 }.into(), later())
             .await
             .unwrap();
-        let delivery = store.take("t").await.unwrap();
-        store
-            .dead_letter(&delivery, undeliverable.clone(), "127.0.0.1:9")
-            .await
-            .unwrap();
+        take_and_dead_letter(&store, "t", undeliverable.clone()).await;
         id
     };
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.failed, stats.undeliverable, stats.ready), (1, 1, 0));
+    let store = store_in(dir.path()).await;
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!(
+        (counts.failed, counts.undeliverable, counts.ready),
+        (1, 1, 0)
+    );
     let dead = store.dead_letters("t").await.unwrap();
     assert_eq!(dead.letters.len(), 1);
     assert_eq!(
@@ -128,10 +125,7 @@ async fn an_undeliverable_job_is_still_a_dead_letter_and_counted_after_a_reopen(
 async fn ids_are_not_given_again_after_a_restart_even_once_every_job_is_settled() {
     let dir = tempfile::tempdir().unwrap();
     let last = {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
-        store.create_topic("t", 10).await.unwrap();
+        let store = store_with_topic(dir.path()).await;
         let mut last = 0;
         for x in 0..3 {
             last = store
@@ -143,10 +137,8 @@ async fn ids_are_not_given_again_after_a_restart_even_once_every_job_is_settled(
         }
         last
     };
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
-    assert_eq!(store.stats("t").await.unwrap().ready, 0);
+    let store = store_in(dir.path()).await;
+    assert_eq!(store.counts("t").await.unwrap().ready, 0);
     let next = store
         .publish("t", Pair { x: 9, y: 9 }.into(), later())
         .await
@@ -158,10 +150,7 @@ async fn ids_are_not_given_again_after_a_restart_even_once_every_job_is_settled(
 async fn the_last_settlements_are_written_when_the_store_closes() {
     let dir = tempfile::tempdir().unwrap();
     let kept = {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
-        store.create_topic("t", 10).await.unwrap();
+        let store = store_with_topic(dir.path()).await;
         let (ids, _) = store
             .publish_many(
                 "t",
@@ -173,11 +162,9 @@ async fn the_last_settlements_are_written_when_the_store_closes() {
         store.complete(&done).await.unwrap();
         ids[1]
     };
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.ready, stats.requeued), (1, 0));
+    let store = store_in(dir.path()).await;
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.ready, counts.requeued), (1, 0));
     assert_eq!(store.take("t").await.unwrap().id, kept);
 }
 
@@ -204,23 +191,40 @@ async fn take_and_complete(store: &DiskStore, jobs: usize) {
     }
 }
 
-/// The answer the stalled writer owes for the next published batch.
-async fn next_batch_write(pending: &mpsc::Receiver<Write>) -> oneshot::Sender<Result<(), String>> {
+/// The answer the stalled writer owes for the next write of a change that `wanted` picks, the
+/// writes before it passed over.
+async fn next_write(
+    pending: &mpsc::Receiver<Write>,
+    wanted: fn(&Change) -> bool,
+) -> oneshot::Sender<Result<(), String>> {
     loop {
         match pending.try_recv() {
             Ok(Write {
-                change: Change::Jobs { .. },
+                change,
                 done: Some(done),
-            }) => return done,
+            }) if wanted(&change) => return done,
             Ok(_) => {}
             Err(_) => tokio::task::yield_now().await,
         }
     }
 }
 
-async fn assert_unanswered(publish: &mut Publish, why: &str) {
+/// The answer the stalled writer owes for the next published batch.
+async fn next_batch_write(pending: &mpsc::Receiver<Write>) -> oneshot::Sender<Result<(), String>> {
+    next_write(pending, |change| matches!(change, Change::Jobs { .. })).await
+}
+
+/// Asserts that `publish` stays unanswered while its batch waits for the stalled writer, then
+/// lets the batch's write succeed.
+async fn assert_unanswered_until_written(
+    publish: &mut Publish,
+    pending: &mpsc::Receiver<Write>,
+    why: &str,
+) {
+    let write = next_batch_write(pending).await;
     let waited = tokio::time::timeout(Duration::from_millis(50), publish).await;
     assert!(waited.is_err(), "{why}");
+    write.send(Ok(())).unwrap();
 }
 
 #[tokio::test]
@@ -235,13 +239,12 @@ async fn a_publish_is_answered_once_its_jobs_are_on_disk_or_completed() {
     // Completed, but their ids are not reserved on disk yet: answered only by the disk.
     let mut publish = spawn_publish(&store, &jobs);
     take_and_complete(&store, 2).await;
-    let write = next_batch_write(&pending).await;
-    assert_unanswered(
+    assert_unanswered_until_written(
         &mut publish,
+        &pending,
         "answered with ids that a crash could give again",
     )
     .await;
-    write.send(Ok(())).unwrap();
     assert_eq!(publish.await.unwrap().0.len(), 2);
     store.reserved.store(1 << 20, Ordering::Release);
 
@@ -258,13 +261,12 @@ async fn a_publish_is_answered_once_its_jobs_are_on_disk_or_completed() {
     // Not completed: answered only once the writer says the jobs are on disk.
     let mut publish = spawn_publish(&store, &jobs);
     let _first = store.take("u").await.unwrap();
-    let write = next_batch_write(&pending).await;
-    assert_unanswered(
+    assert_unanswered_until_written(
         &mut publish,
+        &pending,
         "answered before its jobs were on disk or completed",
     )
     .await;
-    write.send(Ok(())).unwrap();
     let (ids, refused) = publish.await.unwrap();
     assert_eq!((ids.len(), refused), (2, None));
     assert!(
@@ -313,9 +315,7 @@ async fn with_never_the_jobs_are_synced_when_the_store_closes() {
 #[tokio::test]
 async fn a_data_dir_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
+    let _first = store_in(dir.path()).await;
     let second = DiskStore::open(dir.path(), Fsync::Always, 10).await;
     assert!(matches!(second, Err(DiskError::InUse(_))), "{second:?}");
 }
@@ -342,9 +342,9 @@ async fn largest_size_running_jobs_through(fsync: Fsync, total: u64, capacity: u
         completed += capacity as u64;
         largest = largest.max(std::fs::metadata(&file).unwrap().len());
     }
-    let stats = store.stats("t").await.unwrap();
+    let counts = store.counts("t").await.unwrap();
     assert_eq!(
-        (stats.completed, stats.ready, stats.in_flight),
+        (counts.completed, counts.ready, counts.in_flight),
         (total, 0, 0)
     );
     largest
@@ -515,10 +515,7 @@ fn the_disk_keeps_no_more_dead_letters_than_the_limit_oldest_dropped_first() {
 async fn a_record_under_a_key_that_is_not_its_id_is_left_out() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
-        store.create_topic("t", 10).await.unwrap();
+        let store = store_with_topic(dir.path()).await;
         store
             .publish("t", Pair { x: 1, y: 2 }.into(), later())
             .await
@@ -535,11 +532,9 @@ async fn a_record_under_a_key_that_is_not_its_id_is_left_out() {
         }
         txn.commit().unwrap();
     }
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
+    let store = store_in(dir.path()).await;
     assert_eq!(
-        store.stats("t").await.unwrap().ready,
+        store.counts("t").await.unwrap().ready,
         1,
         "job 0 once, not twice"
     );
@@ -553,16 +548,7 @@ async fn a_topic_is_on_disk_before_a_job_can_be_published_to_it() {
         let store = store.clone();
         async move { store.create_topic("t", 10).await }
     });
-    let write = loop {
-        match pending.try_recv() {
-            Ok(Write {
-                change: Change::Topic { .. },
-                done: Some(done),
-            }) => break done,
-            Ok(_) => {}
-            Err(_) => tokio::task::yield_now().await,
-        }
-    };
+    let write = next_write(&pending, |change| matches!(change, Change::Topic { .. })).await;
     let refused = store
         .publish("t", Pair { x: 1, y: 2 }.into(), later())
         .await;
@@ -576,11 +562,7 @@ async fn a_topic_is_on_disk_before_a_job_can_be_published_to_it() {
 async fn a_publish_dropped_while_it_waits_for_room_still_writes_the_jobs_it_queued() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Arc::new(
-            DiskStore::open(dir.path(), Fsync::Always, 10)
-                .await
-                .unwrap(),
-        );
+        let store = Arc::new(store_in(dir.path()).await);
         store.create_topic("t", 1).await.unwrap();
         let publish = tokio::spawn({
             let store = store.clone();
@@ -591,7 +573,7 @@ async fn a_publish_dropped_while_it_waits_for_room_still_writes_the_jobs_it_queu
         });
         // The first job is queued; the second waits for room.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.stats("t").await.unwrap().ready < 1 {
+        while store.counts("t").await.unwrap().ready < 1 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the first job never queued"
@@ -602,10 +584,8 @@ async fn a_publish_dropped_while_it_waits_for_room_still_writes_the_jobs_it_queu
         assert!(publish.await.unwrap_err().is_cancelled());
         Arc::into_inner(store).expect("the task let go of the store");
     }
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
-    assert_eq!(store.stats("t").await.unwrap().ready, 1);
+    let store = store_in(dir.path()).await;
+    assert_eq!(store.counts("t").await.unwrap().ready, 1);
 }
 
 #[tokio::test]
@@ -620,9 +600,7 @@ async fn a_damaged_data_dir_is_refused_with_its_reason() {
     // A database that lost its tail after it was written (redb asserts on it).
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
+        let store = store_in(dir.path()).await;
         store.create_topic("t", 100_000).await.unwrap();
         let (ids, _) = store.publish_many("t", pairs(0, 20_000), later()).await;
         assert_eq!(ids.len(), 20_000);
@@ -649,9 +627,7 @@ async fn a_commit_torn_by_a_crash_is_dropped_whole_and_the_commits_before_it_are
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(DATABASE_FILE);
     let (before, after) = {
-        let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-            .await
-            .unwrap();
+        let store = store_in(dir.path()).await;
         store.create_topic("t", 100_000).await.unwrap();
         let (ids, _) = store.publish_many("t", pairs(0, 1_000), later()).await;
         assert_eq!(ids.len(), 1_000);
@@ -665,11 +641,9 @@ async fn a_commit_torn_by_a_crash_is_dropped_whole_and_the_commits_before_it_are
     torn.resize(after.len(), 0);
     torn[..4096].copy_from_slice(&after[..4096]);
     std::fs::write(&file, &torn).unwrap();
-    let store = DiskStore::open(dir.path(), Fsync::Always, 10)
-        .await
-        .unwrap();
+    let store = store_in(dir.path()).await;
     assert_eq!(
-        store.stats("t").await.unwrap().ready,
+        store.counts("t").await.unwrap().ready,
         1_000,
         "the first commit's jobs, none of the second's"
     );

@@ -26,14 +26,14 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, consumer::pull, stream, AckKind};
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
-use stubs::{DeadLetter, DeadLetters, Job, JobError};
+use stubs::{DeadLetter, DeadLetters, JetStreamReport, Job, JobError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::codec::{dead_letter_from, dead_letter_record, from_record, to_record, QueuedJob};
 use super::dead_letters::letter;
 use super::in_flight::InFlight;
-use super::{Delivery, JobId, JobStore, QueueError, StreamFigures, TopicCreation, TopicStats};
+use super::{Delivery, JobId, JobStore, QueueError, TopicCounts, TopicCreation};
 use names::{dead_letter_subject, stream_name, subject, topic_of_stream, DEAD_LETTERS};
 use puller::{pull_for_takers, Held, PutBack, Taker};
 
@@ -221,8 +221,8 @@ impl JetStreamStore {
     }
 }
 
-/// Settles `message` as `kind` and waits until the server has taken it, so that the figures
-/// read next count it.
+/// Settles `message` as `kind` and waits until the server has taken it, so that the topic's
+/// counts, read next, include it.
 async fn confirmed(
     client: &async_nats::Client,
     message: &jetstream::Message,
@@ -402,7 +402,7 @@ impl JobStore for JetStreamStore {
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let topic = self.topic(&delivery.topic).await?;
         let message = topic.in_flight.lock().settle(delivery)?;
-        // Confirmed by the server, so that the figures read next count it.
+        // Confirmed by the server, so that the topic's counts, read next, include it.
         message.double_ack().await.map_err(storage)?;
         topic.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -518,7 +518,7 @@ impl JobStore for JetStreamStore {
         names
     }
 
-    async fn stats(&self, topic: &str) -> Result<TopicStats, QueueError> {
+    async fn counts(&self, topic: &str) -> Result<TopicCounts, QueueError> {
         let topic = self.topic(topic).await?;
         let mut consumer = topic.consumer.clone();
         let info = consumer.info().await.map_err(storage)?;
@@ -528,16 +528,17 @@ impl JobStore for JetStreamStore {
         // Jobs put back here are unacknowledged at the server, but ready.
         let put_back = topic.put_back.lock().len();
         let cluster = stream.cluster.clone().unwrap_or_default();
-        let figures = StreamFigures {
+        let current_replicas = usize::from(cluster.leader.is_some())
+            + cluster
+                .replicas
+                .iter()
+                .filter(|peer| peer.current && !peer.offline)
+                .count();
+        let report = JetStreamReport {
             stream: stream_name,
             leader: cluster.leader.clone(),
-            replicas: stream.config.num_replicas.max(1),
-            current_replicas: usize::from(cluster.leader.is_some())
-                + cluster
-                    .replicas
-                    .iter()
-                    .filter(|peer| peer.current && !peer.offline)
-                    .count(),
+            replicas: stream.config.num_replicas.max(1) as u64,
+            current_replicas: current_replicas as u64,
             messages: stream.state.messages,
             last_sequence: stream.state.last_sequence,
             pending: info.num_pending,
@@ -545,7 +546,7 @@ impl JobStore for JetStreamStore {
             redelivered: info.num_redelivered as u64,
             waiting_pulls: info.num_waiting as u64,
         };
-        Ok(TopicStats {
+        Ok(TopicCounts {
             capacity: topic.capacity,
             ready: usize::try_from(info.num_pending)
                 .unwrap_or(usize::MAX)
@@ -557,7 +558,7 @@ impl JobStore for JetStreamStore {
             requeued: topic.requeued.load(Ordering::Relaxed),
             undeliverable: topic.undeliverable.load(Ordering::Relaxed),
             dead: 0,
-            jetstream: Some(figures),
+            jetstream: Some(report),
         })
     }
 }

@@ -1,3 +1,4 @@
+use super::super::behaviour::{later, take_and_dead_letter};
 use super::connect::is_trusted_version;
 use super::names::{escaped, unescaped};
 use super::*;
@@ -28,14 +29,9 @@ async fn topics_are_listed_by_their_names_and_dead_letters_are_read_back() {
         store.topic_names().await,
         vec!["a.b", "dead-letters", "dead_letters"]
     );
-    let later = Instant::now() + Duration::from_secs(60);
     let job: Job = stubs::Pair { x: 4, y: 0 }.into();
-    let id = store.publish("a.b", job, later).await.unwrap();
-    let delivery = store.take("a.b").await.unwrap();
-    store
-        .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:9")
-        .await
-        .unwrap();
+    let id = store.publish("a.b", job, later()).await.unwrap();
+    take_and_dead_letter(&store, "a.b", JobError::DivideByZero).await;
     let dead = store.dead_letters("a.b").await.unwrap();
     assert_eq!(dead.letters.len(), 1);
     assert_eq!(

@@ -15,7 +15,7 @@ use super::codec::QueuedJob;
 use super::compact::CompactQueue;
 use super::dead_letters::{letter, Bounded, DEFAULT_DEAD_LETTER_LIMIT};
 use super::in_flight::InFlight;
-use super::{Delivery, JobId, JobStore, QueueError, TopicCreation, TopicStats};
+use super::{Delivery, JobId, JobStore, QueueError, TopicCounts, TopicCreation};
 
 /// Topics in memory.
 ///
@@ -341,10 +341,10 @@ impl JobStore for MemoryStore {
         names
     }
 
-    async fn stats(&self, name: &str) -> Result<TopicStats, QueueError> {
+    async fn counts(&self, name: &str) -> Result<TopicCounts, QueueError> {
         let topic = self.topic(name)?;
         let state = topic.state.lock();
-        Ok(TopicStats {
+        Ok(TopicCounts {
             capacity: topic.capacity,
             ready: state.ready.len(),
             in_flight: state.in_flight.len(),

@@ -1,3 +1,4 @@
+use super::super::behaviour::{later, take_and_dead_letter, FACTORY};
 use super::*;
 use stubs::Pair;
 
@@ -7,18 +8,10 @@ async fn dead_letters_are_bounded_and_the_oldest_are_dropped_first() {
     store.create_topic("t", 10).await.unwrap();
     for x in 0..3 {
         store
-            .publish(
-                "t",
-                Pair { x, y: 0 }.into(),
-                Instant::now() + std::time::Duration::from_secs(60),
-            )
+            .publish("t", Pair { x, y: 0 }.into(), later())
             .await
             .unwrap();
-        let delivery = store.take("t").await.unwrap();
-        store
-            .dead_letter(&delivery, JobError::DivideByZero, "127.0.0.1:8050")
-            .await
-            .unwrap();
+        take_and_dead_letter(&store, "t", JobError::DivideByZero).await;
     }
     let dead = store.dead_letters("t").await.unwrap();
     assert_eq!((dead.total, dead.dropped), (3, 1));
@@ -31,8 +24,8 @@ async fn dead_letters_are_bounded_and_the_oldest_are_dropped_first() {
         .letters
         .iter()
         .all(|letter| letter.error == JobError::DivideByZero
-            && letter.factory == "127.0.0.1:8050"
+            && letter.factory == FACTORY
             && letter.failed_at_unix_ms > 0));
-    let stats = store.stats("t").await.unwrap();
-    assert_eq!((stats.failed, stats.ready, stats.in_flight), (3, 0, 0));
+    let counts = store.counts("t").await.unwrap();
+    assert_eq!((counts.failed, counts.ready, counts.in_flight), (3, 0, 0));
 }

@@ -3,19 +3,20 @@
 //! gone, the link dials again with the pauses of [`Retry`], going round the brokers it was given
 //! from the one after the lost one, and the call is made again on the new connection. At start,
 //! it may wait for a broker that is not up yet, so that programs started together need no
-//! order. [`BrokerLink::retry`] gives its callers the same pauses for what else fails for now,
-//! so that every client tries again one way, configured by the same flags.
+//! order. [`BrokerLink::ask`] sends a request again while its answer failed for now, and
+//! [`BrokerLink::retry`] gives its callers the same pauses for what else fails for now, so that
+//! every client tries again one way, configured by the same flags.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use stubs::BrokerClient;
+use stubs::{BrokerClient, BrokerError};
 use tarpc::client::RpcError;
 use tokio_util::sync::CancellationToken;
 
-use crate::retry::{Ended, Retry};
+use crate::retry::{transient_failure, Ended, Retry, Settled};
 use crate::words::Rounded;
 use crate::{connect_broker, AccessToken, ConnectError};
 
@@ -237,15 +238,17 @@ impl BrokerLink {
         Retry::new(Some(self.config.give_up_after), self.shutdown.clone())
     }
 
-    /// Makes a call, reconnecting and calling again as long as the connection is lost.
-    pub async fn call<T, F, Fut>(&self, request: F) -> Result<T, LinkError>
+    /// Sends `request` with `send`, reconnecting and sending it again (a clone of it) as long
+    /// as the connection is lost.
+    pub async fn call<Q, T, F, Fut>(&self, request: &Q, send: F) -> Result<T, LinkError>
     where
-        F: Fn(BrokerClient) -> Fut,
+        Q: Clone,
+        F: Fn(BrokerClient, Q) -> Fut,
         Fut: Future<Output = Result<T, RpcError>>,
     {
         loop {
             let current = self.current.lock().clone();
-            match request(current.client).await {
+            match send(current.client, request.clone()).await {
                 Err(error) if is_connection_lost(&error) => {
                     let address = &self.config.brokers[current.broker];
                     tracing::warn!(
@@ -255,6 +258,49 @@ impl BrokerLink {
                     self.reconnect(current.generation, current.broker).await?;
                 }
                 result => return result.map_err(LinkError::from),
+            }
+        }
+    }
+
+    /// Sends `request` as [`BrokerLink::call`] does, and again while its answer failed for now
+    /// ([`crate::retry::transient`]), with the pauses of [`BrokerLink::retry`]; each pause is
+    /// logged with `action`, what was asked (`create the topic "multiply"`). Only for requests
+    /// that may reach the broker twice: one that got no answer in time may have been served.
+    pub async fn ask<Q, T, F, Fut>(
+        &self,
+        action: impl Fn() -> String,
+        request: &Q,
+        send: F,
+    ) -> Settled<T>
+    where
+        Q: Clone,
+        F: Fn(BrokerClient, Q) -> Fut,
+        Fut: Future<Output = Result<Result<T, BrokerError>, RpcError>>,
+    {
+        let mut retry = self.retry();
+        loop {
+            let answer = self.call(request, &send).await;
+            let cause = match transient_failure(&answer) {
+                Some(cause) => cause.to_string(),
+                None => {
+                    return Settled {
+                        answer,
+                        ended: None,
+                    }
+                }
+            };
+            let waited = retry.wait(|pause| {
+                tracing::warn!(
+                    "the broker could not {} for now ({cause}); trying again in {}",
+                    action(),
+                    Rounded(pause)
+                );
+            });
+            if let Err(ended) = waited.await {
+                return Settled {
+                    answer,
+                    ended: Some(ended),
+                };
             }
         }
     }

@@ -98,8 +98,10 @@ async fn a_stop_ends_a_reconnect_at_once_with_the_call_that_waited_on_it() {
     let call = tokio::spawn({
         let link = link.clone();
         async move {
-            link.call(|client| async move { client.stats(tarpc::context::current()).await })
-                .await
+            link.call(&(), |client, ()| async move {
+                client.stats(tarpc::context::current()).await
+            })
+            .await
         }
     });
     // The broker goes away, and what takes its port hangs up: the link keeps dialling.
@@ -287,7 +289,9 @@ async fn callers_that_lost_the_same_connection_give_up_together() {
             let link = link.clone();
             tokio::spawn(async move {
                 let result = link
-                    .call(|client| async move { client.stats(tarpc::context::current()).await })
+                    .call(&(), |client, ()| async move {
+                        client.stats(tarpc::context::current()).await
+                    })
                     .await;
                 (result, Instant::now())
             })

@@ -122,10 +122,12 @@ impl From<MemoryStore> for Store {
 macro_rules! on_store {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            Store::Memory($store) => $call,
-            Store::Disk($store) => $call,
+            Store::Memory($store) => $call.await,
+            Store::Disk($store) => $call.await,
+            // Boxed, because a JetStream call's future is kilobytes: inline, every call on
+            // any store would carry that size and move it, the memory store's included.
             #[cfg(feature = "jetstream")]
-            Store::JetStream($store) => $call,
+            Store::JetStream($store) => Box::pin($call).await,
         }
     };
 }
@@ -136,15 +138,15 @@ impl JobStore for Store {
         topic: &str,
         capacity: usize,
     ) -> Result<TopicCreation, QueueError> {
-        on_store!(self, store => store.create_topic(topic, capacity).await)
+        on_store!(self, store => store.create_topic(topic, capacity))
     }
 
     async fn has_topic(&self, topic: &str) -> bool {
-        on_store!(self, store => store.has_topic(topic).await)
+        on_store!(self, store => store.has_topic(topic))
     }
 
     async fn publish(&self, topic: &str, job: Job, room_by: Instant) -> Result<JobId, QueueError> {
-        on_store!(self, store => store.publish(topic, job, room_by).await)
+        on_store!(self, store => store.publish(topic, job, room_by))
     }
 
     async fn publish_many(
@@ -153,15 +155,15 @@ impl JobStore for Store {
         jobs: Vec<Job>,
         room_by: Instant,
     ) -> (Vec<JobId>, Option<QueueError>) {
-        on_store!(self, store => store.publish_many(topic, jobs, room_by).await)
+        on_store!(self, store => store.publish_many(topic, jobs, room_by))
     }
 
     async fn take(&self, topic: &str) -> Result<Delivery, QueueError> {
-        on_store!(self, store => store.take(topic).await)
+        on_store!(self, store => store.take(topic))
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        on_store!(self, store => store.complete(delivery).await)
+        on_store!(self, store => store.complete(delivery))
     }
 
     async fn dead_letter(
@@ -170,26 +172,26 @@ impl JobStore for Store {
         error: JobError,
         factory: &str,
     ) -> Result<(), QueueError> {
-        on_store!(self, store => store.dead_letter(delivery, error, factory).await)
+        on_store!(self, store => store.dead_letter(delivery, error, factory))
     }
 
     async fn dead_letters(&self, topic: &str) -> Result<DeadLetters, QueueError> {
-        on_store!(self, store => store.dead_letters(topic).await)
+        on_store!(self, store => store.dead_letters(topic))
     }
 
     async fn requeue(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        on_store!(self, store => store.requeue(delivery).await)
+        on_store!(self, store => store.requeue(delivery))
     }
 
     async fn requeue_all(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
-        on_store!(self, store => store.requeue_all(deliveries).await)
+        on_store!(self, store => store.requeue_all(deliveries))
     }
 
     async fn topic_names(&self) -> Vec<String> {
-        on_store!(self, store => store.topic_names().await)
+        on_store!(self, store => store.topic_names())
     }
 
     async fn counts(&self, topic: &str) -> Result<TopicCounts, QueueError> {
-        on_store!(self, store => store.counts(topic).await)
+        on_store!(self, store => store.counts(topic))
     }
 }

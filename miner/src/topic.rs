@@ -67,7 +67,9 @@ impl TopicLink {
         shutdown: &CancellationToken,
     ) -> Result<Option<u64>, MinerError> {
         let action = || format!("publish to {:?}", self.channel.topic);
-        let mut retry = self.broker.retry();
+        // Made at the first failure: most publishes succeed at once, and making one reads
+        // the clock on every job.
+        let mut retry = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(None);
@@ -100,7 +102,8 @@ impl TopicLink {
                     error,
                 },
             };
-            if !again(&mut retry, failure).await? {
+            let retry = retry.get_or_insert_with(|| self.broker.retry());
+            if !again(retry, failure).await? {
                 return Ok(None);
             }
         }
